@@ -1,0 +1,118 @@
+"""Reading weight files without ever running code hidden in them.
+
+A checkpoint is untrusted input: a pickle can call any function while it is read. So every
+pickle is read by torch's weights-only unpickler, which builds tensors and plain containers and
+refuses everything else. Real checkpoints in the wild (taming's Lightning `.ckpt` files) also
+name harmless classes, such as Lightning's `ModelCheckpoint` used as a dictionary key. Those
+names are replaced by inert placeholder classes that hold whatever state the pickle gives them
+and do nothing; a pickle that tries to *call* one (the way a malicious file runs `os.system`)
+is refused with a clear error. Lightning is never imported.
+"""
+
+from __future__ import annotations
+
+import re
+import zipfile
+from pathlib import Path
+
+import torch
+
+from ..errors import UserError
+
+PICKLE_SUFFIXES = (".pt", ".pth", ".bin", ".ckpt")
+SAFETENSORS_SUFFIXES = (".safetensors",)
+
+
+class UnsafeCheckpointError(UserError):
+    """The file tried to run code while being read; it was refused and nothing ran."""
+
+
+def _placeholder(qualified_name: str, calls: list[str]) -> type:
+    """An inert stand-in for the class or function `qualified_name` named by a pickle.
+
+    It may be referenced (a dictionary key), instantiated without a call (pickle's NEWOBJ,
+    `cls.__new__`) and given state (BUILD), none of which runs foreign code. Calling it, which is
+    what a pickle does to run a function, is recorded in `calls` and refused.
+    """
+
+    class Refuse(type):
+        def __call__(cls, *args, **kwargs):
+            calls.append(qualified_name)
+            raise UnsafeCheckpointError(f"the file would call {qualified_name}()")
+
+    module, _, name = qualified_name.rpartition(".")
+    return Refuse(name, (), {"__module__": module, "__qualname__": name, "__setstate__": _keep_state})
+
+
+def _keep_state(self, state) -> None:
+    self.__dict__["state"] = state
+
+
+def _torch_load(path: Path) -> object:
+    """torch.load with weights_only=True, standing in placeholders for any foreign global."""
+    try:
+        unsafe = torch.serialization.get_unsafe_globals_in_checkpoint(str(path))
+    except (ValueError, RuntimeError, zipfile.BadZipFile):
+        unsafe = []  # legacy (pre-zip) format: the weights-only load below still guards it
+    calls: list[str] = []
+    stand_ins = [(_placeholder(name, calls), name) for name in unsafe]
+    try:
+        with torch.serialization.safe_globals(stand_ins):
+            return torch.load(str(path), map_location="cpu", weights_only=True)
+    except Exception as exc:  # torch wraps what the unpickler raised, so look at what was recorded
+        blocked = calls or re.findall(r"GLOBAL (\S+)", str(exc))  # torch blocks os, sys, ... outright
+        if blocked:
+            raise UnsafeCheckpointError(
+                f"refusing to load {path}: it would call {blocked[0]} while being read; a weight "
+                "file must hold only tensors, and nothing was executed"
+            ) from None
+        raise UserError(f"cannot read checkpoint {path}: {_first_line(exc)} (is the file complete?)") from None
+
+
+def _first_line(exc: Exception) -> str:
+    text = str(exc).strip().splitlines()
+    first = text[0].split(". ")[0] if text else ""  # torch's messages run on for paragraphs
+    return f"{type(exc).__name__}: {first[:200]}"
+
+
+def load_file(path: str | Path) -> object:
+    """The object stored in a weight file (.pt/.pth/.bin/.ckpt pickles or .safetensors), on the CPU."""
+    path = Path(path)
+    if not path.is_file():
+        raise UserError(f"weight file not found: {path}")
+    if path.suffix in SAFETENSORS_SUFFIXES:
+        from safetensors import SafetensorError
+        from safetensors.torch import load_file as load_safetensors
+
+        try:
+            return load_safetensors(str(path), device="cpu")
+        except (SafetensorError, OSError, ValueError) as exc:
+            raise UserError(f"cannot read safetensors file {path}: {_first_line(exc)}") from None
+    return _torch_load(path)
+
+
+def load_state_dict(path: str | Path, *, key: str | None = None) -> dict[str, torch.Tensor]:
+    """The tensors of a checkpoint as a flat {name: tensor} dict.
+
+    Lightning checkpoints keep the model under "state_dict", others under "model" or "module";
+    a plain state dict is returned as it is. `key` picks a sub-dictionary explicitly.
+    """
+    obj = load_file(path)
+    if key is not None:
+        if not isinstance(obj, dict) or key not in obj:
+            raise UserError(f"{path} has no {key!r} entry")
+        obj = obj[key]
+    elif isinstance(obj, dict) and not _is_tensor_dict(obj):
+        for wrapper in ("state_dict", "model", "module"):
+            if isinstance(obj.get(wrapper), dict):
+                obj = obj[wrapper]
+                break
+    if not isinstance(obj, dict) or not _is_tensor_dict(obj):
+        raise UserError(f"{path} holds no state dict (a dictionary of tensors)")
+    return {name: value for name, value in obj.items() if isinstance(value, torch.Tensor)}
+
+
+def _is_tensor_dict(obj: dict) -> bool:
+    return bool(obj) and all(isinstance(k, str) for k in obj) and any(
+        isinstance(v, torch.Tensor) for v in obj.values()
+    )
