@@ -1,7 +1,7 @@
 """Two autograd tricks of VQGAN+CLIP: a value in the forward pass, another path for the gradient.
 
-Both are plain functions over tensors, built from `x + (y - x).detach()`: the forward value is
-`y`, the backward pass sees `x`. No custom autograd.Function is needed, so they also work under
+Both are plain functions over tensors, built from `y.detach() + (x - x.detach())`: the forward
+value is exactly `y` (the second term is exactly zero), the backward pass sees `x`. No custom autograd.Function is needed, so they also work under
 torch.compile and autocast.
 """
 
@@ -12,7 +12,7 @@ import torch
 
 def replace_grad(forward_value: torch.Tensor, backward_path: torch.Tensor) -> torch.Tensor:
     """`forward_value` in the forward pass; the gradient flows through `backward_path`."""
-    return backward_path + (forward_value - backward_path).detach()
+    return forward_value.detach() + (backward_path - backward_path.detach())
 
 
 def straight_through(z: torch.Tensor, z_q: torch.Tensor) -> torch.Tensor:
@@ -30,10 +30,11 @@ def clamp_with_grad(x: torch.Tensor, low: float, high: float) -> torch.Tensor:
     clamped = x.clamp(low, high)
     # A mask that is 1 where the gradient may pass. It must be computed from the gradient itself, so a
     # hook does it: the forward value stays the clamp, the backward keeps only the "healing" gradients.
-    if not x.requires_grad:
-        return clamped
     out = replace_grad(clamped, x)
-    out.register_hook(lambda grad: grad * _passes(x.detach(), grad, low, high))
+    if not out.requires_grad:  # no graph (inference, torch.no_grad): nothing to hook
+        return out
+    values = x.detach()
+    out.register_hook(lambda grad: grad * _passes(values, grad, low, high))
     return out
 
 
