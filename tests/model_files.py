@@ -93,3 +93,38 @@ def write_tiny_vqgan(folder: Path, kind: str = "vq", seed: int = 0, n_embed: int
     config = write_yaml(folder / "model.yaml", taming_model_config(kind, n_embed=n_embed))
     checkpoint = save_lightning_checkpoint(folder / "last.ckpt", random_taming_state(kind, n_embed, seed=seed))
     return config, checkpoint
+
+
+def tiny_clip_config(image_size: int = 32, embed_dim: int = 16) -> dict:
+    """A tiny open_clip architecture (ViT + text transformer) in open_clip's model-config layout."""
+    return {"embed_dim": embed_dim,
+            "vision_cfg": {"image_size": image_size, "layers": 1, "width": 64, "head_width": 64, "patch_size": 8},
+            "text_cfg": {"context_length": 77, "vocab_size": 49408, "width": 64, "heads": 1, "layers": 1}}
+
+
+def write_tiny_clip(folder: Path, image_size: int = 32, seed: int = 0, name: str = "tiny-clip") -> tuple[Path, Path]:
+    """model-config JSON + random weights of a tiny open_clip model, as a user's custom CLIP."""
+    import json
+
+    import open_clip
+
+    config = folder / f"{name}.json"
+    config.write_text(json.dumps({"model_cfg": tiny_clip_config(image_size)}))
+    torch.manual_seed(seed)
+    weights = folder / f"{name}.pt"
+    torch.save(open_clip.CLIP(**tiny_clip_config(image_size)).state_dict(), weights)
+    return config, weights
+
+
+def write_tiny_preset(folder: Path, **overrides) -> Path:
+    """A user preset YAML that points at a tiny VQGAN and CLIP in `folder`: runs in a second."""
+    vqgan_config, vqgan_checkpoint = write_tiny_vqgan(folder)
+    clip_config, clip_weights = write_tiny_clip(folder)
+    preset = {"description": "tiny random models for tests",
+              "vqgan": {"config": str(vqgan_config), "checkpoint": str(vqgan_checkpoint)},
+              "clip": {"models": [{"name": str(clip_config), "pretrained": str(clip_weights)}]},
+              "size": [32, 32], "steps": 4, "cutn": 4, "device": "cpu", "quiet": True, "seed": 1,
+              "save_every": 3, "checkpoint_every": 3, "outputs_root": str(folder / "outputs"), **overrides}
+    path = folder / "tiny.yaml"
+    path.write_text(yaml.safe_dump(preset))
+    return path

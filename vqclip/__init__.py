@@ -1,7 +1,18 @@
 """vqclip: text-to-image generation by VQGAN+CLIP optimisation.
 
-Importing this package loads nothing heavy and runs nothing: the models and the engine are
-imported when first used.
+Importing this package loads nothing heavy and runs nothing: `vqclip.generate` and friends are
+imported on first use.
 """
 
 __version__ = "0.1.0"
+
+_LAZY = {"generate": "generate", "run": "generate", "load_models": "generate", "GenerationResult": "generate",
+         "build_config": "config"}
+
+
+def __getattr__(name: str):
+    if name in _LAZY:
+        import importlib
+
+        return getattr(importlib.import_module(f".{_LAZY[name]}", __name__), name)
+    raise AttributeError(f"module 'vqclip' has no attribute {name!r}")

@@ -1,0 +1,172 @@
+"""The main job end to end on tiny random models: engine, command line, presets, outputs."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+from PIL import Image
+
+from model_files import write_tiny_preset
+from vqclip.cli import main
+from vqclip.generate import generate
+from vqclip.outputs import read_jsonl, read_metadata
+
+
+@pytest.fixture(scope="module")
+def preset(tmp_path_factory):
+    return write_tiny_preset(tmp_path_factory.mktemp("models"))
+
+
+def run_cli(args, capsys):
+    code = main([str(a) for a in args])
+    captured = capsys.readouterr()
+    return code, captured.out, captured.err
+
+
+def test_run_folder_holds_everything(preset, tmp_path, capsys):
+    run_dir = tmp_path / "run"
+    code, out, err = run_cli(["a red circle", "-p", preset, "--steps", 5, "--run-dir", run_dir,
+                              "-o", tmp_path / "out.png"], capsys)
+    assert code == 0, err
+    assert out.strip() == str(tmp_path / "out.png")
+    # the final image is written although 5 is no multiple of save_every=3
+    assert (run_dir / "final.png").is_file() and (tmp_path / "out.png").is_file()
+    assert sorted(p.name for p in (run_dir / "progress").iterdir()) == ["00003.png"]
+    assert [r["step"] for r in read_jsonl(run_dir / "log.jsonl")] == [1, 2, 3, 4, 5]
+    state = torch.load(run_dir / "state.pt", weights_only=True)
+    assert state["step"] == 5 and state["z"].shape == (1, 16, 16, 16)
+    assert "optimizer" in state and "rng" in state
+    assert "a red circle" in (run_dir / "config.yaml").read_text()
+    meta = read_metadata(run_dir / "final.png")
+    assert meta["prompts"] == ["a red circle"] and meta["seed"] == 1 and meta["step"] == 5
+    assert meta["versions"]["torch"] == torch.__version__.split("+")[0] or meta["versions"]["torch"]
+    assert Image.open(run_dir / "final.png").size == (32, 32)
+
+
+def test_default_run_folder_is_dated_and_numbered(preset, tmp_path):
+    first = generate("a red circle!", preset=str(preset), steps=1, outputs_root=str(tmp_path))
+    second = generate("a red circle!", preset=str(preset), steps=1, outputs_root=str(tmp_path))
+    assert first.run_dir.parent == second.run_dir.parent and first.run_dir.parent.parent == tmp_path
+    assert first.run_dir.name.endswith("-a-red-circle") and first.run_dir != second.run_dir
+
+
+def test_loss_goes_down(preset, tmp_path):
+    result = generate("a blue square", preset=str(preset), steps=30, cutn=8, noise_fac=0.0,
+                      augmentations="none", run_dir=str(tmp_path))
+    losses = [record["loss"] for record in result.losses]
+    assert sum(losses[-5:]) / 5 < sum(losses[:5]) / 5
+
+
+def test_same_seed_same_pixels_other_seed_other_pixels(preset, tmp_path):
+    paths = []
+    for name, seed in (("a", 7), ("b", 7), ("c", 8)):
+        result = generate("a green triangle", preset=str(preset), seed=seed, run_dir=str(tmp_path / name))
+        paths.append(result.final_path)
+    pixels = [Image.open(p).tobytes() for p in paths]
+    assert pixels[0] == pixels[1]
+    assert pixels[0] != pixels[2]
+
+
+def test_from_image_runs_again_with_the_same_pixels(preset, tmp_path, capsys):
+    code, _, err = run_cli(["a purple circle:2", "-p", preset, "--run-dir", tmp_path / "first", "cut_pow=0.5"],
+                           capsys)
+    assert code == 0, err
+    code, out, err = run_cli(["--from", tmp_path / "first" / "final.png", "--run-dir", tmp_path / "again"], capsys)
+    assert code == 0, err
+    first = Image.open(tmp_path / "first" / "final.png").tobytes()
+    assert Image.open(tmp_path / "again" / "final.png").tobytes() == first
+    code, out, _ = run_cli(["info", tmp_path / "again" / "final.png"], capsys)
+    assert code == 0 and json.loads(out)["config"]["cut_pow"] == 0.5
+
+
+def test_batch_candidates_are_ranked(preset, tmp_path):
+    result = generate("a yellow square", preset=str(preset), batch_size=3, run_dir=str(tmp_path))
+    assert result.images.shape == (3, 3, 32, 32) and len(result.scores) == 3
+    assert result.scores == sorted(result.scores, reverse=True)
+    for rank in range(3):
+        assert read_metadata(tmp_path / f"candidate-{rank}.png")["score"] == pytest.approx(result.scores[rank])
+    assert Image.open(tmp_path / "final.png").tobytes() == Image.open(tmp_path / "candidate-0.png").tobytes()
+
+
+def test_precedence_preset_then_flags_then_key_value(preset, tmp_path):
+    result = generate("x", preset=str(preset), steps=2, run_dir=str(tmp_path))
+    assert result.config["steps"] == 2 and result.config["cutn"] == 4  # preset says cutn 4
+    from vqclip.config import build_config
+
+    config = build_config(str(preset), {"steps": 9}, ["steps=3", "init.weight=0.25"])
+    assert config.steps == 3 and config.init.weight == 0.25 and config.size == [32, 32]
+
+
+def test_prompt_timeline_and_weights(preset, tmp_path):
+    result = generate(["a red circle ^ a blue square", "white background:-0.5"], preset=str(preset),
+                      steps=4, story_every=2, run_dir=str(tmp_path))
+    names = [set(record["losses"]) for record in result.losses]
+    assert names[0] == {"a red circle", "white background"}
+    assert names[2] == {"a blue square", "white background"}
+    assert result.losses[0]["losses"]["white background"] < 0  # a negative weight pushes away
+
+
+def test_init_modes(preset, tmp_path):
+    picture = tmp_path / "init.png"
+    Image.new("RGB", (40, 20), (200, 30, 30)).save(picture)
+    image_run = generate("x", preset=str(preset), steps=1, init={"mode": "image", "image": str(picture),
+                                                                 "weight": 1.0}, run_dir=str(tmp_path / "i"))
+    assert "anchor" in image_run.losses[0]["losses"]
+    latent_run = generate("x", preset=str(preset), steps=1, run_dir=str(tmp_path / "l"),
+                          init={"mode": "latent", "latent": str(tmp_path / "i" / "state.pt")})
+    assert latent_run.steps_done == 1
+    noise_run = generate("x", preset=str(preset), steps=1, init={"mode": "noise", "noise": "gradient"},
+                         run_dir=str(tmp_path / "n"))
+    assert noise_run.images.shape == (1, 3, 32, 32)
+
+
+def test_callback_can_stop(preset, tmp_path):
+    seen = []
+    result = generate("x", preset=str(preset), steps=10, run_dir=str(tmp_path),
+                      callback=lambda info: seen.append(info.step) or info.step < 3)
+    assert seen == [1, 2, 3] and result.steps_done == 3
+    assert (tmp_path / "final.png").is_file()
+
+
+BAD_INPUTS = [
+    (["x", "-p", "no-such-preset"], "unknown preset"),
+    (["x", "cutm=3"], "unknown config key 'cutm'"),
+    (["x", "optimizer=Adamm"], "unknown optimizer 'Adamm'"),
+    (["x", "augmentations=nope"], "nope"),
+    (["x", "steps=abc"], "steps"),
+    (["x", "--steps", "0"], "steps must be at least 1"),
+    (["x", "--size", "33", "32"], "not a multiple of the VQGAN's factor 2: try 32 or 34"),
+    (["x", "--size", "0", "32"], "size must be two positive numbers"),
+    (["a red circle:1:1.2.3"], "1.2.3"),
+    (["x", "--init-image", "missing.png"], "missing.png"),
+    (["x", "--image-prompt", "nowhere.png:0.5"], "nowhere.png"),
+    ([], "no prompt"),
+    (["x", "--steps", "many"], "invalid int value"),
+]
+
+
+@pytest.mark.parametrize("args,expected", BAD_INPUTS, ids=[e for _, e in BAD_INPUTS])
+def test_bad_input_is_one_line_and_exit_2(preset, tmp_path, capsys, monkeypatch, args, expected):
+    monkeypatch.chdir(tmp_path)
+    if "-p" not in args:
+        args = [*args, "-p", preset]
+    code, out, err = run_cli([*args, "--run-dir", tmp_path / "run"], capsys)
+    assert code == 2
+    assert err.count("\n") == 1 and err.startswith("vqclip: error: ") and expected in err, err
+    assert "Traceback" not in err
+    assert not (tmp_path / "run" / "final.png").exists()
+
+
+@pytest.mark.parametrize("name", ["default", "draft", "quality", "gumbel", "wikiart"])
+def test_shipped_presets_resolve(name, capsys):
+    assert main(["presets", "show", name]) == 0
+    shown = capsys.readouterr().out
+    assert "steps:" in shown and "vqgan:" in shown
+
+
+def test_preset_names_are_never_paths(tmp_path, capsys):
+    for name in ("../default", "presets/default", "..\\default"):
+        code, _, err = run_cli(["x", "-p", name], capsys)
+        assert code == 2 and "preset file not found" in err

@@ -1,0 +1,68 @@
+"""The registry: every entry parses, real architectures build from it, names fail loudly, CLI works."""
+
+from __future__ import annotations
+
+import sys
+
+import pytest
+import torch
+
+from model_files import write_tiny_preset
+from vqclip.cli import main
+from vqclip.errors import UserError
+from vqclip.models import registry
+from vqclip.models.vqgan import build_vqgan, vqgan_spec_from_model_config
+
+
+@pytest.mark.parametrize("name", [n for n, e in registry.VQGANS.items() if e.model])
+def test_every_vqgan_entry_has_a_valid_architecture(name):
+    spec = vqgan_spec_from_model_config(registry.VQGANS[name].model, name)
+    assert spec["n_embed"] in (1024, 8192, 16384) and spec["embed_dim"] == 256
+
+
+def test_unknown_names_list_the_valid_ones():
+    with pytest.raises(UserError, match="did you mean: imagenet_f16_16384"):
+        registry.get_vqgan("imagenet_f16_1638")
+    with pytest.raises(UserError, match="unknown pretrained tag for ViT-B-32 .nope. .did you mean: openai"):
+        registry.download_by_name("ViT-B-32:nope")
+
+
+def test_cached_files_are_used_without_network(tmp_path, monkeypatch):
+    """A registry VQGAN already in $VQCLIP_CACHE loads without any request."""
+    from model_files import random_taming_state, save_lightning_checkpoint, taming_model_config, write_yaml
+
+    monkeypatch.setenv("VQCLIP_CACHE", str(tmp_path))
+    entry = registry.VQGANS["imagenet_f16_1024"]
+    folder = tmp_path / entry.name
+    folder.mkdir()
+    write_yaml(folder / entry.config.filename, taming_model_config())
+    save_lightning_checkpoint(folder / entry.checkpoint.filename, random_taming_state())
+    # the tiny stand-in is far below the published 958 MB: the size check must catch a broken mirror
+    with pytest.raises(UserError, match="only .* MB where about 958 MB were expected"):
+        registry.load_vqgan_from_config({"name": "imagenet_f16_1024"}, progress=False)
+    assert not (folder / entry.checkpoint.filename).exists()  # the broken file is removed
+
+
+def test_models_check_and_list_from_the_cli(tmp_path, capsys):
+    preset = write_tiny_preset(tmp_path)
+    assert main(["models", "check", "-p", str(preset)]) == 0
+    out = capsys.readouterr().out
+    assert "VQGAN: vq, 32 codes × 16, factor 2" in out and "tiny-clip.json input 32 px" in out
+    assert main(["models", "list"]) == 0
+    assert "imagenet_f16_16384" in capsys.readouterr().out
+    assert main(["models", "check", "vqgan.config=missing.yaml", "vqgan.checkpoint=missing.ckpt"]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "VQGAN config not found: missing.yaml" in err
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("name,size", [("imagenet_f16_16384", 64), ("gumbel_f8_8192", 64)])
+def test_real_architecture_with_random_weights(name, size):
+    torch.manual_seed(0)
+    vqgan = build_vqgan(vqgan_spec_from_model_config(registry.VQGANS[name].model)).eval().requires_grad_(False)
+    with torch.no_grad():
+        z = vqgan.encode(torch.rand(1, 3, size, size))
+        assert z.shape == (1, 256, size // vqgan.factor, size // vqgan.factor)
+        image = vqgan.decode(vqgan.quantize(z))
+    assert image.shape == (1, 3, size, size) and 0 <= image.min() and image.max() <= 1
+    assert "pytorch_lightning" not in sys.modules

@@ -1,0 +1,180 @@
+"""The command line: the one place that reads argv.
+
+`vqclip PROMPT ...` generates (the default subcommand); `vqclip models|presets|info ...` inspect.
+Bad input ends as one line on stderr and exit status 2, never a traceback.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+
+from .errors import UserError
+
+COMMANDS = {}
+
+
+def command(name: str):
+    def register(function):
+        COMMANDS[name] = function
+        return function
+
+    return register
+
+
+class Parser(argparse.ArgumentParser):
+    """argparse, but a usage error is a UserError (one line, exit 2) like every other bad input."""
+
+    def error(self, message: str):
+        raise UserError(f"{message} (see: {self.prog} --help)")
+
+
+# -- generate ----------------------------------------------------------------------------------
+def generate_parser() -> Parser:
+    parser = Parser(prog="vqclip", description="Generate an image from text by VQGAN+CLIP optimisation. "
+                    "Other commands: " + ", ".join(sorted(COMMANDS)) + ".",
+                    epilog="Any config key can be set as key=value, e.g. cutn=16 init.weight=0.5.")
+    parser.add_argument("prompts", nargs="*", help='text prompts, "text[:weight[:stop]]"; key=value overrides')
+    parser.add_argument("-p", "--preset", default=None, help="a preset name (vqclip presets list) or a YAML file")
+    parser.add_argument("-o", "--output", help="also write the final image here")
+    parser.add_argument("--steps", type=int)
+    parser.add_argument("--size", type=int, nargs=2, metavar=("W", "H"))
+    parser.add_argument("--seed", type=int)
+    parser.add_argument("--init-image", help="start from this image (sets init.mode=image)")
+    parser.add_argument("--image-prompt", action="append", default=[], help="PATH[:weight], repeatable")
+    parser.add_argument("--batch", type=int, help="candidates optimised together; the best is final.png")
+    parser.add_argument("--run-dir", help="the run folder (default outputs/<date>/<NNNN>-<slug>/)")
+    parser.add_argument("--from", dest="from_image", help="run again with the settings stored in a vqclip PNG")
+    parser.add_argument("--quiet", action="store_true", help="no progress bar")
+    return parser
+
+
+@command("generate")
+def generate_command(argv: list[str]) -> int:
+    from .generate import generate_from_cli
+
+    args = generate_parser().parse_intermixed_args(argv)
+    prompts = [a for a in args.prompts if not _is_override(a)]
+    dotlist = [a for a in args.prompts if _is_override(a)]
+    overrides = {key: value for key, value in {
+        "steps": args.steps, "size": args.size, "seed": args.seed, "output": args.output,
+        "batch_size": args.batch, "run_dir": args.run_dir, "quiet": args.quiet or None,
+    }.items() if value is not None}
+    if prompts:
+        overrides["prompts"] = prompts
+    if args.image_prompt:
+        overrides["image_prompts"] = args.image_prompt
+    if args.init_image:
+        overrides["init"] = {"mode": "image", "image": args.init_image}
+    result = generate_from_cli(preset=args.preset, overrides=overrides, dotlist=dotlist,
+                               from_image=args.from_image)
+    print(result.final_path)
+    return 0
+
+
+def _is_override(arg: str) -> bool:
+    """`key=value` (a config override) as opposed to a prompt: the key is a dotted identifier."""
+    key, eq, _ = arg.partition("=")
+    return bool(eq) and all(part.isidentifier() for part in key.split("."))
+
+
+# -- models ------------------------------------------------------------------------------------
+@command("models")
+def models_command(argv: list[str]) -> int:
+    parser = Parser(prog="vqclip models", description="Model files: list, download, check.")
+    sub = parser.add_subparsers(dest="action", required=True)
+    sub.add_parser("list", help="the models vqclip knows by name")
+    download = sub.add_parser("download", help="fetch a model into the cache ($VQCLIP_CACHE)")
+    download.add_argument("name")
+    check = sub.add_parser("check", help="load the models a config names and report their shapes")
+    check.add_argument("-p", "--preset", default=None)
+    check.add_argument("overrides", nargs="*", help="key=value, e.g. vqgan.config=model.yaml")
+    args = parser.parse_args(argv)
+
+    from .models import registry
+
+    if args.action == "list":
+        print("VQGANs (vqgan.name=...):")
+        for entry in registry.VQGANS.values():
+            size = f"{entry.checkpoint.approx_mb:.0f} MB" if entry.checkpoint.approx_mb else ""
+            print(f"  {entry.name:22s} {size:>8s}  {entry.note}")
+        print("Priors (init.prior=...):")
+        for name in registry.PRIORS:
+            print(f"  {name}")
+        print("CLIP weights (clip.models=[{name: ARCH, pretrained: TAG}]; download as ARCH:TAG):")
+        for arch, tags in registry.CLIP_PRETRAINED.items():
+            print(f"  {arch:22s} {', '.join(tags)}")
+        return 0
+    if args.action == "download":
+        for path in registry.download_by_name(args.name):
+            print(path)
+        return 0
+    return _check_models(args.preset, args.overrides)
+
+
+def _check_models(preset: str | None, overrides: list[str]) -> int:
+    import torch
+
+    from .config import build_config, to_dict
+    from .models.clip import load_clip_ensemble
+    from .models.registry import load_vqgan_from_config
+
+    config = build_config(preset or "default", dotlist=overrides)
+    vqgan = load_vqgan_from_config(to_dict(config)["vqgan"])
+    tokens = torch.zeros(1, 2, 2, dtype=torch.long)
+    image = vqgan.decode(vqgan.tokens_to_z(tokens))
+    print(f"VQGAN: {vqgan.kind}, {vqgan.n_embed} codes × {vqgan.embed_dim}, factor {vqgan.factor}, "
+          f"decodes 2×2 tokens to {tuple(image.shape[-2:])}")
+    ensemble = load_clip_ensemble(to_dict(config)["clip"]["models"])
+    for member in ensemble.members:
+        print(f"CLIP: {member.name} input {member.input_size} px, embedding {member.embed_dim}, weight {member.weight}")
+    return 0
+
+
+# -- presets and info --------------------------------------------------------------------------
+@command("presets")
+def presets_command(argv: list[str]) -> int:
+    parser = Parser(prog="vqclip presets", description="Named run presets.")
+    sub = parser.add_subparsers(dest="action", required=True)
+    sub.add_parser("list")
+    show = sub.add_parser("show", help="print a preset merged with the defaults")
+    show.add_argument("name")
+    args = parser.parse_args(argv)
+
+    from .config import build_config, preset_names, preset_path, read_yaml, to_yaml
+
+    if args.action == "list":
+        for name in preset_names():
+            first = read_yaml(preset_path(name)).get("description", "")
+            print(f"  {name:16s} {first}")
+        return 0
+    print(to_yaml(build_config(args.name)), end="")
+    return 0
+
+
+@command("info")
+def info_command(argv: list[str]) -> int:
+    parser = Parser(prog="vqclip info", description="Print the settings stored in a vqclip PNG.")
+    parser.add_argument("image")
+    args = parser.parse_args(argv)
+    from .outputs import read_metadata
+
+    print(json.dumps(read_metadata(args.image), indent=2, ensure_ascii=False))
+    return 0
+
+
+# -- entry point -------------------------------------------------------------------------------
+def main(argv: list[str] | None = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    name = argv[0] if argv and argv[0] in COMMANDS else "generate"
+    if argv and argv[0] == name:
+        argv = argv[1:]
+    try:
+        return COMMANDS[name](argv)
+    except UserError as exc:
+        print(f"vqclip: error: {exc}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("vqclip: interrupted", file=sys.stderr)
+        return 130

@@ -1,0 +1,218 @@
+"""The run configuration: a dataclass schema → a preset YAML → command-line `key=value` overrides.
+
+Each preset in presets/ holds only what differs from the defaults below. OmegaConf's structured
+configs reject unknown keys and wrong types; the errors are turned into one-line messages that
+name the key and the valid choices. YAML is always read with safe loaders (no Python tags).
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Optional
+
+import yaml
+from omegaconf import DictConfig, OmegaConf
+from omegaconf.errors import OmegaConfBaseException
+
+from .errors import UserError, closest, unknown_choice
+from .resources import named_yaml_files
+
+
+@dataclass
+class VQGANConfig:
+    name: Optional[str] = "imagenet_f16_16384"  # a registry name (`vqclip models list`)
+    config: Optional[str] = None  # or a taming YAML ...
+    checkpoint: Optional[str] = None  # ... with its checkpoint (.ckpt, .pt, .safetensors)
+    format: str = "taming"  # taming | min-dalle (DALL-E mini's detoker.pt as checkpoint)
+
+
+@dataclass
+class ClipModelConfig:
+    name: str = "ViT-B-32"  # an open_clip model name, or a path to a model-config JSON
+    pretrained: Optional[str] = None  # an open_clip tag ("openai"), a local weight file; null = random weights
+    weight: float = 1.0  # this model's share of the loss in an ensemble
+
+
+@dataclass
+class ClipConfig:
+    models: list[ClipModelConfig] = field(default_factory=lambda: [ClipModelConfig("ViT-B-32", "openai")])
+
+
+@dataclass
+class InitConfig:
+    mode: str = "random"  # random | image | noise | tokens | latent | prior
+    image: Optional[str] = None  # mode=image: the picture to start from
+    noise: str = "pixels"  # mode=noise: pixels | gradient
+    tokens: Optional[str] = None  # mode=tokens: a saved token grid (.pt, h × w integers)
+    latent: Optional[str] = None  # mode=latent: a saved z or a run's state.pt
+    weight: float = 0.0  # pull toward the anchor: (weight/2) · mse(z, anchor); 0 = off
+    anchor: str = "z0"  # z0: the initial latent (what people mean) | zero: the classic scripts' pull to 0
+    decay: float = 0.0  # the pull shrinks as weight · (1 - decay)^step
+    prior: Optional[str] = None  # mode=prior: the prior to sample (a registry name or a folder)
+    prior_candidates: int = 8  # mode=prior: the best of this many samples by CLIP starts the run
+
+
+@dataclass
+class RunConfig:
+    description: str = ""  # what a preset is for (shown by `vqclip presets list`)
+    # What to draw.
+    prompts: list[str] = field(default_factory=list)  # "text[:weight[:stop]]", "a | b" for several, "a ^ b" a story
+    image_prompts: list[str] = field(default_factory=list)  # "PATH[:weight]"
+    noise_prompts: list[str] = field(default_factory=list)  # "seed:weight"
+    story_every: int = 100  # story mode ("^"): steps per phrase
+    schedule: dict[int, str] = field(default_factory=dict)  # {step: prompt}: a timeline in a preset
+    # The image.
+    size: list[int] = field(default_factory=lambda: [256, 256])  # width, height; multiples of the VQGAN factor
+    steps: int = 500
+    seed: Optional[int] = None  # null: a random seed, recorded with the outputs
+    batch_size: int = 1  # candidates optimised together; the best by CLIP score is final.png
+    device: str = "auto"  # auto | cpu | cuda | cuda:N | mps
+    # Models.
+    vqgan: VQGANConfig = field(default_factory=VQGANConfig)
+    clip: ClipConfig = field(default_factory=ClipConfig)
+    init: InitConfig = field(default_factory=InitConfig)
+    # Cutouts and augmentations.
+    cutn: int = 32
+    cut_pow: float = 1.0
+    cut_mode: str = "classic"  # classic | pooled | mix
+    noise_fac: float = 0.1  # per-cutout noise U(0, noise_fac) · N(0, 1)
+    augmentations: Any = "classic"  # a pipeline name in augmentations/, a YAML path, or an inline list
+    # Optimisation.
+    optimizer: str = "Adam"  # any torch.optim optimiser by name
+    lr: float = 0.1
+    optimizer_args: dict[str, Any] = field(default_factory=dict)  # extra keyword arguments
+    lr_schedule: str = "constant"  # constant | drops | plateau
+    lr_drops: list[float] = field(default_factory=lambda: [0.5, 0.8])  # drops: fractions of the run
+    lr_drop_factor: float = 0.5  # drops/plateau: multiply lr by this
+    lr_patience: int = 20  # plateau: steps without improvement before a drop
+    # Outputs.
+    output: Optional[str] = None  # also write the final image here
+    run_dir: Optional[str] = None  # default: outputs/<date>/<NNNN>-<prompt-slug>/
+    outputs_root: str = "outputs"
+    save_every: int = 50  # progress images; 0 = none
+    checkpoint_every: int = 50  # state.pt for resuming
+    quiet: bool = False
+
+
+CHOICES = {
+    "init.mode": ("random", "image", "noise", "tokens", "latent", "prior"),
+    "init.noise": ("pixels", "gradient"),
+    "init.anchor": ("z0", "zero"),
+    "cut_mode": ("classic", "pooled", "mix"),
+    "lr_schedule": ("constant", "drops", "plateau"),
+    "vqgan.format": ("taming", "min-dalle"),
+}
+
+
+def preset_names() -> list[str]:
+    return list(named_yaml_files("presets"))
+
+
+def preset_path(preset: str) -> Path:
+    """A shipped preset by name, or a YAML file given as a path that exists (never built from a name)."""
+    shipped = named_yaml_files("presets")
+    if preset in shipped:
+        return shipped[preset]
+    path = Path(preset)
+    if path.suffix in (".yaml", ".yml") and path.is_file():
+        return path
+    if re.search(r"[/\\]|\.\.", preset) or path.suffix in (".yaml", ".yml"):
+        raise UserError(f"preset file not found: {preset}")
+    raise unknown_choice("preset", preset, shipped)
+
+
+def read_yaml(path: Path) -> dict:
+    try:
+        data = yaml.safe_load(path.read_text(encoding="utf-8"))
+    except yaml.YAMLError as exc:
+        raise UserError(f"{path} is not valid YAML (Python tags are refused): {str(exc).splitlines()[0]}") from None
+    except (OSError, UnicodeDecodeError) as exc:
+        raise UserError(f"cannot read {path}: {exc}") from None
+    if data is None:
+        return {}
+    if not isinstance(data, dict):
+        raise UserError(f"{path} must hold a mapping of config keys, not a {type(data).__name__}")
+    return data
+
+
+def build_config(preset: str | None = "default", overrides: dict | None = None,
+                 dotlist: list[str] | None = None) -> DictConfig:
+    """defaults ← preset ← `overrides` (from flags or Python) ← `key=value` strings."""
+    config = OmegaConf.structured(RunConfig)
+    layers = []
+    if preset:
+        layers.append((f"preset {preset}", read_yaml(preset_path(preset))))
+    if overrides:
+        layers.append(("arguments", overrides))
+    for source, layer in layers:
+        config = _merge(config, OmegaConf.create(layer), source)
+    if dotlist:
+        for item in dotlist:
+            if "=" not in item:
+                raise UserError(f"{item!r} is not key=value (quote a prompt that contains '=')")
+        try:
+            layer = OmegaConf.from_dotlist(list(dotlist))
+        except OmegaConfBaseException as exc:
+            raise UserError(f"cannot parse {' '.join(dotlist)!r}: {_first_line(exc)}") from None
+        config = _merge(config, layer, "command line")
+    validate(config)
+    return config
+
+
+def _merge(config: DictConfig, layer: DictConfig, source: str) -> DictConfig:
+    try:
+        return OmegaConf.merge(config, layer)
+    except OmegaConfBaseException as exc:
+        raise _config_error(exc, config, source) from None
+
+
+def _config_error(exc: OmegaConfBaseException, config: DictConfig, source: str) -> UserError:
+    key = getattr(exc, "full_key", None) or ""
+    message = _first_line(exc)
+    if "Key" in message and "not in" in message or "ConfigKeyError" in type(exc).__name__:
+        parent, _, leaf = key.rpartition(".")
+        node = OmegaConf.select(config, parent) if parent else config
+        valid = sorted(node.keys()) if isinstance(node, DictConfig) else []
+        return UserError(f"unknown config key {key!r} in {source}{closest(leaf, valid)}; "
+                         f"valid keys{' under ' + parent if parent else ''}: {', '.join(valid)}")
+    value = getattr(exc, "msg", message)
+    return UserError(f"bad value for {key or 'a config key'} in {source}: {value.splitlines()[0]}")
+
+
+def _first_line(exc: Exception) -> str:
+    text = str(exc).strip()
+    return text.splitlines()[0] if text else type(exc).__name__
+
+
+def validate(config: DictConfig) -> None:
+    """Checks that the schema's types cannot express; the VQGAN factor is checked once it is loaded."""
+    for key, choices in CHOICES.items():
+        value = OmegaConf.select(config, key)
+        if value not in choices:
+            raise unknown_choice(key, str(value), choices)
+    positive = {"steps": config.steps, "batch_size": config.batch_size, "cutn": config.cutn,
+                "story_every": config.story_every, "init.prior_candidates": config.init.prior_candidates}
+    for key, value in positive.items():
+        if value <= 0:
+            raise UserError(f"{key} must be at least 1, not {value}")
+    if len(config.size) != 2 or min(config.size) <= 0:
+        raise UserError(f"size must be two positive numbers (width height), not {list(config.size)}")
+    if config.lr <= 0:
+        raise UserError(f"lr must be positive, not {config.lr}")
+    for key in ("save_every", "checkpoint_every"):
+        if config[key] < 0:
+            raise UserError(f"{key} must be 0 (off) or positive, not {config[key]}")
+    if not config.clip.models:
+        raise UserError("clip.models is empty: name at least one CLIP model")
+    if any(step < 0 for step in config.schedule):
+        raise UserError("schedule steps must be 0 or more")
+
+
+def to_yaml(config: DictConfig) -> str:
+    return OmegaConf.to_yaml(config, resolve=True)
+
+
+def to_dict(config: DictConfig) -> dict:
+    return OmegaConf.to_container(config, resolve=True)

@@ -1,0 +1,245 @@
+"""The main job: a text prompt (and a config) in, an image and its run folder out.
+
+`generate()` is the Python API; `run()` does the work on a resolved config with optional
+pre-loaded models (scripts that make many images load the models once). The pieces, in order:
+resolve the config, load the models, build the objective, choose the initial latent, optimise
+with a callback that writes progress, logs and state, then rank the candidates and write them.
+"""
+
+from __future__ import annotations
+
+import random
+import secrets
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import torch
+from omegaconf import DictConfig
+
+from . import outputs
+from .config import build_config, to_dict, to_yaml
+from .errors import UserError
+from .init import check_size, initial_z
+from .objective import Objective
+from .optimize import NumericalError, Step, make_optimizer, make_scheduler, optimize
+from .prompts import PromptTimeline, parse_prompts, timeline_from_schedule, timeline_from_story
+
+
+@dataclass
+class Models:
+    """The loaded networks a run needs; reuse them across runs that share them."""
+
+    vqgan: torch.nn.Module
+    clip: object  # vqclip.models.clip.ClipEnsemble
+    device: torch.device
+
+
+@dataclass
+class GenerationResult:
+    images: torch.Tensor  # B × 3 × H × W in [0, 1], best first
+    z: torch.Tensor  # B × C × h × w, same order
+    scores: list[float]  # CLIP score of each image, best first
+    losses: list[dict] = field(default_factory=list)  # per step: {"step", "loss", "losses", "lr"}
+    config: dict = field(default_factory=dict)  # the resolved config (seed included)
+    run_dir: Path | None = None
+    final_path: Path | None = None
+    steps_done: int = 0
+
+
+def pick_device(name: str) -> torch.device:
+    if name != "auto":
+        return torch.device(name)
+    if torch.cuda.is_available():
+        return torch.device("cuda")
+    if getattr(torch.backends, "mps", None) is not None and torch.backends.mps.is_available():
+        return torch.device("mps")
+    return torch.device("cpu")
+
+
+def load_models(config: DictConfig, device: torch.device | None = None) -> Models:
+    from .models.clip import load_clip_ensemble
+    from .models.registry import load_vqgan_from_config
+
+    device = device or pick_device(config.device)
+    plain = to_dict(config)
+    vqgan = load_vqgan_from_config(plain["vqgan"], device, progress=not config.quiet)
+    clip = load_clip_ensemble(plain["clip"]["models"], device)
+    return Models(vqgan, clip, device)
+
+
+def seed_everything(seed: int) -> torch.Generator:
+    """Seed Python, NumPy and torch (Kornia draws from torch's global RNG) from one number."""
+    random.seed(seed)
+    np.random.seed(seed % 2**32)
+    torch.manual_seed(seed)
+    return torch.Generator().manual_seed(seed)
+
+
+def build_timeline(config: DictConfig) -> PromptTimeline | None:
+    if config.schedule:
+        return timeline_from_schedule(dict(config.schedule))
+    texts = [text for text in config.prompts if text.strip()]
+    if not texts:
+        return None
+    # Prompts with "^" tell a story; the others hold for the whole run, beside each phrase.
+    constant = tuple(spec for text in texts if "^" not in text for spec in parse_prompts(text))
+    story = [text for text in texts if "^" in text]
+    if not story:
+        return PromptTimeline([(0, constant)])
+    timeline = timeline_from_story(story, config.story_every)
+    return PromptTimeline([(start, specs + constant) for start, specs in timeline.entries])
+
+
+def generate(prompt: str | list[str] | None = None, *, preset: str | None = "default", models: Models | None = None,
+             callback=None, **overrides) -> GenerationResult:
+    """Generate an image: `vqclip.generate("a red circle", preset="shapes", steps=60, seed=3)`.
+
+    Keyword arguments are config keys (nested ones as dicts: `init={"weight": 0.5}`).
+    `callback(step: vqclip.optimize.Step)` sees every step and may return False to stop.
+    """
+    if prompt is not None:
+        overrides["prompts"] = [prompt] if isinstance(prompt, str) else list(prompt)
+    return run(build_config(preset, overrides), models=models, callback=callback)
+
+
+def generate_from_cli(preset: str | None, overrides: dict, dotlist: list[str],
+                      from_image: str | None = None) -> GenerationResult:
+    if from_image:  # run again with the stored settings; where to write is chosen anew
+        stored = outputs.read_metadata(from_image).get("config")
+        if not isinstance(stored, dict):
+            raise UserError(f"{from_image} holds no vqclip config to run again")
+        stored.pop("run_dir", None), stored.pop("output", None)
+        config = build_config(None, {**stored, **overrides}, dotlist)
+    else:
+        config = build_config(preset or "default", overrides, dotlist)
+    return run(config)
+
+
+def run(config: DictConfig, models: Models | None = None, callback=None) -> GenerationResult:
+    """Generate with a resolved config. Writes the run folder; returns the result."""
+    if config.seed is None:
+        config.seed = secrets.randbelow(2**31)  # recorded, so the run can be repeated
+    timeline = build_timeline(config)
+    size = (int(config.size[0]), int(config.size[1]))
+    models = models or load_models(config)
+    check_size(size, models.vqgan.factor)
+    generator = seed_everything(config.seed)
+
+    from .cutouts import build_augmentations
+
+    z = initial_z(config.init, models.vqgan, size, config.batch_size, generator, models.device)
+    anchor = None
+    if config.init.weight:
+        anchor = z.detach().clone() if config.init.anchor == "z0" else torch.zeros_like(z)
+    objective = Objective(models.clip, timeline, image_prompts=list(config.image_prompts),
+                          noise_prompts=list(config.noise_prompts), cutn=config.cutn, cut_pow=config.cut_pow,
+                          cut_mode=config.cut_mode, noise_fac=config.noise_fac,
+                          augment=build_augmentations(config.augmentations), generator=generator,
+                          anchor=anchor, anchor_weight=config.init.weight, anchor_decay=config.init.decay)
+    z = z.detach().clone().requires_grad_(True)
+    optimizer = make_optimizer(config.optimizer, [z], config.lr, dict(config.optimizer_args))
+    scheduler = make_scheduler(config.lr_schedule, optimizer, config.steps, drops=list(config.lr_drops),
+                               factor=config.lr_drop_factor, patience=config.lr_patience)
+
+    run_dir = outputs.prepare_run_dir(config.run_dir) if config.run_dir else \
+        outputs.new_run_dir(config.outputs_root, _title(config))
+    outputs.write_yaml(run_dir / "config.yaml", to_dict(config))
+    writer = RunWriter(run_dir, config, optimizer, generator)
+    vqgan = models.vqgan
+
+    def on_step(info: Step):
+        writer.on_step(info)
+        return callback(info) if callback is not None else None
+
+    try:
+        steps_done = optimize(z, lambda latent: vqgan.decode(vqgan.quantize(latent)), objective,
+                              steps=config.steps, optimizer=optimizer, scheduler=scheduler,
+                              z_min=vqgan.z_min, z_max=vqgan.z_max, callback=on_step,
+                              disable=True if config.quiet else None)
+    except NumericalError:
+        writer.save_last_good()
+        raise
+    except torch.OutOfMemoryError:
+        raise UserError(f"out of memory on {models.device} at size {size[0]}×{size[1]} with cutn {config.cutn} "
+                        f"and batch {config.batch_size}: try a smaller --size, cutn or --batch") from None
+    return writer.finish(z.detach(), vqgan, objective, steps_done)
+
+
+def _title(config: DictConfig) -> str:
+    if config.prompts:
+        return config.prompts[0]
+    if config.schedule:
+        return str(next(iter(config.schedule.values())))
+    return "untitled"
+
+
+class RunWriter:
+    """Everything a run leaves on disk: log.jsonl, progress/, state.pt, final.png (all atomic)."""
+
+    def __init__(self, run_dir: Path, config: DictConfig, optimizer, generator: torch.Generator):
+        self.run_dir, self.config, self.optimizer, self.generator = run_dir, config, optimizer, generator
+        self.history: list[dict] = []
+        self.last_good: Step | None = None
+
+    def metadata(self, step: int) -> dict:
+        config = to_dict(self.config)
+        return {"config": config, "prompts": config["prompts"], "seed": config["seed"], "step": step,
+                "versions": outputs.environment_info()}
+
+    def on_step(self, info: Step) -> None:
+        record = {"step": info.step, "loss": info.loss, "losses": info.losses, "lr": info.lr}
+        self.history.append(record)
+        outputs.append_jsonl(self.run_dir / "log.jsonl", record)
+        self.last_good = info
+        every = self.config.save_every
+        if every and info.step % every == 0:
+            outputs.save_png(self.run_dir / "progress" / f"{info.step:05d}.png", _strip(info.image),
+                             self.metadata(info.step))
+        every = self.config.checkpoint_every
+        if every and info.step % every == 0:
+            self.save_state(info.z, info.step)
+
+    def save_state(self, z: torch.Tensor, step: int) -> None:
+        outputs.save_state(self.run_dir / "state.pt", {
+            "z": z.detach().cpu(), "step": step, "optimizer": self.optimizer.state_dict(),
+            "rng": rng_state(self.generator),
+            "config": to_yaml(self.config)})
+
+    def save_last_good(self) -> None:
+        if self.last_good is not None:
+            outputs.save_png(self.run_dir / "final.png", self.last_good.image[0], self.metadata(self.last_good.step))
+
+    def finish(self, z: torch.Tensor, vqgan, objective: Objective, steps_done: int) -> GenerationResult:
+        with torch.no_grad():
+            images = vqgan.decode(vqgan.quantize(z))
+        scores = objective.scores(images, max(steps_done - 1, 0))
+        order = sorted(range(len(scores)), key=lambda i: -scores[i])
+        images, z, scores = images[order], z[order], [scores[i] for i in order]
+        self.save_state(z, steps_done)
+        metadata = self.metadata(steps_done)
+        final = self.run_dir / "final.png"
+        outputs.save_png(final, images[0], {**metadata, "score": scores[0]})
+        if len(order) > 1:
+            for rank, (image, score) in enumerate(zip(images, scores)):
+                outputs.save_png(self.run_dir / f"candidate-{rank}.png", image, {**metadata, "score": score})
+        if self.config.output:
+            outputs.save_png(self.config.output, images[0], {**metadata, "score": scores[0]})
+        return GenerationResult(images=images.cpu(), z=z.cpu(), scores=scores, losses=self.history,
+                                config=to_dict(self.config), run_dir=self.run_dir,
+                                final_path=Path(self.config.output) if self.config.output else final,
+                                steps_done=steps_done)
+
+
+def rng_state(generator: torch.Generator) -> dict:
+    """Every random stream a run draws from, as tensors (state.pt is read with weights_only)."""
+    version, python_state, gauss = random.getstate()
+    numpy_state = np.random.get_state()
+    return {"torch": torch.get_rng_state(), "generator": generator.get_state(),
+            "numpy": torch.from_numpy(numpy_state[1].astype(np.int64)), "numpy_pos": int(numpy_state[2]),
+            "python": torch.tensor(python_state, dtype=torch.int64), "python_version": version}
+
+
+def _strip(images: torch.Tensor) -> torch.Tensor:
+    """A batch side by side, as one 3 × H × (B·W) picture."""
+    return torch.cat(list(images), dim=-1)

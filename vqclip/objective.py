@@ -1,0 +1,92 @@
+"""What the optimisation minimises: CLIP prompt losses over cutouts, plus the optional init anchor.
+
+Text targets are embedded once per CLIP model and text (a timeline only embeds what is new);
+image and noise prompts once at the start. Each candidate of a batch has its own cutouts and its
+own loss, so candidates never pull on each other.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+
+from .cutouts import make_cutouts
+from .errors import UserError
+from .outputs import load_image
+from .prompts import EmbeddingPrompt, PromptSpec, PromptTimeline, noise_embedding, parse_image_prompt, \
+    parse_noise_prompt
+
+
+class Objective:
+    """Callable (image, z, step) → {term name: loss} for `vqclip.optimize.optimize`."""
+
+    def __init__(self, clip, timeline: PromptTimeline | None, *, image_prompts=(), noise_prompts=(),
+                 cutn: int, cut_pow: float, cut_mode: str, noise_fac: float, augment=None,
+                 generator: torch.Generator | None = None, anchor: torch.Tensor | None = None,
+                 anchor_weight: float = 0.0, anchor_decay: float = 0.0):
+        self.clip, self.timeline = clip, timeline
+        self.cut = dict(cutn=cutn, cut_pow=cut_pow, mode=cut_mode, noise_fac=noise_fac, augment=augment,
+                        generator=generator)
+        self.anchor, self.anchor_weight, self.anchor_decay = anchor, anchor_weight, anchor_decay
+        self._text_cache: dict[tuple[int, str], torch.Tensor] = {}
+        # Fixed prompts: (name, per-member EmbeddingPrompt list).
+        self.fixed: list[tuple[str, list[EmbeddingPrompt]]] = []
+        for text in image_prompts:
+            spec = parse_image_prompt(text)
+            picture = load_image(spec.text).to(self._device)
+            with torch.no_grad():
+                targets = [m.encode_image(picture)[0] for m in clip.members]
+            self.fixed.append((f"image {spec.text}", [EmbeddingPrompt(t, spec.weight, spec.stop) for t in targets]))
+        for text in noise_prompts:
+            seed, weight = parse_noise_prompt(text)
+            self.fixed.append((f"noise {seed}", [
+                EmbeddingPrompt(noise_embedding(seed, m.embed_dim, device=self._device), weight)
+                for m in clip.members]))
+        if timeline is None and not self.fixed:
+            raise UserError("no prompt: give a text prompt, --image-prompt PATH or noise_prompts=[SEED:WEIGHT]")
+
+    @property
+    def _device(self) -> torch.device:
+        return self.clip.members[0].mean.device
+
+    def text_prompts(self, step: int) -> list[tuple[str, list[EmbeddingPrompt]]]:
+        if self.timeline is None:
+            return []
+        return [(spec.text, [self._text_prompt(i, member, spec) for i, member in enumerate(self.clip.members)])
+                for spec in self.timeline.prompts_at(step)]
+
+    def _text_prompt(self, index: int, member, spec: PromptSpec) -> EmbeddingPrompt:
+        key = (index, spec.text)
+        if key not in self._text_cache:
+            self._text_cache[key] = member.encode_text([spec.text])[0]
+        return EmbeddingPrompt(self._text_cache[key], spec.weight, spec.stop)
+
+    def __call__(self, image: torch.Tensor, z: torch.Tensor, step: int) -> dict[str, torch.Tensor]:
+        prompts = self.text_prompts(step) + self.fixed
+        batch = image.shape[0]
+        terms: dict[str, torch.Tensor] = {}
+        sizes = {m.input_size for m in self.clip.members}
+        cutouts = {size: make_cutouts(image, size, **self.cut) for size in sorted(sizes)}
+        for index, member in enumerate(self.clip.members):
+            embeddings = member.encode_image(cutouts[member.input_size])
+            per_candidate = embeddings.view(-1, batch, embeddings.shape[-1])  # box-major: [cutn, B, D]
+            label = f"{member.name}/" if len(self.clip.members) > 1 else ""
+            for name, targets in prompts:
+                loss = sum(targets[index](per_candidate[:, b]) for b in range(batch))
+                terms[f"{label}{name}"] = terms.get(f"{label}{name}", 0) + member.weight * loss
+        if self.anchor is not None and self.anchor_weight:
+            weight = self.anchor_weight * (1 - self.anchor_decay) ** step
+            terms["anchor"] = weight / 2 * F.mse_loss(z, self.anchor, reduction="none").mean((1, 2, 3)).sum()
+        return terms
+
+    @torch.no_grad()
+    def scores(self, images: torch.Tensor, step: int) -> list[float]:
+        """CLIP score of each candidate (whole image, no cutouts): Σ weights · cosine similarity."""
+        totals = torch.zeros(images.shape[0], device=images.device)
+        prompts = self.text_prompts(step) + self.fixed
+        for index, member in enumerate(self.clip.members):
+            embeddings = member.encode_image(images)
+            for _, targets in prompts:
+                target = targets[index]
+                totals += member.weight * target.weight * (embeddings @ target.embedding)
+        return totals.tolist()
