@@ -108,6 +108,12 @@ def test_prompt_timeline_and_weights(preset, tmp_path):
     assert result.losses[0]["losses"]["white background"] < 0  # a negative weight pushes away
 
 
+def test_noise_prompt_flag(preset, tmp_path, capsys):
+    code, _, err = run_cli(["--noise-prompt", "3:0.5", "-p", preset, "--run-dir", tmp_path, "--steps", 2], capsys)
+    assert code == 0, err
+    assert set(read_jsonl(tmp_path / "log.jsonl")[0]["losses"]) == {"noise 3"}
+
+
 def test_init_modes(preset, tmp_path):
     picture = tmp_path / "init.png"
     Image.new("RGB", (40, 20), (200, 30, 30)).save(picture)
@@ -144,6 +150,7 @@ BAD_INPUTS = [
     (["x", "--image-prompt", "nowhere.png:0.5"], "nowhere.png"),
     ([], "no prompt"),
     (["x", "--steps", "many"], "invalid int value"),
+    (["x", "lr=inf"], "lr must be a positive finite number"),
 ]
 
 
@@ -170,3 +177,45 @@ def test_preset_names_are_never_paths(tmp_path, capsys):
     for name in ("../default", "presets/default", "..\\default"):
         code, _, err = run_cli(["x", "-p", name], capsys)
         assert code == 2 and "preset file not found" in err
+
+
+def test_nan_stops_the_run_names_the_term_and_keeps_the_last_good_image(preset, tmp_path, monkeypatch, capsys):
+    from vqclip.objective import Objective
+
+    real_call = Objective.__call__
+
+    def poisoned(self, image, z, step):
+        terms = real_call(self, image, z, step)
+        if step == 3:
+            terms["a red circle"] = terms["a red circle"] * float("nan")
+        return terms
+
+    monkeypatch.setattr(Objective, "__call__", poisoned)
+    code, _, err = run_cli(["a red circle", "-p", preset, "--steps", 6, "--run-dir", tmp_path], capsys)
+    assert code == 2 and err.count("\n") == 1
+    assert "'a red circle' became nan at step 4" in err
+    assert read_metadata(tmp_path / "final.png")["step"] == 3  # the last good step
+    assert torch.load(tmp_path / "state.pt", weights_only=True)["step"] == 3
+
+
+def test_out_of_memory_suggests_smaller_settings(preset, tmp_path, monkeypatch, capsys):
+    from vqclip.models.vqgan import VQGAN
+
+    def no_memory(self, z):
+        raise torch.OutOfMemoryError("CUDA out of memory. Tried to allocate 2.00 GiB")
+
+    monkeypatch.setattr(VQGAN, "decode", no_memory)
+    code, _, err = run_cli(["x", "-p", preset, "--run-dir", tmp_path], capsys)
+    assert code == 2 and "out of memory" in err and "smaller --size, cutn or --batch" in err
+
+
+@pytest.mark.parametrize("schedule,expected_last_lr", [("constant", 0.1), ("drops", 0.1 * 0.5 * 0.5)])
+def test_lr_schedules(preset, tmp_path, schedule, expected_last_lr):
+    result = generate("x", preset=str(preset), steps=10, lr=0.1, lr_schedule=schedule, lr_drops=[0.3, 0.6],
+                      run_dir=str(tmp_path))
+    assert result.losses[-1]["lr"] == pytest.approx(expected_last_lr)
+
+
+@pytest.mark.parametrize("name", ["AdamW", "sgd", "RMSprop", "Adagrad", "NAdam", "RAdam", "Adamax"])
+def test_every_optimizer_by_name(preset, tmp_path, name):
+    assert generate("x", preset=str(preset), steps=1, optimizer=name, run_dir=str(tmp_path)).steps_done == 1

@@ -66,3 +66,39 @@ def test_real_architecture_with_random_weights(name, size):
         image = vqgan.decode(vqgan.quantize(z))
     assert image.shape == (1, 3, size, size) and 0 <= image.min() and image.max() <= 1
     assert "pytorch_lightning" not in sys.modules
+
+
+@pytest.mark.parametrize("problem,expected", [
+    ("missing", "weight file not found"),
+    ("unknown_name", "unknown VQGAN 'imagenet_f16_1638' (did you mean: imagenet_f16_16384"),
+    ("not_taming", "is not a taming model config"),
+    ("wrong_checkpoint", "does not belong to"),
+    ("truncated", "cannot read checkpoint"),
+    ("hostile", "refusing to load"),
+])
+def test_bad_model_files_through_the_cli(tmp_path, capsys, problem, expected):
+    import os
+
+    from model_files import random_taming_state, save_lightning_checkpoint, write_tiny_vqgan
+
+    config, checkpoint = write_tiny_vqgan(tmp_path)
+    args = [f"vqgan.config={config}", f"vqgan.checkpoint={checkpoint}"]
+    if problem == "missing":
+        args[1] = f"vqgan.checkpoint={tmp_path / 'nope.ckpt'}"
+    elif problem == "unknown_name":
+        args = ["vqgan.name=imagenet_f16_1638"]
+    elif problem == "not_taming":
+        config.write_text("hello: world\n")
+    elif problem == "wrong_checkpoint":
+        save_lightning_checkpoint(checkpoint, random_taming_state(n_embed=64))
+    elif problem == "truncated":
+        checkpoint.write_bytes(checkpoint.read_bytes()[:5000])
+    elif problem == "hostile":
+        class Exploit:
+            def __reduce__(self):
+                return (os.system, (f"touch {tmp_path / 'pwned'}",))
+        torch.save({"state_dict": {}, "x": Exploit()}, checkpoint)
+    assert main(["models", "check", *args]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and expected in err and "Traceback" not in err
+    assert not (tmp_path / "pwned").exists()

@@ -43,6 +43,7 @@ def generate_parser() -> Parser:
     parser.add_argument("--seed", type=int)
     parser.add_argument("--init-image", help="start from this image (sets init.mode=image)")
     parser.add_argument("--image-prompt", action="append", default=[], help="PATH[:weight], repeatable")
+    parser.add_argument("--noise-prompt", action="append", default=[], help="SEED[:weight], repeatable")
     parser.add_argument("--batch", type=int, help="candidates optimised together; the best is final.png")
     parser.add_argument("--run-dir", help="the run folder (default outputs/<date>/<NNNN>-<slug>/)")
     parser.add_argument("--from", dest="from_image", help="run again with the settings stored in a vqclip PNG")
@@ -65,6 +66,8 @@ def generate_command(argv: list[str]) -> int:
         overrides["prompts"] = prompts
     if args.image_prompt:
         overrides["image_prompts"] = args.image_prompt
+    if args.noise_prompt:
+        overrides["noise_prompts"] = args.noise_prompt
     if args.init_image:
         overrides["init"] = {"mode": "image", "image": args.init_image}
     result = generate_from_cli(preset=args.preset, overrides=overrides, dotlist=dotlist,

@@ -199,8 +199,8 @@ def validate(config: DictConfig) -> None:
             raise UserError(f"{key} must be at least 1, not {value}")
     if len(config.size) != 2 or min(config.size) <= 0:
         raise UserError(f"size must be two positive numbers (width height), not {list(config.size)}")
-    if config.lr <= 0:
-        raise UserError(f"lr must be positive, not {config.lr}")
+    if not 0 < config.lr < float("inf"):
+        raise UserError(f"lr must be a positive finite number, not {config.lr}")
     for key in ("save_every", "checkpoint_every"):
         if config[key] < 0:
             raise UserError(f"{key} must be 0 (off) or positive, not {config[key]}")

@@ -52,8 +52,8 @@ def _torch_load(path: Path) -> object:
     """torch.load with weights_only=True, standing in placeholders for any foreign global."""
     try:
         unsafe = torch.serialization.get_unsafe_globals_in_checkpoint(str(path))
-    except (ValueError, RuntimeError, zipfile.BadZipFile):
-        unsafe = []  # legacy (pre-zip) format: the weights-only load below still guards it
+    except (ValueError, RuntimeError, OSError, zipfile.BadZipFile):
+        unsafe = []  # legacy (pre-zip) format or a damaged file: the weights-only load below decides
     calls: list[str] = []
     stand_ins = [(_placeholder(name, calls), name) for name in unsafe]
     try:
