@@ -238,7 +238,6 @@ def test_long_prompts_are_truncated_with_a_warning(tiny):
         clip.tokenize(["word " * 75])  # 75 words + start + end = 77 tokens: fits exactly
 
 
-@pytest.mark.slow
 def test_vit_b_32_with_random_weights():
     clip = load_clip({"name": "ViT-B/32"})
     assert clip.input_size == 224 and clip.embed_dim == 512

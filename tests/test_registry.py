@@ -55,7 +55,6 @@ def test_models_check_and_list_from_the_cli(tmp_path, capsys):
     assert err.count("\n") == 1 and "VQGAN config not found: missing.yaml" in err
 
 
-@pytest.mark.slow
 @pytest.mark.parametrize("name,size", [("imagenet_f16_16384", 64), ("gumbel_f8_8192", 64)])
 def test_real_architecture_with_random_weights(name, size):
     torch.manual_seed(0)
