@@ -47,6 +47,8 @@ def generate_parser() -> Parser:
     parser.add_argument("--batch", type=int, help="candidates optimised together; the best is final.png")
     parser.add_argument("--run-dir", help="the run folder (default outputs/<date>/<NNNN>-<slug>/)")
     parser.add_argument("--from", dest="from_image", help="run again with the settings stored in a vqclip PNG")
+    parser.add_argument("--resume", dest="resume_dir", metavar="RUN_DIR",
+                        help="continue a run from its folder's state.pt (same result as never stopping)")
     parser.add_argument("--quiet", action="store_true", help="no progress bar")
     return parser
 
@@ -71,7 +73,7 @@ def generate_command(argv: list[str]) -> int:
     if args.init_image:
         overrides["init"] = {"mode": "image", "image": args.init_image}
     result = generate_from_cli(preset=args.preset, overrides=overrides, dotlist=dotlist,
-                               from_image=args.from_image)
+                               from_image=args.from_image, resume_dir=args.resume_dir)
     print(result.final_path)
     return 0
 
@@ -178,6 +180,6 @@ def main(argv: list[str] | None = None) -> int:
     except UserError as exc:
         print(f"vqclip: error: {exc}", file=sys.stderr)
         return 2
-    except KeyboardInterrupt:
-        print("vqclip: interrupted", file=sys.stderr)
+    except KeyboardInterrupt as exc:  # Interrupted says where the state is and how to continue
+        print(f"vqclip: {exc or 'interrupted'}", file=sys.stderr)
         return 130

@@ -21,6 +21,7 @@ from . import outputs
 from .config import build_config, to_dict, to_yaml
 from .errors import UserError
 from .init import check_size, initial_z
+from .interrupt import Interrupted, stop_on_signals
 from .objective import Objective
 from .optimize import NumericalError, Step, make_optimizer, make_scheduler, optimize
 from .prompts import PromptTimeline, parse_prompts, timeline_from_schedule, timeline_from_story
@@ -104,7 +105,9 @@ def generate(prompt: str | list[str] | None = None, *, preset: str | None = "def
 
 
 def generate_from_cli(preset: str | None, overrides: dict, dotlist: list[str],
-                      from_image: str | None = None) -> GenerationResult:
+                      from_image: str | None = None, resume_dir: str | None = None) -> GenerationResult:
+    if resume_dir:
+        return resume(resume_dir, overrides, dotlist)
     if from_image:  # run again with the stored settings; where to write is chosen anew
         stored = outputs.read_metadata(from_image).get("config")
         if not isinstance(stored, dict):
@@ -116,8 +119,29 @@ def generate_from_cli(preset: str | None, overrides: dict, dotlist: list[str],
     return run(config)
 
 
-def run(config: DictConfig, models: Models | None = None, callback=None) -> GenerationResult:
-    """Generate with a resolved config. Writes the run folder; returns the result."""
+def resume(run_dir: str | Path, overrides: dict | None = None, dotlist: list[str] | None = None,
+           models: Models | None = None, callback=None) -> GenerationResult:
+    """Continue a run from its folder's state.pt (or state.prev.pt if the newest is damaged).
+
+    With the same settings the result is the same, pixel for pixel, as a run never interrupted:
+    the state holds z, the optimiser, the schedule and every random stream. `overrides` may
+    extend the run (`steps`); other changes are allowed but make it a different run.
+    """
+    run_dir = Path(run_dir)
+    if not (run_dir / "config.yaml").is_file():
+        raise UserError(f"{run_dir} is not a vqclip run folder (no config.yaml): give the folder of a run")
+    from .config import read_yaml
+
+    stored = read_yaml(run_dir / "config.yaml")
+    stored["run_dir"] = str(run_dir)
+    config = build_config(None, {**stored, **(overrides or {})}, dotlist)
+    state = outputs.load_state_or_previous(run_dir / "state.pt")
+    return run(config, models=models, callback=callback, state=state)
+
+
+def run(config: DictConfig, models: Models | None = None, callback=None,
+        state: dict | None = None) -> GenerationResult:
+    """Generate with a resolved config (from `state`, when resuming). Writes the run folder."""
     if config.seed is None:
         config.seed = secrets.randbelow(2**31)  # recorded, so the run can be repeated
     timeline = build_timeline(config)
@@ -128,10 +152,14 @@ def run(config: DictConfig, models: Models | None = None, callback=None) -> Gene
 
     from .cutouts import build_augmentations
 
-    z = initial_z(config.init, models.vqgan, size, config.batch_size, generator, models.device)
-    anchor = None
-    if config.init.weight:
-        anchor = z.detach().clone() if config.init.anchor == "z0" else torch.zeros_like(z)
+    if state is None:
+        z = initial_z(config.init, models.vqgan, size, config.batch_size, generator, models.device)
+        anchor = None
+        if config.init.weight:
+            anchor = z.detach().clone() if config.init.anchor == "z0" else torch.zeros_like(z)
+    else:
+        z, anchor = state["z"].to(models.device), state.get("anchor")
+        anchor = anchor.to(models.device) if anchor is not None else None
     objective = Objective(models.clip, timeline, image_prompts=list(config.image_prompts),
                           noise_prompts=list(config.noise_prompts), cutn=config.cutn, cut_pow=config.cut_pow,
                           cut_mode=config.cut_mode, noise_fac=config.noise_fac,
@@ -141,28 +169,41 @@ def run(config: DictConfig, models: Models | None = None, callback=None) -> Gene
     optimizer = make_optimizer(config.optimizer, [z], config.lr, dict(config.optimizer_args))
     scheduler = make_scheduler(config.lr_schedule, optimizer, config.steps, drops=list(config.lr_drops),
                                factor=config.lr_drop_factor, patience=config.lr_patience)
+    start_step = 0
+    if state is not None:
+        start_step = int(state["step"])
+        optimizer.load_state_dict(state["optimizer"])
+        if scheduler is not None and state.get("scheduler"):
+            scheduler.load_state_dict(state["scheduler"])
+        restore_rng(state["rng"], generator)
 
     run_dir = outputs.prepare_run_dir(config.run_dir) if config.run_dir else \
         outputs.new_run_dir(config.outputs_root, _title(config))
     outputs.write_yaml(run_dir / "config.yaml", to_dict(config))
-    writer = RunWriter(run_dir, config, optimizer, generator)
+    writer = RunWriter(run_dir, config, optimizer, scheduler, generator, anchor, start_step)
     vqgan = models.vqgan
 
-    def on_step(info: Step):
-        writer.on_step(info)
-        return callback(info) if callback is not None else None
+    with stop_on_signals() as stop:
+        def on_step(info: Step):
+            writer.on_step(info)
+            if stop:
+                writer.save_state(info.z, info.step)
+                raise Interrupted(f"stopped by signal {stop.signal} after step {info.step}; "
+                                  f"continue with: vqclip --resume {run_dir}")
+            return callback(info) if callback is not None else None
 
-    try:
-        steps_done = optimize(z, lambda latent: vqgan.decode(vqgan.quantize(latent)), objective,
-                              steps=config.steps, optimizer=optimizer, scheduler=scheduler,
-                              z_min=vqgan.z_min, z_max=vqgan.z_max, callback=on_step,
-                              disable=True if config.quiet else None)
-    except NumericalError:
-        writer.save_last_good()
-        raise
-    except torch.OutOfMemoryError:
-        raise UserError(f"out of memory on {models.device} at size {size[0]}×{size[1]} with cutn {config.cutn} "
-                        f"and batch {config.batch_size}: try a smaller --size, cutn or --batch") from None
+        try:
+            steps_done = optimize(z, lambda latent: vqgan.decode(vqgan.quantize(latent)), objective,
+                                  steps=config.steps, optimizer=optimizer, scheduler=scheduler,
+                                  z_min=vqgan.z_min, z_max=vqgan.z_max, start_step=start_step,
+                                  callback=on_step, disable=True if config.quiet else None)
+        except NumericalError:
+            writer.save_last_good()
+            raise
+        except torch.OutOfMemoryError:
+            raise UserError(f"out of memory on {models.device} at size {size[0]}×{size[1]} with cutn "
+                            f"{config.cutn} and batch {config.batch_size}: try a smaller --size, cutn or "
+                            "--batch") from None
     return writer.finish(z.detach(), vqgan, objective, steps_done)
 
 
@@ -177,10 +218,16 @@ def _title(config: DictConfig) -> str:
 class RunWriter:
     """Everything a run leaves on disk: log.jsonl, progress/, state.pt, final.png (all atomic)."""
 
-    def __init__(self, run_dir: Path, config: DictConfig, optimizer, generator: torch.Generator):
-        self.run_dir, self.config, self.optimizer, self.generator = run_dir, config, optimizer, generator
-        self.history: list[dict] = []
-        self.last_good: Step | None = None
+    def __init__(self, run_dir: Path, config: DictConfig, optimizer, scheduler, generator: torch.Generator,
+                 anchor: torch.Tensor | None, start_step: int = 0):
+        self.run_dir, self.config, self.generator, self.anchor = run_dir, config, generator, anchor
+        self.optimizer, self.scheduler = optimizer, scheduler
+        log = run_dir / "log.jsonl"
+        # Resuming: keep the log of the steps the state holds; the later ones are done again.
+        self.history = [r for r in outputs.read_jsonl(log) if r.get("step", 0) <= start_step] \
+            if start_step and log.exists() else []
+        outputs.write_jsonl(log, self.history)
+        self.last_good: tuple[int, torch.Tensor, torch.Tensor] | None = None  # step, z, image
 
     def metadata(self, step: int) -> dict:
         config = to_dict(self.config)
@@ -191,7 +238,7 @@ class RunWriter:
         record = {"step": info.step, "loss": info.loss, "losses": info.losses, "lr": info.lr}
         self.history.append(record)
         outputs.append_jsonl(self.run_dir / "log.jsonl", record)
-        self.last_good = info
+        self.last_good = (info.step, info.z.clone(), info.image)  # z is updated in place by the next step
         every = self.config.save_every
         if every and info.step % every == 0:
             outputs.save_png(self.run_dir / "progress" / f"{info.step:05d}.png", _strip(info.image),
@@ -203,12 +250,16 @@ class RunWriter:
     def save_state(self, z: torch.Tensor, step: int) -> None:
         outputs.save_state(self.run_dir / "state.pt", {
             "z": z.detach().cpu(), "step": step, "optimizer": self.optimizer.state_dict(),
-            "rng": rng_state(self.generator),
-            "config": to_yaml(self.config)})
+            "scheduler": self.scheduler.state_dict() if self.scheduler is not None else None,
+            "anchor": self.anchor.cpu() if self.anchor is not None else None,
+            "rng": rng_state(self.generator), "config": to_yaml(self.config)})
 
     def save_last_good(self) -> None:
+        """After a numerical fault: the image and latent of the last finite step."""
         if self.last_good is not None:
-            outputs.save_png(self.run_dir / "final.png", self.last_good.image[0], self.metadata(self.last_good.step))
+            step, z, image = self.last_good
+            outputs.save_png(self.run_dir / "final.png", image[0], self.metadata(step))
+            self.save_state(z, step)
 
     def finish(self, z: torch.Tensor, vqgan, objective: Objective, steps_done: int) -> GenerationResult:
         with torch.no_grad():
@@ -237,7 +288,16 @@ def rng_state(generator: torch.Generator) -> dict:
     numpy_state = np.random.get_state()
     return {"torch": torch.get_rng_state(), "generator": generator.get_state(),
             "numpy": torch.from_numpy(numpy_state[1].astype(np.int64)), "numpy_pos": int(numpy_state[2]),
-            "python": torch.tensor(python_state, dtype=torch.int64), "python_version": version}
+            "python": torch.tensor(python_state, dtype=torch.int64), "python_version": version,
+            "python_gauss": gauss}
+
+
+def restore_rng(saved: dict, generator: torch.Generator) -> None:
+    """Put every random stream back where rng_state() found it."""
+    torch.set_rng_state(saved["torch"])
+    generator.set_state(saved["generator"])
+    np.random.set_state(("MT19937", saved["numpy"].numpy().astype(np.uint32), saved["numpy_pos"]))
+    random.setstate((saved["python_version"], tuple(saved["python"].tolist()), saved["python_gauss"]))
 
 
 def _strip(images: torch.Tensor) -> torch.Tensor:

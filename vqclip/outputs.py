@@ -166,6 +166,11 @@ def append_jsonl(path: str | os.PathLike, record: dict, *, fsync: bool = False) 
         os.close(fd)
 
 
+def write_jsonl(path: str | os.PathLike, records: list[dict]) -> None:
+    """Rewrite a JSON-lines log as a whole, atomically (resuming drops the steps done again)."""
+    atomic_write_text(path, "".join(_json_line(record) + "\n" for record in records))
+
+
 def read_jsonl(path: str | os.PathLike) -> list[dict]:
     """The records of a JSON-lines log; lines cut short by a killed process are skipped."""
     records, damaged = [], []
