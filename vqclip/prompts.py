@@ -137,13 +137,18 @@ def parse_noise_prompt(s: str) -> tuple[int, float]:
     return int(seed_text), weight
 
 
-def split_prompts(s: str) -> list[str]:
-    """Several prompts in one argument, separated by '|'; spaces stripped, empty pieces dropped."""
-    pieces = [piece.strip() for piece in s.split("|")]
+def _split(s: str, separator: str, what: str, example: str) -> list[str]:
+    """The non-empty, stripped pieces of `s` between `separator`s; none at all is a UserError."""
+    pieces = [piece.strip() for piece in s.split(separator)]
     pieces = [piece for piece in pieces if piece]
     if not pieces:
-        raise UserError(f"no prompt in {s!r}: give some text, e.g. 'a red circle | a blue background:0.5'")
+        raise UserError(f"no prompt in {what}{s!r}: give some text, e.g. {example!r}")
     return pieces
+
+
+def split_prompts(s: str) -> list[str]:
+    """Several prompts in one argument, separated by '|'; spaces stripped, empty pieces dropped."""
+    return _split(s, "|", "", "a red circle | a blue background:0.5")
 
 
 def parse_prompts(s: str) -> list[PromptSpec]:
@@ -153,11 +158,7 @@ def parse_prompts(s: str) -> list[PromptSpec]:
 
 def split_story(s: str) -> list[str]:
     """The phrases of a story, separated by '^'; each may hold '|' prompts. Empty phrases dropped."""
-    phrases = [phrase.strip() for phrase in s.split("^")]
-    phrases = [phrase for phrase in phrases if phrase]
-    if not phrases:
-        raise UserError(f"no prompt in story {s!r}: give phrases like 'a red circle ^ a blue square'")
-    return phrases
+    return _split(s, "^", "story ", "a red circle ^ a blue square")
 
 
 @dataclass
