@@ -71,21 +71,23 @@ class Handler(http.server.BaseHTTPRequestHandler):
         if wanted and not b.ignore_range:
             start = int(wanted.removeprefix("bytes=").split("-")[0])
             if start >= len(data):
+                # Record before answering: once end_headers() sends this bodiless answer, the
+                # client may return and the test may read `statuses` before this thread runs on.
+                server.statuses.append(416)
                 self.send_response(416)
                 self.send_header("Content-Range", f"bytes */{len(data)}")
                 self.send_header("Content-Length", "0")
                 self.end_headers()
-                server.statuses.append(416)
                 return
             status = 206
         body = data[start:]
+        server.statuses.append(status)  # before answering, as above
         self.send_response(status)
         self.send_header("Content-Type", b.content_type)
         self.send_header("Content-Length", str(len(body)))
         if status == 206:
             self.send_header("Content-Range", f"bytes {start}-{len(data) - 1}/{len(data)}")
         self.end_headers()
-        server.statuses.append(status)
         if first and b.cut_first_after is not None:
             self.wfile.write(body[: b.cut_first_after])
             self.wfile.flush()
