@@ -13,7 +13,7 @@ from pathlib import Path
 from typing import Any, Optional
 
 import yaml
-from omegaconf import DictConfig, OmegaConf
+from omegaconf import DictConfig, ListConfig, OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 
 from .errors import UserError, closest, unknown_choice
@@ -96,6 +96,8 @@ class RunConfig:
     quiet: bool = False
 
 
+MAX_SIDE, MAX_CUTN, MAX_BATCH = 16384, 4096, 1024  # far beyond any device; they stop absurd allocations
+
 CHOICES = {
     "init.mode": ("random", "image", "noise", "tokens", "latent", "prior"),
     "init.noise": ("pixels", "gradient"),
@@ -148,17 +150,21 @@ def build_config(preset: str | None = "default", overrides: dict | None = None,
         layers.append(("arguments", overrides))
     for source, layer in layers:
         config = _merge(config, OmegaConf.create(layer), source)
-    if dotlist:
-        for item in dotlist:
-            if "=" not in item:
-                raise UserError(f"{item!r} is not key=value (quote a prompt that contains '=')")
-        try:
-            layer = OmegaConf.from_dotlist(list(dotlist))
-        except OmegaConfBaseException as exc:
-            raise UserError(f"cannot parse {' '.join(dotlist)!r}: {_first_line(exc)}") from None
-        config = _merge(config, layer, "command line")
+    for item in dotlist or ():
+        config = _merge(config, _parse_override(item), "command line")
+    _refuse_interpolations(config)
     validate(config)
     return config
+
+
+def _parse_override(item: str) -> DictConfig:
+    """One `key=value`; the value is YAML (read safely: Python tags are refused)."""
+    if "=" not in item:
+        raise UserError(f"{item!r} is not key=value (quote a prompt that contains '=')")
+    try:
+        return OmegaConf.from_dotlist([item])
+    except (OmegaConfBaseException, yaml.YAMLError, ValueError, TypeError, AttributeError) as exc:
+        raise UserError(f"cannot read the override {item[:80]!r}: {_first_line(exc)}") from None
 
 
 def _merge(config: DictConfig, layer: DictConfig, source: str) -> DictConfig:
@@ -166,6 +172,19 @@ def _merge(config: DictConfig, layer: DictConfig, source: str) -> DictConfig:
         return OmegaConf.merge(config, layer)
     except OmegaConfBaseException as exc:
         raise _config_error(exc, config, source) from None
+    except (TypeError, ValueError) as exc:  # e.g. a mapping given where a list belongs
+        raise UserError(f"bad value in {source}: {_first_line(exc)}") from None
+
+
+def _refuse_interpolations(node, path: str = "") -> None:
+    """${...} would be resolved late (and ${oc.env:...} would copy the environment into outputs)."""
+    for key in node.keys() if isinstance(node, DictConfig) else range(len(node)):
+        here = f"{path}.{key}" if path else str(key)
+        if OmegaConf.is_interpolation(node, key):
+            raise UserError(f"{here}: interpolations like ${{...}} are not supported in vqclip configs")
+        child = node._get_node(key)
+        if isinstance(child, (DictConfig, ListConfig)):
+            _refuse_interpolations(child, here)
 
 
 def _config_error(exc: OmegaConfBaseException, config: DictConfig, source: str) -> UserError:
@@ -177,7 +196,7 @@ def _config_error(exc: OmegaConfBaseException, config: DictConfig, source: str) 
         valid = sorted(node.keys()) if isinstance(node, DictConfig) else []
         return UserError(f"unknown config key {key!r} in {source}{closest(leaf, valid)}; "
                          f"valid keys{' under ' + parent if parent else ''}: {', '.join(valid)}")
-    value = getattr(exc, "msg", message)
+    value = getattr(exc, "msg", None) or message
     return UserError(f"bad value for {key or 'a config key'} in {source}: {value.splitlines()[0]}")
 
 
@@ -201,6 +220,26 @@ def validate(config: DictConfig) -> None:
         raise UserError(f"size must be two positive numbers (width height), not {list(config.size)}")
     if not 0 < config.lr < float("inf"):
         raise UserError(f"lr must be a positive finite number, not {config.lr}")
+    if max(config.size) > MAX_SIDE:
+        raise UserError(f"size {list(config.size)} is beyond {MAX_SIDE} px a side: no device holds that")
+    for key, limit in (("cutn", MAX_CUTN), ("batch_size", MAX_BATCH)):
+        if config[key] > limit:
+            raise UserError(f"{key} {config[key]} is beyond {limit}")
+    if config.seed is not None and not 0 <= config.seed < 2**63:
+        raise UserError(f"seed must be between 0 and 2**63-1, not {config.seed}")
+    if not re.fullmatch(r"auto|cpu|mps|cuda(:\d+)?", config.device):
+        raise UserError(f"device {config.device!r} is not one of auto, cpu, cuda, cuda:N, mps")
+    finite = {"cut_pow": config.cut_pow, "noise_fac": config.noise_fac, "init.weight": config.init.weight,
+              "init.decay": config.init.decay, "lr_drop_factor": config.lr_drop_factor}
+    for key, value in finite.items():
+        if not 0 <= value < float("inf"):
+            raise UserError(f"{key} must be a finite number of 0 or more, not {value}")
+    if not config.init.decay < 1 or not 0 < config.lr_drop_factor <= 1:
+        raise UserError("init.decay must be below 1 and lr_drop_factor in (0, 1]")
+    if any(not 0 < fraction < 1 for fraction in config.lr_drops):
+        raise UserError(f"lr_drops are fractions of the run, between 0 and 1: not {list(config.lr_drops)}")
+    if config.lr_patience < 0:
+        raise UserError(f"lr_patience must be 0 or more, not {config.lr_patience}")
     for key in ("save_every", "checkpoint_every"):
         if config[key] < 0:
             raise UserError(f"{key} must be 0 (off) or positive, not {config[key]}")

@@ -49,6 +49,13 @@ class GenerationResult:
 
 
 def pick_device(name: str) -> torch.device:
+    if name.startswith("cuda"):
+        index = int(name.partition(":")[2] or 0)
+        if not torch.cuda.is_available() or index >= torch.cuda.device_count():
+            raise UserError(f"device {name} is not available here ({torch.cuda.device_count()} CUDA devices): "
+                            "use device=auto or device=cpu")
+    if name == "mps" and not (getattr(torch.backends, "mps", None) and torch.backends.mps.is_available()):
+        raise UserError("device mps is not available here: use device=auto or device=cpu")
     if name != "auto":
         return torch.device(name)
     if torch.cuda.is_available():
@@ -145,6 +152,7 @@ def run(config: DictConfig, models: Models | None = None, callback=None,
     if config.seed is None:
         config.seed = secrets.randbelow(2**31)  # recorded, so the run can be repeated
     timeline = build_timeline(config)
+    check_output_path(config.output)
     size = (int(config.size[0]), int(config.size[1]))
     models = models or load_models(config)
     check_size(size, models.vqgan.factor)
@@ -200,11 +208,25 @@ def run(config: DictConfig, models: Models | None = None, callback=None,
         except NumericalError:
             writer.save_last_good()
             raise
-        except torch.OutOfMemoryError:
+        except (torch.OutOfMemoryError, MemoryError):
             raise UserError(f"out of memory on {models.device} at size {size[0]}×{size[1]} with cutn "
                             f"{config.cutn} and batch {config.batch_size}: try a smaller --size, cutn or "
                             "--batch") from None
     return writer.finish(z.detach(), vqgan, objective, steps_done)
+
+
+def check_output_path(output: str | None) -> None:
+    """Refuse an -o that cannot be written before spending the run on it."""
+    if not output:
+        return
+    path = Path(output)
+    if path.is_dir():
+        raise UserError(f"-o {output} is a folder: give a file name such as {path / 'image.png'}")
+    for parent in path.parents:
+        if parent.exists():
+            if not parent.is_dir():
+                raise UserError(f"-o {output}: {parent} is a file, not a folder")
+            break
 
 
 def _title(config: DictConfig) -> str:

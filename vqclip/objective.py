@@ -33,7 +33,7 @@ class Objective:
         self.fixed: list[tuple[str, list[EmbeddingPrompt]]] = []
         for text in image_prompts:
             spec = parse_image_prompt(text)
-            picture = load_image(spec.text).to(self._device)
+            picture = load_image(spec.text, what="image prompt").to(self._device)
             with torch.no_grad():
                 targets = [m.encode_image(picture)[0] for m in clip.members]
             self.fixed.append((f"image {spec.text}", [EmbeddingPrompt(t, spec.weight, spec.stop) for t in targets]))

@@ -82,10 +82,14 @@ def optimize(z: torch.Tensor, decode: Callable[[torch.Tensor], torch.Tensor], lo
     return step
 
 
+# These cannot drive this loop: LBFGS's step() needs a closure, SparseAdam sparse gradients.
+UNSUITABLE_OPTIMIZERS = {"LBFGS", "SparseAdam"}
+
+
 def optimizer_names() -> list[str]:
     return sorted(name for name, value in vars(torch.optim).items()
                   if isinstance(value, type) and issubclass(value, torch.optim.Optimizer)
-                  and value is not torch.optim.Optimizer)
+                  and value is not torch.optim.Optimizer and name not in UNSUITABLE_OPTIMIZERS)
 
 
 def make_optimizer(name: str, params, lr: float, extra: dict | None = None) -> torch.optim.Optimizer:

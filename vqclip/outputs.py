@@ -259,7 +259,8 @@ def read_metadata(path: str | os.PathLike) -> dict:
     return metadata
 
 
-def load_image(path: str | os.PathLike, size: tuple[int, int] | None = None) -> torch.Tensor:
+def load_image(path: str | os.PathLike, size: tuple[int, int] | None = None, *,
+               what: str = "init image") -> torch.Tensor:
     """An image file as a float tensor 1×3×H×W in [0,1]; size is (width, height) as in PIL.
 
     Transparent pixels are laid over white (what a viewer shows), EXIF rotation is applied, and
@@ -268,7 +269,7 @@ def load_image(path: str | os.PathLike, size: tuple[int, int] | None = None) -> 
     """
     import torch
 
-    too_large = f"init image {path} is too large: the limit is {MAX_IMAGE_PIXELS / 1e6:.0f} MP"
+    too_large = f"{what} {path} is too large: the limit is {MAX_IMAGE_PIXELS / 1e6:.0f} MP"
     try:
         with Image.open(path) as img:  # reads the header only
             width, height = img.size
@@ -287,7 +288,7 @@ def load_image(path: str | os.PathLike, size: tuple[int, int] | None = None) -> 
     except (Image.DecompressionBombError, Image.DecompressionBombWarning) as e:
         raise UserError(f"{too_large} ({e})") from e
     except _PIL_ERRORS as e:
-        raise UserError(f"cannot read init image {path}: {e}") from e
+        raise UserError(f"cannot read {what} {path}: {e}") from e
     pixels = torch.from_numpy(np.array(img, dtype=np.uint8))  # a copy: torch wants it writable
     return pixels.permute(2, 0, 1).unsqueeze(0).float().div(255)
 
