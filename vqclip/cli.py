@@ -137,6 +137,36 @@ def _check_models(preset: str | None, overrides: list[str]) -> int:
     return 0
 
 
+# -- the shapes world ---------------------------------------------------------------------------
+@command("shapes")
+def shapes_command(argv: list[str]) -> int:
+    parser = Parser(prog="vqclip shapes", description="The embedded shapes world: train its models.")
+    sub = parser.add_subparsers(dest="action", required=True)
+    train = sub.add_parser("train", help="run a training recipe")
+    train.add_argument("model", choices=["vqgan"])
+    train.add_argument("--steps", type=int, help="training steps (default: the recipe's)")
+    train.add_argument("--out", required=True, help="folder for the weights, metrics and training state")
+    train.add_argument("--resume", action="store_true", help="continue from OUT/train_state.pt")
+    train.add_argument("--seed", type=int)
+    train.add_argument("--quiet", action="store_true")
+    args = parser.parse_args(argv)
+
+    from pathlib import Path
+
+    from .shapes.train_vqgan import VQGANRecipe, train as train_vqgan
+
+    recipe = VQGANRecipe()
+    if args.steps is not None:
+        if args.steps <= 0:
+            raise UserError(f"--steps must be at least 1, not {args.steps}")
+        recipe.steps = args.steps
+    if args.seed is not None:
+        recipe.seed = args.seed
+    metrics = train_vqgan(Path(args.out), recipe, resume=args.resume, progress=not args.quiet)
+    print(json.dumps(metrics))
+    return 0
+
+
 # -- presets and info --------------------------------------------------------------------------
 @command("presets")
 def presets_command(argv: list[str]) -> int:
