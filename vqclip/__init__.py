@@ -6,7 +6,8 @@ imported on first use.
 
 __version__ = "0.1.0"
 
-_LAZY = {"generate": "generate", "run": "generate", "load_models": "generate", "GenerationResult": "generate",
+_LAZY = {"generate": "generate", "run": "generate", "resume": "generate", "load_models": "generate",
+         "GenerationResult": "run_files",
          "build_config": "config"}
 
 

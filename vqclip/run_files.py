@@ -1,0 +1,133 @@
+"""What a run leaves on disk, and the random streams it must save to be resumed exactly.
+
+RunWriter writes log.jsonl every step, progress images and state.pt on their schedules, and the
+ranked final images at the end; every write goes through vqclip.outputs (atomic).
+"""
+
+from __future__ import annotations
+
+import random
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+import numpy as np
+import torch
+from omegaconf import DictConfig
+
+from . import outputs
+from .config import to_dict, to_yaml
+from .optimize import Step
+
+if TYPE_CHECKING:
+    from .objective import Objective
+
+
+@dataclass
+class GenerationResult:
+    images: torch.Tensor  # B × 3 × H × W in [0, 1], best first
+    z: torch.Tensor  # B × C × h × w, same order
+    scores: list[float]  # CLIP score of each image, best first
+    losses: list[dict] = field(default_factory=list)  # per step: {"step", "loss", "losses", "lr"}
+    config: dict = field(default_factory=dict)  # the resolved config (seed included)
+    run_dir: Path | None = None
+    final_path: Path | None = None
+    steps_done: int = 0
+
+
+def seed_everything(seed: int) -> torch.Generator:
+    """Seed Python, NumPy and torch (Kornia draws from torch's global RNG) from one number."""
+    random.seed(seed)
+    np.random.seed(seed % 2**32)
+    torch.manual_seed(seed)
+    return torch.Generator().manual_seed(seed)
+
+
+class RunWriter:
+    """Everything a run leaves on disk: log.jsonl, progress/, state.pt, final.png (all atomic)."""
+
+    def __init__(self, run_dir: Path, config: DictConfig, optimizer, scheduler, generator: torch.Generator,
+                 anchor: torch.Tensor | None, start_step: int = 0):
+        self.run_dir, self.config, self.generator, self.anchor = run_dir, config, generator, anchor
+        self.optimizer, self.scheduler = optimizer, scheduler
+        log = run_dir / "log.jsonl"
+        # Resuming: keep the log of the steps the state holds; the later ones are done again.
+        self.history = [r for r in outputs.read_jsonl(log) if r.get("step", 0) <= start_step] \
+            if start_step and log.exists() else []
+        outputs.write_jsonl(log, self.history)
+        self.last_good: tuple[int, torch.Tensor, torch.Tensor] | None = None  # step, z, image
+
+    def metadata(self, step: int) -> dict:
+        config = to_dict(self.config)
+        return {"config": config, "prompts": config["prompts"], "seed": config["seed"], "step": step,
+                "versions": outputs.environment_info()}
+
+    def on_step(self, info: Step) -> None:
+        record = {"step": info.step, "loss": info.loss, "losses": info.losses, "lr": info.lr}
+        self.history.append(record)
+        outputs.append_jsonl(self.run_dir / "log.jsonl", record)
+        self.last_good = (info.step, info.z.clone(), info.image)  # z is updated in place by the next step
+        every = self.config.save_every
+        if every and info.step % every == 0:
+            outputs.save_png(self.run_dir / "progress" / f"{info.step:05d}.png", _strip(info.image),
+                             self.metadata(info.step))
+        every = self.config.checkpoint_every
+        if every and info.step % every == 0:
+            self.save_state(info.z, info.step)
+
+    def save_state(self, z: torch.Tensor, step: int) -> None:
+        outputs.save_state(self.run_dir / "state.pt", {
+            "z": z.detach().cpu(), "step": step, "optimizer": self.optimizer.state_dict(),
+            "scheduler": self.scheduler.state_dict() if self.scheduler is not None else None,
+            "anchor": self.anchor.cpu() if self.anchor is not None else None,
+            "rng": rng_state(self.generator), "config": to_yaml(self.config)})
+
+    def save_last_good(self) -> None:
+        """After a numerical fault: the image and latent of the last finite step."""
+        if self.last_good is not None:
+            step, z, image = self.last_good
+            outputs.save_png(self.run_dir / "final.png", image[0], self.metadata(step))
+            self.save_state(z, step)
+
+    def finish(self, z: torch.Tensor, vqgan, objective: Objective, steps_done: int) -> GenerationResult:
+        with torch.no_grad():
+            images = vqgan.decode(vqgan.quantize(z))
+        scores = objective.scores(images, max(steps_done - 1, 0))
+        order = sorted(range(len(scores)), key=lambda i: -scores[i])
+        images, z, scores = images[order], z[order], [scores[i] for i in order]
+        self.save_state(z, steps_done)
+        metadata = self.metadata(steps_done)
+        final = self.run_dir / "final.png"
+        outputs.save_png(final, images[0], {**metadata, "score": scores[0]})
+        if len(order) > 1:
+            for rank, (image, score) in enumerate(zip(images, scores)):
+                outputs.save_png(self.run_dir / f"candidate-{rank}.png", image, {**metadata, "score": score})
+        if self.config.output:
+            outputs.save_png(self.config.output, images[0], {**metadata, "score": scores[0]})
+        return GenerationResult(images=images.cpu(), z=z.cpu(), scores=scores, losses=self.history,
+                                config=to_dict(self.config), run_dir=self.run_dir,
+                                final_path=Path(self.config.output) if self.config.output else final,
+                                steps_done=steps_done)
+
+
+def rng_state(generator: torch.Generator) -> dict:
+    """Every random stream a run draws from, as tensors (state.pt is read with weights_only)."""
+    version, python_state, gauss = random.getstate()
+    numpy_state = np.random.get_state()
+    return {"torch": torch.get_rng_state(), "generator": generator.get_state(),
+            "numpy": torch.from_numpy(numpy_state[1].astype(np.int64)), "numpy_pos": int(numpy_state[2]),
+            "python": torch.tensor(python_state, dtype=torch.int64), "python_version": version,
+            "python_gauss": gauss}
+
+
+def restore_rng(saved: dict, generator: torch.Generator) -> None:
+    """Put every random stream back where rng_state() found it."""
+    torch.set_rng_state(saved["torch"])
+    generator.set_state(saved["generator"])
+    np.random.set_state(("MT19937", saved["numpy"].numpy().astype(np.uint32), saved["numpy_pos"]))
+    random.setstate((saved["python_version"], tuple(saved["python"].tolist()), saved["python_gauss"]))
+
+
+def _strip(images: torch.Tensor) -> torch.Tensor:
+    """A batch side by side, as one 3 × H × (B·W) picture."""
+    return torch.cat(list(images), dim=-1)
