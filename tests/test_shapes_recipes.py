@@ -60,3 +60,21 @@ def test_recipe_from_the_command_line(tmp_path, capsys, monkeypatch):
     assert main(["shapes", "train", "vqgan", "--steps", "2", "--out", str(tmp_path), "--quiet"]) == 0
     assert "psnr_db" in json.loads(capsys.readouterr().out.strip().splitlines()[-1])
     assert main(["shapes", "train", "vqgan", "--steps", "0", "--out", str(tmp_path)]) == 2
+
+
+def test_clip_recipe_smoke_export_and_load(tmp_path):
+    from vqclip.models.clip import load_clip
+    from vqclip.shapes.train_clip import ClipRecipe, train as train_clip
+
+    recipe = ClipRecipe(steps=3, contrast_groups=2, random_images=4, checkpoint_every=2, eval_images=8)
+    vqgan_dir = tmp_path / "vqgan"
+    train(vqgan_dir, small_recipe(steps=1), progress=False)
+    vqgan = load_vqgan(vqgan_dir / "vqgan.yaml", vqgan_dir / "vqgan.safetensors")
+    metrics = train_clip(tmp_path / "clip", recipe, vqgan, progress=False)
+    assert set(metrics["clean"]) == {"colour", "shape", "background"} and "vqgan_reconstructions" in metrics
+    clip = load_clip({"name": str(tmp_path / "clip" / "clip.json"),
+                      "pretrained": str(tmp_path / "clip" / "clip.safetensors")})  # the users' loader
+    assert clip.input_size == 64 and clip.mean.tolist() == [0.5, 0.5, 0.5]
+    embedding = clip.encode_image(torch.rand(2, 3, 64, 64))
+    assert embedding.shape == (2, 64)
+    assert clip.encode_text(["a red circle"]).shape == (1, 64)

@@ -143,28 +143,43 @@ def shapes_command(argv: list[str]) -> int:
     parser = Parser(prog="vqclip shapes", description="The embedded shapes world: train its models.")
     sub = parser.add_subparsers(dest="action", required=True)
     train = sub.add_parser("train", help="run a training recipe")
-    train.add_argument("model", choices=["vqgan"])
+    train.add_argument("model", choices=["vqgan", "clip"])
     train.add_argument("--steps", type=int, help="training steps (default: the recipe's)")
     train.add_argument("--out", required=True, help="folder for the weights, metrics and training state")
     train.add_argument("--resume", action="store_true", help="continue from OUT/train_state.pt")
     train.add_argument("--seed", type=int)
+    train.add_argument("--vqgan", help="clip: a folder with vqgan.yaml + vqgan.safetensors whose "
+                       "reconstructions the CLIP also learns from (default: the shipped shapes VQGAN)")
     train.add_argument("--quiet", action="store_true")
     args = parser.parse_args(argv)
+    if args.steps is not None and args.steps <= 0:
+        raise UserError(f"--steps must be at least 1, not {args.steps}")
 
     from pathlib import Path
 
-    from .shapes.train_vqgan import VQGANRecipe, train as train_vqgan
+    from .shapes import train_clip, train_vqgan
 
-    recipe = VQGANRecipe()
-    if args.steps is not None:
-        if args.steps <= 0:
-            raise UserError(f"--steps must be at least 1, not {args.steps}")
-        recipe.steps = args.steps
-    if args.seed is not None:
-        recipe.seed = args.seed
-    metrics = train_vqgan(Path(args.out), recipe, resume=args.resume, progress=not args.quiet)
+    module = train_vqgan if args.model == "vqgan" else train_clip
+    recipe = module.VQGANRecipe() if args.model == "vqgan" else module.ClipRecipe()
+    recipe.steps = args.steps if args.steps is not None else recipe.steps
+    recipe.seed = args.seed if args.seed is not None else recipe.seed
+    extra = {}
+    if args.model == "clip":
+        extra["vqgan"] = _shapes_vqgan(args.vqgan)
+    metrics = module.train(Path(args.out), recipe, resume=args.resume, progress=not args.quiet, **extra)
     print(json.dumps(metrics))
     return 0
+
+
+def _shapes_vqgan(folder: str | None):
+    from pathlib import Path
+
+    from .models.registry import load_vqgan_from_config
+    from .models.vqgan import load_vqgan
+
+    if folder is None:
+        return load_vqgan_from_config({"name": "shapes"}, progress=False)
+    return load_vqgan(Path(folder) / "vqgan.yaml", Path(folder) / "vqgan.safetensors")
 
 
 # -- presets and info --------------------------------------------------------------------------

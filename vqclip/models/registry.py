@@ -15,6 +15,7 @@ from pathlib import Path
 from ..errors import UserError, unknown_choice
 
 HEIBOX = "https://heibox.uni-heidelberg.de/d"
+BUNDLED = "bundled:"  # a file shipped inside the vqclip package, under vqclip/<path>
 
 
 @dataclass(frozen=True)
@@ -90,6 +91,13 @@ VQGANS: dict[str, VQGANEntry] = {e.name: e for e in [
                RemoteFile("faceshq.yaml",
                           "https://drive.google.com/uc?export=download&id=1fHwGx_hnBtC8nsq7hesJvs-Klv-P0gzT"),
                note="FacesHQ (Net2Net first stage), community mirrors"),
+    VQGANEntry("shapes", {"target": "taming.models.vqgan.VQModel", "params": {
+                   "embed_dim": 64, "n_embed": 512, "ddconfig": dict(
+                       double_z=False, z_channels=64, resolution=64, in_channels=3, out_ch=3, ch=64,
+                       ch_mult=[1, 2, 2], num_res_blocks=1, attn_resolutions=[], dropout=0.0)}},
+               RemoteFile("vqgan.safetensors", BUNDLED + "shapes/weights/vqgan.safetensors", 7.9),
+               RemoteFile("vqgan.yaml", BUNDLED + "shapes/weights/vqgan.yaml"),
+               note="the embedded shapes world (shipped; `vqclip shapes train vqgan`)"),
     VQGANEntry("min-dalle", None,
                RemoteFile("detoker.pt", "https://huggingface.co/kuprel/min-dalle/resolve/main/detoker.pt", 187),
                format="min-dalle", note="DALL-E mini's decoder-only f16/16384 VQGAN"),
@@ -137,10 +145,19 @@ def model_dir(name: str, cache: Path | None = None) -> Path:
     return (cache or cache_dir()) / name
 
 
+def bundled_path(file: RemoteFile) -> Path:
+    path = Path(__file__).resolve().parents[1] / file.url[len(BUNDLED):]
+    if not path.is_file():
+        raise UserError(f"{path} is missing from this vqclip installation: reinstall vqclip")
+    return path
+
+
 def fetch(file: RemoteFile, folder: Path, *, progress: bool = True) -> Path:
     """Download `file` into `folder` (once; later calls find it there) and check what arrived."""
     from .download import DownloadError, download
 
+    if file.url.startswith(BUNDLED):
+        return bundled_path(file)
     path = download(file.url, folder / file.filename, sha256=file.sha256, progress=progress)
     problem = _looks_wrong(path, file)
     if problem:

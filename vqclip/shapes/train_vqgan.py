@@ -12,7 +12,6 @@ blocks trains, where ch 32 stalled at 11–12 dB.
 
 from __future__ import annotations
 
-import math
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
@@ -23,7 +22,9 @@ from tqdm.auto import trange
 
 from ..atomic import atomic_open, atomic_write_text
 from ..models.vqgan import build_vqgan
+from ..outputs import write_json
 from . import judge, world
+from .training import bf16_fast, load_checkpoint, save_checkpoint, warmup_cosine
 
 
 @dataclass
@@ -121,21 +122,14 @@ def train(out: Path, recipe: VQGANRecipe, *, resume: bool = False, progress: boo
                          "embed_dim": recipe.embed_dim})
     model.train()
     optimizer = torch.optim.Adam(model.parameters(), lr=recipe.lr, betas=(0.5, 0.9))
-    schedule = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda step: min(1, (step + 1) / recipe.warmup)
-                                                 * 0.5 * (1 + math.cos(math.pi * min(step / recipe.steps, 1))))
+    schedule = torch.optim.lr_scheduler.LambdaLR(optimizer, warmup_cosine(recipe.warmup, recipe.steps))
     usage = torch.zeros(recipe.n_embed, dtype=torch.long)
     start = 0
     state_path = out / "train_state.pt"
     if resume and state_path.exists():
-        state = torch.load(state_path, map_location="cpu", weights_only=True)
-        model.load_state_dict(state["model"])
-        optimizer.load_state_dict(state["optimizer"])
-        schedule.load_state_dict(state["schedule"])
+        state = load_checkpoint(state_path, model, optimizer, schedule, rng, generator)
         usage, start = state["usage"], state["step"]
-        torch.set_rng_state(state["torch_rng"])
-        generator.set_state(state["generator"])
-        rng.setstate((state["rng_version"], tuple(state["rng"].tolist()), None))
-    autocast = recipe.bf16 and _bf16_fast()
+    autocast = recipe.bf16 and bf16_fast()
     bar = trange(start, recipe.steps, disable=not progress, desc="vqgan", unit="step")
     for step in bar:
         images = random_crops(world.batch(rng, recipe.batch_size)[0], recipe.crop, generator)
@@ -154,16 +148,11 @@ def train(out: Path, recipe: VQGANRecipe, *, resume: bool = False, progress: boo
             usage.zero_()
         bar.set_postfix(recon=f"{recon.item():.4f}", refresh=False)
         if (step + 1) % recipe.checkpoint_every == 0 or step + 1 == recipe.steps:
-            version, mt, _ = rng.getstate()
-            with atomic_open(state_path) as f:
-                torch.save({"model": model.state_dict(), "optimizer": optimizer.state_dict(),
-                            "schedule": schedule.state_dict(), "usage": usage, "step": step + 1,
-                            "torch_rng": torch.get_rng_state(), "generator": generator.get_state(),
-                            "rng": torch.tensor(mt, dtype=torch.int64), "rng_version": version}, f)
+            save_checkpoint(state_path, step + 1, model, optimizer, schedule, rng, generator, usage=usage)
     model.eval()
     export(model, recipe, out)
     metrics = evaluate(model, recipe.eval_images)
-    atomic_write_text(out / "vqgan-metrics.json", yaml.safe_dump({**metrics, "recipe": asdict(recipe)}))
+    write_json(out / "vqgan-metrics.json", {**metrics, "recipe": asdict(recipe)})
     return metrics
 
 
@@ -173,13 +162,4 @@ def export(model, recipe: VQGANRecipe, out: Path) -> None:
     atomic_write_text(out / "vqgan.yaml", yaml.safe_dump(taming_config(recipe), sort_keys=False))
     with atomic_open(out / "vqgan.safetensors") as f:
         f.write(save(taming_state(model)))
-
-
-def _bf16_fast() -> bool:
-    """bf16 autocast pays off on CPUs with bf16 matrix instructions (AVX512-BF16, AMX)."""
-    try:
-        flags = Path("/proc/cpuinfo").read_text()
-    except OSError:
-        return False
-    return "avx512_bf16" in flags or "amx_bf16" in flags
 

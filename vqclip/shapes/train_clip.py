@@ -1,0 +1,162 @@
+"""Recipe: a tiny CLIP for the shapes world — open_clip's own CLIP class, tokenizer and loss.
+
+The image tower is open_clip's ModifiedResNet (layers 1,1,1,1, width 16), the text tower a
+3-layer transformer of width 64, so the state dict has the OpenAI layout and the model loads
+through vqclip's ordinary CLIP loader from a model-config JSON shipped beside the weights.
+
+What the data does, and why:
+- Half of every batch is groups of images that differ only in shape: a prototype learned colour
+  at once but left shape at chance until it had to tell such images apart.
+- A share of the images goes through the shapes VQGAN first, so the CLIP judges the VQGAN's
+  reconstructions (what it sees during generation) as well as clean drawings.
+- Horizontal flips, small shifts and per-image noise, as the cutouts of a generation add.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+from tqdm.auto import trange
+
+from ..atomic import atomic_open, atomic_write_text
+from ..outputs import write_json
+from . import world
+from .training import bf16_fast, load_checkpoint, save_checkpoint, warmup_cosine
+
+MEAN, STD = (0.5, 0.5, 0.5), (0.25, 0.25, 0.25)
+
+
+@dataclass
+class ClipRecipe:
+    steps: int = 1500
+    contrast_groups: int = 16  # groups of 3 images that differ only in shape ...
+    random_images: int = 48  # ... plus this many random ones per batch
+    recon_fraction: float = 0.25  # share of images reconstructed by the VQGAN first
+    lr: float = 1e-3
+    weight_decay: float = 0.1
+    warmup: int = 100
+    noise: float = 0.05  # up to this much Gaussian noise per image
+    checkpoint_every: int = 100
+    eval_images: int = 256
+    seed: int = 0
+    bf16: bool = True
+    model_cfg: dict = field(default_factory=lambda: {
+        "embed_dim": 64,
+        "vision_cfg": {"image_size": 64, "layers": [1, 1, 1, 1], "width": 16, "head_width": 32},
+        "text_cfg": {"context_length": 24, "vocab_size": 49408, "width": 64, "heads": 4, "layers": 3},
+    })
+
+
+def build_model(recipe: ClipRecipe):
+    import open_clip
+
+    return open_clip.CLIP(**recipe.model_cfg)
+
+
+def augment(images: torch.Tensor, noise: float, generator: torch.Generator) -> torch.Tensor:
+    """Flip half the images left-right (triangles stay upright), shift by up to 4 px, add noise."""
+    n = len(images)
+    flip = torch.rand(n, generator=generator) < 0.5
+    images = torch.where(flip[:, None, None, None], images.flip(-1), images)
+    shifts = torch.randint(-4, 5, (n, 2), generator=generator).tolist()
+    images = torch.stack([image.roll(tuple(shift), dims=(1, 2)) for image, shift in zip(images, shifts)])
+    scale = torch.rand(n, 1, 1, 1, generator=generator) * noise
+    return (images + scale * torch.randn(images.shape, generator=generator)).clamp(0, 1)
+
+
+def training_batch(rng, recipe: ClipRecipe, generator: torch.Generator, vqgan=None):
+    contrast, contrast_captions, _ = world.shape_contrast_batch(rng, recipe.contrast_groups)
+    random_images, random_captions, _ = world.batch(rng, recipe.random_images)
+    images = torch.cat([contrast, random_images])
+    if vqgan is not None and recipe.recon_fraction > 0:
+        chosen = torch.rand(len(images), generator=generator) < recipe.recon_fraction
+        if chosen.any():
+            with torch.no_grad():
+                images[chosen] = vqgan.decode(vqgan.quantize(vqgan.encode(images[chosen]))).clamp(0, 1)
+    return augment(images, recipe.noise, generator), contrast_captions + random_captions
+
+
+def normalize(images: torch.Tensor) -> torch.Tensor:
+    return (images - torch.tensor(MEAN).view(3, 1, 1)) / torch.tensor(STD).view(3, 1, 1)
+
+
+def zero_shot(model, tokenizer, images: torch.Tensor, scenes) -> dict:
+    """Accuracy of the best of all 168 captions 'a C S on a B background', per attribute."""
+    classes = [(c, s, b) for c in world.COLOURS for s in world.SHAPES for b in world.COLOURS if b != c]
+    texts = [world.render("a {colour} {shape} on a {background} background",
+                          world.Scene(s, c, b, 0.5, 0.5, 0.5)) for c, s, b in classes]
+    with torch.no_grad():
+        text = F.normalize(model.encode_text(tokenizer(texts)), dim=-1)
+        image = F.normalize(model.encode_image(normalize(images)), dim=-1)
+    picks = [classes[i] for i in (image @ text.T).argmax(1).tolist()]
+    total = len(scenes)
+    return {"colour": sum(p[0] == s.colour for p, s in zip(picks, scenes)) / total,
+            "shape": sum(p[1] == s.shape for p, s in zip(picks, scenes)) / total,
+            "background": sum(p[2] == s.background for p, s in zip(picks, scenes)) / total}
+
+
+def evaluate(model, tokenizer, count: int, vqgan=None) -> dict:
+    samples = world.held_out(count)
+    images = torch.stack([world.to_tensor(image) for image, _, _ in samples])
+    scenes = [scene for _, _, scene in samples]
+    result = {"clean": zero_shot(model, tokenizer, images, scenes)}
+    if vqgan is not None:
+        with torch.no_grad():
+            recons = vqgan.decode(vqgan.quantize(vqgan.encode(images))).clamp(0, 1)
+        result["vqgan_reconstructions"] = zero_shot(model, tokenizer, recons, scenes)
+    return result
+
+
+def train(out: Path, recipe: ClipRecipe, vqgan=None, *, resume: bool = False, progress: bool = True) -> dict:
+    """Train; checkpoint to out/train_state.pt; write out/clip.json + out/clip.safetensors."""
+    import open_clip
+
+    out.mkdir(parents=True, exist_ok=True)
+    torch.manual_seed(recipe.seed)
+    generator = torch.Generator().manual_seed(recipe.seed)
+    rng = world.make_rng(recipe.seed)
+    model = build_model(recipe).train()
+    tokenizer = open_clip.SimpleTokenizer(context_length=recipe.model_cfg["text_cfg"]["context_length"])
+    loss_fn = open_clip.ClipLoss()
+    optimizer = torch.optim.AdamW(model.parameters(), lr=recipe.lr, weight_decay=recipe.weight_decay)
+    schedule = torch.optim.lr_scheduler.LambdaLR(optimizer, warmup_cosine(recipe.warmup, recipe.steps))
+    state_path, start = out / "train_state.pt", 0
+    if resume and state_path.exists():
+        start = load_checkpoint(state_path, model, optimizer, schedule, rng, generator)["step"]
+    autocast = recipe.bf16 and bf16_fast()
+    bar = trange(start, recipe.steps, disable=not progress, desc="clip", unit="step")
+    for step in bar:
+        images, captions = training_batch(rng, recipe, generator, vqgan)
+        with torch.autocast("cpu", dtype=torch.bfloat16, enabled=autocast):
+            image_features = model.encode_image(normalize(images), normalize=True)
+            text_features = model.encode_text(tokenizer(captions), normalize=True)
+        loss = loss_fn(image_features.float(), text_features.float(), model.logit_scale.exp())
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        optimizer.step()
+        schedule.step()
+        with torch.no_grad():
+            model.logit_scale.clamp_(0, 4.6052)  # at most 100, as in CLIP
+        bar.set_postfix(loss=f"{loss.item():.3f}", refresh=False)
+        if (step + 1) % recipe.checkpoint_every == 0 or step + 1 == recipe.steps:
+            save_checkpoint(state_path, step + 1, model, optimizer, schedule, rng, generator)
+    model.eval()
+    export(model, recipe, out)
+    metrics = evaluate(model, tokenizer, recipe.eval_images, vqgan)
+    write_json(out / "clip-metrics.json", {**metrics, "recipe": asdict(recipe)})
+    return metrics
+
+
+def export(model, recipe: ClipRecipe, out: Path) -> None:
+    """The open_clip hub layout: a model-config JSON with its preprocessing, and fp16 weights."""
+    from safetensors.torch import save
+
+    config = {"model_cfg": recipe.model_cfg, "preprocess_cfg": {"mean": list(MEAN), "std": list(STD)}}
+    atomic_write_text(out / "clip.json", json.dumps(config, indent=2) + "\n")
+    with atomic_open(out / "clip.safetensors") as f:
+        f.write(save({k: (v.detach().half() if v.is_floating_point() else v.detach()).contiguous()
+                      for k, v in model.state_dict().items()}))
