@@ -33,3 +33,23 @@ def test_shipped_vqgan_reconstructs_held_out_drawings(vqgan, held_out):
              and judge.judge(r).background == s.background for r, s in zip(reconstructions, scenes)]
     assert sum(agree) / len(agree) >= 0.98
     assert tokens.unique().numel() > 100  # many codes in use even on 48 images
+
+
+def test_shipped_clip_zero_shot_on_drawings_and_reconstructions(vqgan, held_out):
+    import open_clip
+
+    from vqclip.generate import load_models
+    from vqclip.config import build_config
+    from vqclip.shapes.train_clip import zero_shot
+
+    clip = load_models(build_config("shapes", {"prompts": ["x"]}), torch.device("cpu")).clip.members[0]
+    assert clip.input_size == 64
+    images, scenes = held_out
+    tokenizer = open_clip.SimpleTokenizer(context_length=clip.tokenizer.context_length)
+    model = clip.model
+    clean = zero_shot(model, tokenizer, images, scenes)
+    with torch.no_grad():
+        reconstructions = vqgan.decode(vqgan.quantize(vqgan.encode(images)))
+    recon = zero_shot(model, tokenizer, reconstructions, scenes)
+    for result in (clean, recon):
+        assert result["colour"] >= 0.95 and result["background"] >= 0.95 and result["shape"] >= 0.9, result

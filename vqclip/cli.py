@@ -121,18 +121,17 @@ def models_command(argv: list[str]) -> int:
 def _check_models(preset: str | None, overrides: list[str]) -> int:
     import torch
 
-    from .config import build_config, to_dict
-    from .models.clip import load_clip_ensemble
-    from .models.registry import load_vqgan_from_config
+    from .config import build_config
+    from .generate import load_models
 
     config = build_config(preset or "default", dotlist=overrides)
-    vqgan = load_vqgan_from_config(to_dict(config)["vqgan"])
+    models = load_models(config, torch.device("cpu"))
+    vqgan = models.vqgan
     tokens = torch.zeros(1, 2, 2, dtype=torch.long)
     image = vqgan.decode(vqgan.tokens_to_z(tokens))
     print(f"VQGAN: {vqgan.kind}, {vqgan.n_embed} codes × {vqgan.embed_dim}, factor {vqgan.factor}, "
           f"decodes 2×2 tokens to {tuple(image.shape[-2:])}")
-    ensemble = load_clip_ensemble(to_dict(config)["clip"]["models"])
-    for member in ensemble.members:
+    for member in models.clip.members:
         print(f"CLIP: {member.name} input {member.input_size} px, embedding {member.embed_dim}, weight {member.weight}")
     return 0
 
@@ -151,7 +150,15 @@ def shapes_command(argv: list[str]) -> int:
     train.add_argument("--vqgan", help="clip: a folder with vqgan.yaml + vqgan.safetensors whose "
                        "reconstructions the CLIP also learns from (default: the shipped shapes VQGAN)")
     train.add_argument("--quiet", action="store_true")
+    grade = sub.add_parser("eval", help="generate prompts and grade the images by their pixels")
+    grade.add_argument("--prompts", help="a text file, one prompt per line (default: 8 colours × 3 shapes)")
+    grade.add_argument("--seeds", type=int, default=1, help="seeds per prompt")
+    grade.add_argument("-p", "--preset", default="shapes")
+    grade.add_argument("--out", default="outputs/shapes-eval", help="folder for the images and eval.json")
+    grade.add_argument("overrides", nargs="*", help="key=value, e.g. steps=50 init.mode=random")
     args = parser.parse_args(argv)
+    if args.action == "eval":
+        return _shapes_eval(args)
     if args.steps is not None and args.steps <= 0:
         raise UserError(f"--steps must be at least 1, not {args.steps}")
 
@@ -168,6 +175,23 @@ def shapes_command(argv: list[str]) -> int:
         extra["vqgan"] = _shapes_vqgan(args.vqgan)
     metrics = module.train(Path(args.out), recipe, resume=args.resume, progress=not args.quiet, **extra)
     print(json.dumps(metrics))
+    return 0
+
+
+def _shapes_eval(args) -> int:
+    from pathlib import Path
+
+    from .outputs import write_json
+    from .shapes import evaluate
+
+    if args.seeds <= 0:
+        raise UserError(f"--seeds must be at least 1, not {args.seeds}")
+    prompts = evaluate.read_prompts(args.prompts) if args.prompts else evaluate.default_prompts()
+    out = Path(args.out)
+    report = evaluate.evaluate(prompts, args.seeds, preset=args.preset, out=out, dotlist=args.overrides)
+    print(evaluate.format_table(report))
+    write_json(out / "eval.json", report)
+    print(out / "eval.json")
     return 0
 
 

@@ -79,6 +79,7 @@ class RunConfig:
     cut_mode: str = "classic"  # classic | pooled | mix
     noise_fac: float = 0.1  # per-cutout noise U(0, noise_fac) · N(0, 1)
     augmentations: Any = "classic"  # a pipeline name in augmentations/, a YAML path, or an inline list
+    tv_weight: float = 0.0  # total-variation penalty on the image: flat regions over CLIP-pleasing noise
     # Optimisation.
     optimizer: str = "Adam"  # any torch.optim optimiser by name
     lr: float = 0.1
@@ -229,7 +230,8 @@ def validate(config: DictConfig) -> None:
         raise UserError(f"seed must be between 0 and 2**63-1, not {config.seed}")
     if not re.fullmatch(r"auto|cpu|mps|cuda(:\d+)?", config.device):
         raise UserError(f"device {config.device!r} is not one of auto, cpu, cuda, cuda:N, mps")
-    finite = {"cut_pow": config.cut_pow, "noise_fac": config.noise_fac, "init.weight": config.init.weight,
+    finite = {"cut_pow": config.cut_pow, "noise_fac": config.noise_fac, "tv_weight": config.tv_weight,
+              "init.weight": config.init.weight,
               "init.decay": config.init.decay, "lr_drop_factor": config.lr_drop_factor}
     for key, value in finite.items():
         if not 0 <= value < float("inf"):

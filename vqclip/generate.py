@@ -54,12 +54,12 @@ def pick_device(name: str) -> torch.device:
 
 def load_models(config: DictConfig, device: torch.device | None = None) -> Models:
     from .models.clip import load_clip_ensemble
-    from .models.registry import load_vqgan_from_config
+    from .models.registry import load_vqgan_from_config, resolve_clip
 
     device = device or pick_device(config.device)
     plain = to_dict(config)
     vqgan = load_vqgan_from_config(plain["vqgan"], device, progress=not config.quiet)
-    clip = load_clip_ensemble(plain["clip"]["models"], device)
+    clip = load_clip_ensemble([resolve_clip(spec) for spec in plain["clip"]["models"]], device)
     return Models(vqgan, clip, device)
 
 
@@ -151,7 +151,8 @@ def run(config: DictConfig, models: Models | None = None, callback=None,
                           noise_prompts=list(config.noise_prompts), cutn=config.cutn, cut_pow=config.cut_pow,
                           cut_mode=config.cut_mode, noise_fac=config.noise_fac,
                           augment=build_augmentations(config.augmentations), generator=generator,
-                          anchor=anchor, anchor_weight=config.init.weight, anchor_decay=config.init.decay)
+                          anchor=anchor, anchor_weight=config.init.weight, anchor_decay=config.init.decay,
+                          tv_weight=config.tv_weight)
     z = z.detach().clone().requires_grad_(True)
     optimizer = make_optimizer(config.optimizer, [z], config.lr, dict(config.optimizer_args))
     scheduler = make_scheduler(config.lr_schedule, optimizer, config.steps, drops=list(config.lr_drops),

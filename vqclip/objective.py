@@ -23,11 +23,12 @@ class Objective:
     def __init__(self, clip, timeline: PromptTimeline | None, *, image_prompts=(), noise_prompts=(),
                  cutn: int, cut_pow: float, cut_mode: str, noise_fac: float, augment=None,
                  generator: torch.Generator | None = None, anchor: torch.Tensor | None = None,
-                 anchor_weight: float = 0.0, anchor_decay: float = 0.0):
+                 anchor_weight: float = 0.0, anchor_decay: float = 0.0, tv_weight: float = 0.0):
         self.clip, self.timeline = clip, timeline
         self.cut = dict(cutn=cutn, cut_pow=cut_pow, mode=cut_mode, noise_fac=noise_fac, augment=augment,
                         generator=generator)
         self.anchor, self.anchor_weight, self.anchor_decay = anchor, anchor_weight, anchor_decay
+        self.tv_weight = tv_weight
         self._text_cache: dict[tuple[int, str], torch.Tensor] = {}
         # Fixed prompts: (name, per-member EmbeddingPrompt list).
         self.fixed: list[tuple[str, list[EmbeddingPrompt]]] = []
@@ -74,6 +75,10 @@ class Objective:
             for name, targets in prompts:
                 loss = sum(targets[index](per_candidate[:, b]) for b in range(batch))
                 terms[f"{label}{name}"] = terms.get(f"{label}{name}", 0) + member.weight * loss
+        if self.tv_weight:  # total variation: favours flat regions over the high-frequency patterns CLIP likes
+            dx = (image[..., :, 1:] - image[..., :, :-1]).abs().mean((1, 2, 3))
+            dy = (image[..., 1:, :] - image[..., :-1, :]).abs().mean((1, 2, 3))
+            terms["smoothness"] = self.tv_weight * (dx + dy).sum()
         if self.anchor is not None and self.anchor_weight:
             weight = self.anchor_weight * (1 - self.anchor_decay) ** step
             terms["anchor"] = weight / 2 * F.mse_loss(z, self.anchor, reduction="none").mean((1, 2, 3)).sum()

@@ -127,6 +127,21 @@ CLIP_PRETRAINED: dict[str, tuple[str, ...]] = {
 }
 
 
+# CLIP models shipped inside the package: name -> (model-config JSON, weights).
+BUNDLED_CLIPS: dict[str, tuple[RemoteFile, RemoteFile]] = {
+    "shapes": (RemoteFile("clip.json", BUNDLED + "shapes/weights/clip.json"),
+               RemoteFile("clip.safetensors", BUNDLED + "shapes/weights/clip.safetensors", 9)),
+}
+
+
+def resolve_clip(spec: dict) -> dict:
+    """A `clip.models` entry with a bundled name (`{name: shapes}`) turned into its two files."""
+    if spec.get("name") not in BUNDLED_CLIPS or spec.get("pretrained") not in (None, spec["name"]):
+        return spec
+    config, weights = BUNDLED_CLIPS[spec["name"]]
+    return {**spec, "name": str(bundled_path(config)), "pretrained": str(bundled_path(weights))}
+
+
 def get_vqgan(name: str) -> VQGANEntry:
     if name not in VQGANS:
         raise unknown_choice("VQGAN", name, VQGANS)
