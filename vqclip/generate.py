@@ -16,7 +16,7 @@ import torch
 from omegaconf import DictConfig
 
 from . import outputs
-from .config import build_config, to_dict
+from .config import build_config, read_yaml, to_dict
 from .errors import UserError
 from .init import check_size, initial_z
 from .interrupt import Interrupted, stop_on_signals
@@ -98,7 +98,8 @@ def generate_from_cli(preset: str | None, overrides: dict, dotlist: list[str],
         stored = outputs.read_metadata(from_image).get("config")
         if not isinstance(stored, dict):
             raise UserError(f"{from_image} holds no vqclip config to run again")
-        stored.pop("run_dir", None), stored.pop("output", None)
+        for key in ("run_dir", "output"):
+            stored.pop(key, None)
         config = build_config(None, {**stored, **overrides}, dotlist)
     else:
         config = build_config(preset or "default", overrides, dotlist)
@@ -116,8 +117,6 @@ def resume(run_dir: str | Path, overrides: dict | None = None, dotlist: list[str
     run_dir = Path(run_dir)
     if not (run_dir / "config.yaml").is_file():
         raise UserError(f"{run_dir} is not a vqclip run folder (no config.yaml): give the folder of a run")
-    from .config import read_yaml
-
     stored = read_yaml(run_dir / "config.yaml")
     stored["run_dir"] = str(run_dir)
     config = build_config(None, {**stored, **(overrides or {})}, dotlist)
