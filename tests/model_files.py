@@ -15,7 +15,7 @@ from pathlib import Path
 import torch
 import yaml
 
-from vqclip.models.vqgan import build_vqgan
+from vqclip.models.vqgan import build_vqgan, taming_state_dict
 
 TINY_DDCONFIG = dict(double_z=False, z_channels=16, resolution=32, in_channels=3, out_ch=3, ch=32,
                      ch_mult=[1, 2], num_res_blocks=1, attn_resolutions=[16], dropout=0.0)
@@ -45,8 +45,7 @@ def random_taming_state(kind: str = "vq", n_embed: int = 32, embed_dim: int = 16
     spec = {"kind": kind, "ddconfig": dict(ddconfig or TINY_DDCONFIG), "n_embed": n_embed,
             "embed_dim": embed_dim}
     model = build_vqgan(spec)
-    state = {("quantize." + k[len("quantizer."):] if k.startswith("quantizer.") else k): v.clone()
-             for k, v in model.state_dict().items()}
+    state = {k: v.clone() for k, v in taming_state_dict(model).items()}
     state["loss.discriminator.main.0.weight"] = torch.randn(8, 3, 4, 4)
     state["loss.perceptual_loss.lin0.model.1.weight"] = torch.randn(1, 64, 1, 1)
     return state

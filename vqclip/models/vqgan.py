@@ -183,6 +183,12 @@ def select_vqgan_weights(state: dict[str, torch.Tensor], prefix: str = "") -> di
             for k, v in state.items() if not k.startswith("loss.")}
 
 
+def taming_state_dict(model: VQGAN) -> dict[str, torch.Tensor]:
+    """The adapter's weights under taming's key names: what select_vqgan_weights reads back."""
+    return {("quantize." + k[len("quantizer."):] if k.startswith("quantizer.") else k): v.detach()
+            for k, v in model.state_dict().items()}
+
+
 def check_state_dict(model: nn.Module, state: dict[str, torch.Tensor], checkpoint: str, config: str) -> None:
     """Strict key matching, reported as a short readable list that names the likely cause."""
     expected = model.state_dict()

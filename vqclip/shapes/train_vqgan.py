@@ -21,7 +21,7 @@ import yaml
 from tqdm.auto import trange
 
 from ..atomic import atomic_open, atomic_write_text
-from ..models.vqgan import build_vqgan
+from ..models.vqgan import build_vqgan, taming_state_dict
 from ..outputs import write_json
 from . import judge, world
 from .training import bf16_fast, load_checkpoint, save_checkpoint, warmup_cosine
@@ -55,9 +55,8 @@ def taming_config(recipe: VQGANRecipe) -> dict:
 
 
 def taming_state(model) -> dict[str, torch.Tensor]:
-    """The adapter's weights under taming's key names, in fp16 (half the size; loaded as fp32)."""
-    return {("quantize." + k[len("quantizer."):] if k.startswith("quantizer.") else k): v.detach().half()
-            for k, v in model.state_dict().items()}
+    """The weights under taming's key names, in fp16 (half the size; loaded as fp32)."""
+    return {k: v.half() for k, v in taming_state_dict(model).items()}
 
 
 def vq_losses(model, images: torch.Tensor, beta: float):
