@@ -7,6 +7,7 @@ from torch import nn
 from vqclip.cutouts import (
     build_augmentations,
     crop_and_resize,
+    resample_boxes,
     cutouts_for_sizes,
     list_augmentations,
     make_cutouts,
@@ -139,7 +140,7 @@ def test_noise_fac_zero_adds_no_noise_and_nonzero_does():
     image = torch.rand(1, 3, 48, 48)
     boxes = sample_cutout_boxes(48, 48, 24, 8, 1.0, gen(5))
     clean = crop_and_resize(image, boxes, 24)
-    assert torch.equal(make_cutouts(image, 24, 8, noise_fac=0, generator=gen(5)), clean)
+    torch.testing.assert_close(make_cutouts(image, 24, 8, noise_fac=0, generator=gen(5)), clean)
     noisy = make_cutouts(image, 24, 8, noise_fac=0.5, generator=gen(5))
     per_cutout = (noisy - clean).flatten(1).std(dim=1)
     assert per_cutout.max() > 0.05 and per_cutout.max() < 0.6  # strength U(0, fac) per cutout
@@ -270,3 +271,35 @@ def test_pipeline_that_changes_the_cutout_size_is_a_user_error():
         make_cutouts(torch.rand(1, 3, 48, 48), 24, 2, augment=augment, generator=gen())
     keeps = build_augmentations([{"CenterCrop": None}])  # size left out: keeps the cutout size
     assert make_cutouts(torch.rand(1, 3, 48, 48), 24, 2, augment=keeps, generator=gen()).shape == (2, 3, 24, 24)
+
+
+# --- the batched path (resample_boxes) against the reference loop (crop_and_resize) -------------------
+
+
+@pytest.mark.parametrize("height, width, cut_size", [
+    (64, 64, 64),     # the shapes world: crops of 64..64
+    (256, 256, 224),  # the popular setting: mild downscaling
+    (96, 160, 32),    # strong downscaling, where the anti-aliasing filter matters
+    (16, 24, 32),     # an image smaller than CLIP's input: upscaling
+])
+def test_batched_cutouts_equal_the_reference_crops_and_their_gradients(height, width, cut_size):
+    image = torch.rand(2, 3, height, width, generator=gen(3), requires_grad=True)
+    boxes = sample_cutout_boxes(height, width, cut_size, 12, 1.0, gen(4))
+    reference, batched = crop_and_resize(image, boxes, cut_size), resample_boxes(image, boxes, cut_size)
+    torch.testing.assert_close(batched, reference, atol=1e-4, rtol=1e-4)
+    upstream = torch.randn(reference.shape, generator=gen(5))
+    grad_reference, = torch.autograd.grad((reference * upstream).sum(), image)
+    grad_batched, = torch.autograd.grad((batched * upstream).sum(), image)
+    torch.testing.assert_close(grad_batched, grad_reference, atol=1e-3, rtol=1e-3)
+
+
+def test_batched_cutouts_are_box_major_like_the_reference():
+    image = torch.rand(3, 3, 40, 40, generator=gen(6))
+    boxes = torch.tensor([[0, 0, 40, 40], [10, 5, 20, 20]])
+    out = resample_boxes(image, boxes, 20).view(2, 3, 3, 20, 20)  # [box, image, C, S, S]
+    torch.testing.assert_close(out[1, 2], image[2, :, 5:25, 10:30], atol=1e-6, rtol=0)  # 20 px box at 20 px: a plain crop
+
+
+def test_batched_cutouts_refuse_boxes_outside_the_image():
+    with pytest.raises(ValueError, match="inside"):
+        resample_boxes(torch.rand(1, 3, 16, 16), torch.tensor([[10, 0, 8, 8]]), 8)

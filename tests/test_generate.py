@@ -144,7 +144,7 @@ BAD_INPUTS = [
     (["x", "steps=abc"], "steps"),
     (["x", "--steps", "0"], "steps must be at least 1"),
     (["x", "--size", "33", "32"], "not a multiple of the VQGAN's factor 2: try 32 or 34"),
-    (["x", "--size", "0", "32"], "size must be two positive numbers"),
+    (["x", "--size", "0", "32"], "size must be two positive whole numbers"),
     (["a red circle:1:1.2.3"], "1.2.3"),
     (["x", "--init-image", "missing.png"], "missing.png"),
     (["x", "--image-prompt", "nowhere.png:0.5"], "nowhere.png"),
@@ -201,7 +201,7 @@ def test_nan_stops_the_run_names_the_term_and_keeps_the_last_good_image(preset, 
 def test_out_of_memory_suggests_smaller_settings(preset, tmp_path, monkeypatch, capsys):
     from vqclip.models.vqgan import VQGAN
 
-    def no_memory(self, z):
+    def no_memory(self, z, **options):
         raise torch.OutOfMemoryError("CUDA out of memory. Tried to allocate 2.00 GiB")
 
     monkeypatch.setattr(VQGAN, "decode", no_memory)

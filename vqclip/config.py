@@ -64,11 +64,17 @@ class RunConfig:
     story_every: int = 100  # story mode ("^"): steps per phrase
     schedule: dict[int, str] = field(default_factory=dict)  # {step: prompt}: a timeline in a preset
     # The image.
-    size: list[int] = field(default_factory=lambda: [256, 256])  # width, height; multiples of the VQGAN factor
+    # [width, height], multiples of the VQGAN factor; or auto: the largest square (and cutn) that fits
+    # the memory budget, measured on the spot
+    size: Any = field(default_factory=lambda: [256, 256])
+    memory_budget_mb: Optional[float] = None  # for size=auto; null: the device's free memory now
+    checkpoint_decoder: Optional[bool] = None  # recompute decoder activations in backward; null: from 512² px up
+    compile: bool = False  # torch.compile the decoder step (minutes to compile; pays off in long GPU runs)
     steps: int = 500
     seed: Optional[int] = None  # null: a random seed, recorded with the outputs
     batch_size: int = 1  # candidates optimised together; the best by CLIP score is final.png
     device: str = "auto"  # auto | cpu | cuda | cuda:N | mps
+    precision: str = "auto"  # the frozen networks' dtype: auto (bf16 where fast: CUDA, AVX512-BF16 CPUs) | fp32 | bf16 | fp16
     # Models.
     vqgan: VQGANConfig = field(default_factory=VQGANConfig)
     clip: ClipConfig = field(default_factory=ClipConfig)
@@ -104,6 +110,7 @@ CHOICES = {
     "init.noise": ("pixels", "gradient"),
     "init.anchor": ("z0", "zero"),
     "cut_mode": ("classic", "pooled", "mix"),
+    "precision": ("auto", "fp32", "bf16", "fp16"),
     "lr_schedule": ("constant", "drops", "plateau"),
     "vqgan.format": ("taming", "min-dalle"),
 }
@@ -217,11 +224,14 @@ def validate(config: DictConfig) -> None:
     for key, value in positive.items():
         if value <= 0:
             raise UserError(f"{key} must be at least 1, not {value}")
-    if len(config.size) != 2 or min(config.size) <= 0:
-        raise UserError(f"size must be two positive numbers (width height), not {list(config.size)}")
+    if config.size != "auto" and not (OmegaConf.is_list(config.size) and len(config.size) == 2 and all(
+            isinstance(side, int) and not isinstance(side, bool) and side > 0 for side in config.size)):
+        raise UserError(f"size must be two positive whole numbers (width height) or auto, not {config.size}")
     if not 0 < config.lr < float("inf"):
         raise UserError(f"lr must be a positive finite number, not {config.lr}")
-    if max(config.size) > MAX_SIDE:
+    if config.memory_budget_mb is not None and not 0 < config.memory_budget_mb < float("inf"):
+        raise UserError(f"memory_budget_mb must be a positive number of megabytes, not {config.memory_budget_mb}")
+    if config.size != "auto" and max(config.size) > MAX_SIDE:
         raise UserError(f"size {list(config.size)} is beyond {MAX_SIDE} px a side: no device holds that")
     for key, limit in (("cutn", MAX_CUTN), ("batch_size", MAX_BATCH)):
         if config[key] > limit:

@@ -9,7 +9,7 @@ with a callback that writes progress, logs and state, then rank the candidates a
 from __future__ import annotations
 
 import secrets
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
@@ -22,6 +22,7 @@ from .init import check_size, initial_z
 from .interrupt import Interrupted, stop_on_signals
 from .objective import Objective
 from .optimize import NumericalError, Step, make_optimizer, make_scheduler, optimize
+from .precision import compute_copy, in_autocast, resolve_precision
 from .run_files import GenerationResult, RunWriter, restore_rng, seed_everything
 from .prompts import PromptTimeline, parse_prompts, timeline_from_schedule, timeline_from_story
 
@@ -33,6 +34,17 @@ class Models:
     vqgan: torch.nn.Module
     clip: object  # vqclip.models.clip.ClipEnsemble
     device: torch.device
+    copies: dict = field(default_factory=dict, repr=False, compare=False)  # dtype -> these models in it
+
+    def in_precision(self, dtype: torch.dtype) -> Models:
+        """These networks computing in `dtype`: a copy made once and kept (fp32 is `self`)."""
+        if dtype == torch.float32:
+            return self
+        if dtype not in self.copies:
+            constants = tuple(f"members.{i}.{name}" for i in range(len(self.clip.members)) for name in ("mean", "std"))
+            self.copies[dtype] = Models(compute_copy(self.vqgan, dtype, keep_fp32=("quantizer",)),
+                                        compute_copy(self.clip, dtype, keep_fp32=constants), self.device)
+        return self.copies[dtype]
 
 
 def pick_device(name: str) -> torch.device:
@@ -131,12 +143,14 @@ def run(config: DictConfig, models: Models | None = None, callback=None,
         config.seed = secrets.randbelow(2**31)  # recorded, so the run can be repeated
     timeline = build_timeline(config)
     check_output_path(config.output)
-    size = (int(config.size[0]), int(config.size[1]))
     models = models or load_models(config)
+    dtype = resolve_precision(config.precision, models.device)
+    compute = models.in_precision(dtype)  # the frozen networks, in the step's precision
+    if config.size == "auto":  # measured before the run's random streams are seeded
+        config.size, config.cutn = _auto_size(config, models, compute, timeline, dtype)
+    size = (int(config.size[0]), int(config.size[1]))
     check_size(size, models.vqgan.factor)
     generator = seed_everything(config.seed)
-
-    from .cutouts import build_augmentations
 
     if state is None:
         z = initial_z(config.init, models.vqgan, size, config.batch_size, generator, models.device)
@@ -146,12 +160,7 @@ def run(config: DictConfig, models: Models | None = None, callback=None,
     else:
         z, anchor = state["z"].to(models.device), state.get("anchor")
         anchor = anchor.to(models.device) if anchor is not None else None
-    objective = Objective(models.clip, timeline, image_prompts=list(config.image_prompts),
-                          noise_prompts=list(config.noise_prompts), cutn=config.cutn, cut_pow=config.cut_pow,
-                          cut_mode=config.cut_mode, noise_fac=config.noise_fac,
-                          augment=build_augmentations(config.augmentations), generator=generator,
-                          anchor=anchor, anchor_weight=config.init.weight, anchor_decay=config.init.decay,
-                          tv_weight=config.tv_weight)
+    objective = _objective(config, compute.clip, timeline, generator, anchor)
     z = z.detach().clone().requires_grad_(True)
     optimizer = make_optimizer(config.optimizer, [z], config.lr, dict(config.optimizer_args))
     scheduler = make_scheduler(config.lr_schedule, optimizer, config.steps, drops=list(config.lr_drops),
@@ -180,7 +189,8 @@ def run(config: DictConfig, models: Models | None = None, callback=None,
             return callback(info) if callback is not None else None
 
         try:
-            steps_done = optimize(z, lambda latent: vqgan.decode(vqgan.quantize(latent)), objective,
+            steps_done = optimize(z, in_autocast(_decoder(vqgan, compute.vqgan, config, size), models.device, dtype),
+                                  in_autocast(objective, models.device, dtype),
                                   steps=config.steps, optimizer=optimizer, scheduler=scheduler,
                                   z_min=vqgan.z_min, z_max=vqgan.z_max, start_step=start_step,
                                   callback=on_step, disable=True if config.quiet else None)
@@ -192,6 +202,60 @@ def run(config: DictConfig, models: Models | None = None, callback=None,
                             f"{config.cutn} and batch {config.batch_size}: try a smaller --size, cutn or "
                             "--batch") from None
     return writer.finish(z.detach(), vqgan, objective, steps_done)
+
+
+def _objective(config: DictConfig, clip, timeline, generator: torch.Generator, anchor=None,
+               cutn: int | None = None) -> Objective:
+    from .cutouts import build_augmentations
+
+    return Objective(clip, timeline, image_prompts=list(config.image_prompts), noise_prompts=list(config.noise_prompts),
+                     cutn=cutn or config.cutn, cut_pow=config.cut_pow, cut_mode=config.cut_mode,
+                     noise_fac=config.noise_fac, augment=build_augmentations(config.augmentations),
+                     generator=generator, anchor=anchor, anchor_weight=config.init.weight,
+                     anchor_decay=config.init.decay, tv_weight=config.tv_weight)
+
+
+def _decoder(vqgan, compute_vqgan, config: DictConfig, size: tuple[int, int]):
+    """z → image for the step: quantised by the fp32 codebook, decoded by the compute copy."""
+    checkpoint = config.checkpoint_decoder
+    if checkpoint is None:  # auto: where the decoder's activations start to dominate memory
+        checkpoint = size[0] * size[1] >= CHECKPOINT_FROM_PIXELS
+    decode = lambda latent: compute_vqgan.decode(vqgan.quantize(latent), checkpoint=checkpoint)  # noqa: E731
+    # The decoder is a fixed graph: worth compiling on a GPU for long runs (the first step compiles).
+    return torch.compile(decode, dynamic=False) if config.compile else decode
+
+
+CHECKPOINT_FROM_PIXELS = 512 * 512
+
+
+def _auto_size(config: DictConfig, models: Models, compute: Models, timeline, dtype) -> tuple[list[int], int]:
+    """size=auto: the largest square (and cutn) whose measured step fits the memory budget."""
+    from .memory import auto_size, free_memory_bytes, measure_peak_bytes
+    from .precision import autocast
+
+    budget = config.memory_budget_mb * 2**20 if config.memory_budget_mb else free_memory_bytes(models.device)
+    vqgan = models.vqgan
+
+    def measure(side: int, cutn: int) -> int:
+        objective = _objective(config, compute.clip, timeline, torch.Generator(models.device).manual_seed(0),
+                               cutn=cutn)
+        grid = side // vqgan.factor
+        z = vqgan.tokens_to_z(torch.zeros(config.batch_size, grid, grid, dtype=torch.long, device=models.device))
+        z.requires_grad_(True)
+        decode = _decoder(vqgan, compute.vqgan, config, (side, side))
+
+        def step():
+            with autocast(models.device, dtype):
+                image = decode(z)
+                loss = sum(objective(image, z, 0).values())
+            loss.backward()
+
+        return measure_peak_bytes(step, models.device)
+
+    side, cutn = auto_size(measure, vqgan.factor, budget, int(config.cutn))
+    if not config.quiet:
+        print(f"size=auto: {side}×{side} with cutn {cutn} fits {budget / 2**20:.0f} MB", flush=True)
+    return [side, side], cutn
 
 
 def check_output_path(output: str | None) -> None:

@@ -75,7 +75,7 @@ def optimize(z: torch.Tensor, decode: Callable[[torch.Tensor], torch.Tensor], lo
         loss = sum(values.values())
         bar.set_postfix(loss=f"{loss:.4f}", refresh=False)
         if callback is not None:
-            info = Step(step, z.detach(), image.detach(), values, loss, lr)
+            info = Step(step, z.detach(), image.detach().float(), values, loss, lr)  # fp32 whatever the step's precision
             if callback(info) is False:
                 break
     bar.close()

@@ -100,7 +100,9 @@ class ClipModel(nn.Module):
                 images, size=(self.input_size, self.input_size), mode=self.interpolation, antialias=True,
                 align_corners=False,
             )
-        return F.normalize(self.model.encode_image(self.normalize(images)).float(), dim=-1)
+        # The weights are bf16 in a fast step (vqclip.precision); the embeddings are fp32 always.
+        weights_dtype = next(self.model.parameters()).dtype
+        return F.normalize(self.model.encode_image(self.normalize(images).to(weights_dtype)).float(), dim=-1)
 
 
 class ClipEnsemble(nn.Module):

@@ -122,12 +122,46 @@ class VQGAN(nn.Module):
             return self.tokens_to_z(self.quantizer.proj(h).argmax(1))
         return h
 
-    def decode(self, z_q: torch.Tensor) -> torch.Tensor:
-        """Quantised latents → images in [0, 1] (clamped, with the gradient that heals out-of-range values)."""
-        x = self.decoder(self.post_quant_conv(z_q))
+    def decode(self, z_q: torch.Tensor, checkpoint: bool = False) -> torch.Tensor:
+        """Quantised latents → images in [0, 1] (clamped, with the gradient that heals out-of-range values).
+
+        `checkpoint`: keep only each resolution level's input for the backward pass and recompute the
+        rest (one more decoder forward per step, for a fraction of the activation memory at large sizes).
+        """
+        h = self.post_quant_conv(z_q.to(self.post_quant_conv.weight.dtype))  # bf16 copies take bf16 input
+        x = decode_checkpointed(self.decoder, h) if checkpoint and torch.is_grad_enabled() else self.decoder(h)
         if self.signed_output:
             x = (x + 1) / 2
         return clamp_with_grad(x, 0.0, 1.0)
+
+
+def decode_checkpointed(decoder: nn.Module, h: torch.Tensor) -> torch.Tensor:
+    """taming's Decoder.forward, with activation checkpointing per resolution level.
+
+    The same modules in the same order as taming's forward (a test holds them equal); only the
+    storage of activations changes, so taming's code needs no patch.
+    """
+    from torch.utils.checkpoint import checkpoint
+    from taming.modules.diffusionmodules.model import nonlinearity
+
+    def middle(x):
+        return decoder.mid.block_2(decoder.mid.attn_1(decoder.mid.block_1(decoder.conv_in(x), None)), None)
+
+    def level(x, i_level):
+        up = decoder.up[i_level]
+        for i_block in range(decoder.num_res_blocks + 1):
+            x = up.block[i_block](x, None)
+            if len(up.attn) > 0:
+                x = up.attn[i_block](x)
+        return up.upsample(x) if i_level != 0 else x
+
+    def end(x):
+        return decoder.conv_out(nonlinearity(decoder.norm_out(x)))
+
+    h = checkpoint(middle, h, use_reentrant=False)
+    for i_level in reversed(range(decoder.num_resolutions)):
+        h = checkpoint(level, h, i_level, use_reentrant=False)
+    return h if decoder.give_pre_end else checkpoint(end, h, use_reentrant=False)
 
 
 # -- building and loading -------------------------------------------------------------------------
