@@ -142,19 +142,22 @@ def shapes_command(argv: list[str]) -> int:
     parser = Parser(prog="vqclip shapes", description="The embedded shapes world: train its models.")
     sub = parser.add_subparsers(dest="action", required=True)
     train = sub.add_parser("train", help="run a training recipe")
-    train.add_argument("model", choices=["vqgan", "clip"])
+    train.add_argument("model", choices=["vqgan", "clip", "prior"])
     train.add_argument("--steps", type=int, help="training steps (default: the recipe's)")
     train.add_argument("--out", required=True, help="folder for the weights, metrics and training state")
     train.add_argument("--resume", action="store_true", help="continue from OUT/train_state.pt")
     train.add_argument("--seed", type=int)
-    train.add_argument("--vqgan", help="clip: a folder with vqgan.yaml + vqgan.safetensors whose "
-                       "reconstructions the CLIP also learns from (default: the shipped shapes VQGAN)")
+    train.add_argument("--vqgan", help="clip, prior: a folder with vqgan.yaml + vqgan.safetensors whose "
+                       "reconstructions the CLIP also learns from, or whose tokens the prior writes "
+                       "(default: the shipped shapes VQGAN)")
     train.add_argument("--quiet", action="store_true")
     grade = sub.add_parser("eval", help="generate prompts and grade the images by their pixels")
     grade.add_argument("--prompts", help="a text file, one prompt per line (default: 8 colours × 3 shapes)")
     grade.add_argument("--seeds", type=int, default=1, help="seeds per prompt")
     grade.add_argument("-p", "--preset", default="shapes")
     grade.add_argument("--out", default="outputs/shapes-eval", help="folder for the images and eval.json")
+    grade.add_argument("--init", choices=["random", "prior"], help="where each run starts (sets init.mode; "
+                       "prior: the shipped shapes prior unless init.prior=... says otherwise)")
     grade.add_argument("overrides", nargs="*", help="key=value, e.g. steps=50 init.mode=random")
     args = parser.parse_args(argv)
     if args.action == "eval":
@@ -164,15 +167,21 @@ def shapes_command(argv: list[str]) -> int:
 
     from pathlib import Path
 
-    from .shapes import train_clip, train_vqgan
+    from .shapes import train_clip, train_prior, train_vqgan
 
-    module = train_vqgan if args.model == "vqgan" else train_clip
-    recipe = module.VQGANRecipe() if args.model == "vqgan" else module.ClipRecipe()
+    module = {"vqgan": train_vqgan, "clip": train_clip, "prior": train_prior}[args.model]
+    recipe = {"vqgan": train_vqgan.VQGANRecipe, "clip": train_clip.ClipRecipe,
+              "prior": train_prior.PriorRecipe}[args.model]()
     recipe.steps = args.steps if args.steps is not None else recipe.steps
     recipe.seed = args.seed if args.seed is not None else recipe.seed
     extra = {}
-    if args.model == "clip":
+    if args.model in ("clip", "prior"):
         extra["vqgan"] = _shapes_vqgan(args.vqgan)
+    if args.model == "prior":  # the shipped CLIP ranks the prior's samples when it is graded
+        from .models.clip import load_clip_ensemble
+        from .models.registry import resolve_clip
+
+        extra["clip"] = load_clip_ensemble([resolve_clip({"name": "shapes", "weight": 1.0})])
     metrics = module.train(Path(args.out), recipe, resume=args.resume, progress=not args.quiet, **extra)
     print(json.dumps(metrics))
     return 0
@@ -188,7 +197,8 @@ def _shapes_eval(args) -> int:
         raise UserError(f"--seeds must be at least 1, not {args.seeds}")
     prompts = evaluate.read_prompts(args.prompts) if args.prompts else evaluate.default_prompts()
     out = Path(args.out)
-    report = evaluate.evaluate(prompts, args.seeds, preset=args.preset, out=out, dotlist=args.overrides)
+    init = [f"init.mode={args.init}"] + (["init.prior=shapes"] if args.init == "prior" else []) if args.init else []
+    report = evaluate.evaluate(prompts, args.seeds, preset=args.preset, out=out, dotlist=init + args.overrides)
     print(evaluate.format_table(report))
     write_json(out / "eval.json", report)
     print(out / "eval.json")
@@ -235,6 +245,72 @@ def info_command(argv: list[str]) -> int:
     from .outputs import read_metadata
 
     print(json.dumps(read_metadata(args.image), indent=2, ensure_ascii=False))
+    return 0
+
+
+# -- the BART prior ----------------------------------------------------------------------------
+@command("prior")
+def prior_command(argv: list[str]) -> int:
+    parser = Parser(prog="vqclip prior", description="The BART prior (DALL-E mini): build data, train, sample.")
+    sub = parser.add_subparsers(dest="action", required=True)
+    build = sub.add_parser("build-data", help="captioned images -> VQGAN token grids + text tokens, one file")
+    build.add_argument("source", help="a folder of images with same-name .txt captions, or a .csv/.jsonl list")
+    build.add_argument("-o", "--out", required=True, help="the data file to write (e.g. data.pt)")
+    build.add_argument("--size", type=int, help="images are resized to SIZE×SIZE (default: the config's width)")
+    build.add_argument("--batch", type=int, default=32)
+    build.add_argument("--resume", action="store_true", help="continue an interrupted build of OUT")
+    train = sub.add_parser("train", help="train a prior on a data file (settings as key=value, e.g. steps=2000)")
+    train.add_argument("data")
+    train.add_argument("--out", required=True, help="folder for prior.json, prior.safetensors and the training state")
+    train.add_argument("--held-out", help="a data file for the held-out loss (default: the last eval_items of DATA)")
+    train.add_argument("--resume", action="store_true", help="continue from OUT/train_state.pt")
+    train.add_argument("--device", default="cpu")
+    sample = sub.add_parser("sample", help="draw images for a prompt, ranked by CLIP")
+    sample.add_argument("prompt")
+    sample.add_argument("-o", "--out", required=True, help="the best image; with --num N also OUT-0..N-1")
+    sample.add_argument("--num", type=int, default=8, help="samples to draw and rank")
+    sample.add_argument("--prior", help="a prior name (vqclip models list) or folder (default: the preset's init.prior)")
+    sample.add_argument("--seed", type=int, default=0)
+    sample.add_argument("--temperature", type=float, help="default: the prior's recommendation, else 1")
+    sample.add_argument("--top-k", type=int, help="default: the prior's recommendation, else 256")
+    sample.add_argument("--top-p", type=float, help="default: the prior's recommendation, else 1")
+    sample.add_argument("--supercondition", type=float, help="s in uncond·(1−s) + cond·s (default: the "
+                        "prior's recommendation, else 4)")
+    for action in (build, train, sample):
+        action.add_argument("--quiet", action="store_true")
+    for action in (build, sample):
+        action.add_argument("-p", "--preset", default="default", help="where the VQGAN and CLIP come from")
+    for action in (build, train, sample):
+        action.add_argument("settings", nargs="*", help="key=value: config keys (build-data, sample) or "
+                            "training settings (train)")
+    args, rest = parser.parse_known_args(argv)  # key=value may also follow the options
+    unknown = [item for item in rest if item.startswith("-") or "=" not in item]
+    if unknown:
+        raise UserError(f"unrecognized arguments: {' '.join(unknown)} (see: vqclip prior {args.action} --help)")
+    args.settings += rest
+
+    from .prior import jobs
+
+    if args.action == "train":
+        metrics = jobs.train_job(args.data, args.out, args.settings, held_out=args.held_out, resume=args.resume,
+                                 device=args.device, progress=not args.quiet)
+        print(json.dumps({k: v for k, v in metrics.items() if k != "history"}))
+        return 0
+    from .config import build_config
+
+    config = build_config(args.preset, {"quiet": True} if args.quiet else None, args.settings)
+    if args.action == "build-data":
+        size = args.size or int(config.size[0])
+        if size <= 0 or args.batch <= 0:
+            raise UserError("--size and --batch must be at least 1")
+        data = jobs.build_data_job(args.source, args.out, config, size=size, batch_size=args.batch,
+                                   resume=args.resume, progress=not args.quiet)
+        print(f"{args.out}: {len(data.captions)} images, token grid {tuple(data.image_tokens.shape[1:])}")
+        return 0
+    options = dict(count=args.num, temperature=args.temperature, top_k=args.top_k, top_p=args.top_p,
+                   supercondition=args.supercondition, seed=args.seed)
+    for path in jobs.sample_job(args.prompt, args.out, config, options, args.prior):
+        print(path)
     return 0
 
 

@@ -34,6 +34,7 @@ class Models:
     vqgan: torch.nn.Module
     clip: object  # vqclip.models.clip.ClipEnsemble
     device: torch.device
+    prior: object = None  # vqclip.prior.weights.LoadedPrior, loaded only for init.mode=prior
     copies: dict = field(default_factory=dict, repr=False, compare=False)  # dtype -> these models in it
 
     def in_precision(self, dtype: torch.dtype) -> Models:
@@ -72,7 +73,14 @@ def load_models(config: DictConfig, device: torch.device | None = None) -> Model
     plain = to_dict(config)
     vqgan = load_vqgan_from_config(plain["vqgan"], device, progress=not config.quiet)
     clip = load_clip_ensemble([resolve_clip(spec) for spec in plain["clip"]["models"]], device)
-    return Models(vqgan, clip, device)
+    prior = None
+    if config.init.mode == "prior":
+        from .prior.weights import load_prior
+
+        if not config.init.prior:
+            raise UserError("init.mode=prior needs init.prior: a prior name (vqclip models list) or a folder")
+        prior = load_prior(config.init.prior, device, progress=not config.quiet)
+    return Models(vqgan, clip, device, prior=prior)
 
 
 def build_timeline(config: DictConfig) -> PromptTimeline | None:
@@ -153,7 +161,8 @@ def run(config: DictConfig, models: Models | None = None, callback=None,
     generator = seed_everything(config.seed)
 
     if state is None:
-        z = initial_z(config.init, models.vqgan, size, config.batch_size, generator, models.device)
+        z = initial_z(config.init, models.vqgan, size, config.batch_size, generator, models.device,
+                      prior=models.prior, clip=models.clip, text=_prior_text(timeline))
         anchor = None
         if config.init.weight:
             anchor = z.detach().clone() if config.init.anchor == "z0" else torch.zeros_like(z)
@@ -270,6 +279,11 @@ def check_output_path(output: str | None) -> None:
             if not parent.is_dir():
                 raise UserError(f"-o {output}: {parent} is a file, not a folder")
             break
+
+
+def _prior_text(timeline: PromptTimeline | None) -> str:
+    """What init.mode=prior draws: the text prompts with a positive weight at step 0."""
+    return ", ".join(spec.text for spec in timeline.entries[0][1] if spec.weight > 0) if timeline else ""
 
 
 def _title(config: DictConfig) -> str:

@@ -39,10 +39,21 @@ def read_latent(path: str) -> torch.Tensor:
 
 
 def initial_z(init, vqgan, size: tuple[int, int], batch: int, generator: torch.Generator,
-              device: torch.device) -> torch.Tensor:
-    """The starting latent, B × C × h × w, for the `init` section of a run config."""
+              device: torch.device, *, prior=None, clip=None, text: str = "") -> torch.Tensor:
+    """The starting latent, B × C × h × w, for the `init` section of a run config.
+
+    init.mode=prior needs the loaded prior (vqclip.prior.weights.LoadedPrior), the CLIP ensemble
+    that ranks its samples, and the text to draw."""
     rows, columns = token_grid(size, vqgan.factor)
     mode = init.mode
+    if mode == "prior":
+        from .prior.sample import prior_tokens
+
+        if prior is None:
+            raise UserError("init.mode=prior: no prior was loaded (set init.prior to a prior name or folder)")
+        seed = int(torch.randint(2**62, (1,), generator=generator, device=generator.device))
+        tokens = prior_tokens(prior, vqgan, clip, text, (rows, columns), init.prior_candidates, batch, seed)
+        return vqgan.tokens_to_z(tokens.to(device))
     if mode == "random":
         tokens = torch.randint(vqgan.n_embed, (batch, rows, columns), generator=generator, device=generator.device)
         return vqgan.tokens_to_z(tokens.to(device))
@@ -84,5 +95,4 @@ def initial_z(init, vqgan, size: tuple[int, int], batch: int, generator: torch.G
             raise UserError(f"init.latent has shape {tuple(z.shape[1:])}, but this VQGAN at size "
                             f"{size[0]}×{size[1]} needs {(vqgan.embed_dim, rows, columns)}")
         return z[:1].expand(batch, -1, -1, -1).clone() if z.shape[0] != batch else z
-    raise UserError(f"init.mode={mode} is not available in this version of vqclip "
-                    "(the BART prior comes with `vqclip prior`); use random, image, noise, tokens or latent")
+    raise UserError(f"unknown init.mode={mode}: use random, image, noise, tokens, latent or prior")

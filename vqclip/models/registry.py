@@ -111,6 +111,8 @@ PRIORS: dict[str, list[RemoteFile]] = {
         ("encoder_mini.pt", None), ("decoder_mini.pt", 471), ("vocab_mini.json", None), ("merges_mini.txt", None))],
     "min-dalle-mega": [RemoteFile(f, f"{MIN_DALLE_URL}/{f}", mb) for f, mb in (
         ("encoder.pt", None), ("decoder.pt", None), ("vocab.json", None), ("merges.txt", None))],
+    "shapes": [RemoteFile("prior.json", BUNDLED + "shapes/weights/prior.json"),
+               RemoteFile("prior.safetensors", BUNDLED + "shapes/weights/prior.safetensors", 2)],
 }
 
 # Common open_clip weights (architecture, tag). open_clip fetches these itself; `openai` weights
@@ -214,9 +216,8 @@ def fetch_prior(name: str, *, cache: Path | None = None, progress: bool = True) 
     if name not in PRIORS:
         raise unknown_choice("prior", name, PRIORS)
     folder = model_dir(name, cache)
-    for file in PRIORS[name]:
-        fetch(file, folder, progress=progress)
-    return folder
+    paths = [fetch(file, folder, progress=progress) for file in PRIORS[name]]
+    return paths[0].parent  # the cache folder, or the package's own for a bundled prior
 
 
 def fetch_clip(name: str, pretrained: str) -> Path:

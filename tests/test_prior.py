@@ -1,0 +1,223 @@
+"""The prior's tokenizers, data files, training loop and sampler, on tiny models and the shapes world."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+
+from vqclip.errors import UserError
+from vqclip.prior import data as prior_data
+from vqclip.prior.model import BartPrior, PriorConfig
+from vqclip.prior.sample import SampleSettings, filter_logits, sample_tokens
+from vqclip.prior.tokenizer import BEGIN, END, PAD, UNKNOWN, BartBpeTokenizer, ClipBpeTokenizer, clip_bpe_ids
+from vqclip.prior.train import TrainConfig, train
+from vqclip.prior.weights import LoadedPrior, load_prior
+
+TINY = dict(steps=30, batch_size=4, lr=1e-2, warmup=2, eval_every=10, eval_items=8, checkpoint_every=5,
+            width=32, heads=2, glu=48, encoder_layers=1, decoder_layers=1, text_length=16, bf16=False)
+
+
+@pytest.fixture(scope="module")
+def shapes_vqgan():
+    from vqclip.models.registry import load_vqgan_from_config
+
+    return load_vqgan_from_config({"name": "shapes"}, progress=False)
+
+
+@pytest.fixture(scope="module")
+def world_data(tmp_path_factory, shapes_vqgan):
+    from vqclip.shapes.train_prior import build_world_data
+
+    folder = tmp_path_factory.mktemp("prior-data")
+    return build_world_data(folder / "data.pt", shapes_vqgan, 40, 0, "train", resume=False, progress=False)
+
+
+# -- tokenizers ----------------------------------------------------------------------------------
+def test_pruned_clip_tokenizer_rows_and_unknown_words():
+    kept = clip_bpe_ids("a red circle on a blue background")
+    tokenizer = ClipBpeTokenizer(kept)
+    assert tokenizer.vocab_size == 4 + len(set(kept))
+    row = tokenizer.encode(["a red circle"], 8)[0].tolist()
+    assert row[0] == BEGIN and row[4] == END and row[5:] == [PAD] * 3 and min(row[1:4]) >= 4
+    assert tokenizer.encode([""], 4)[0].tolist() == [BEGIN, END, PAD, PAD]  # the unconditional row
+    assert UNKNOWN in tokenizer.encode(["a purple circle"], 8)[0].tolist()
+    assert tokenizer.unknown_words("a purple circle") == ["purple"]
+    cut = tokenizer.encode(["a red circle on a blue background"], 4)[0].tolist()
+    assert cut[0] == BEGIN and cut[-1] == END  # cut to length, the end token kept
+
+
+def test_full_clip_tokenizer_uses_open_clips_ids():
+    tokenizer = ClipBpeTokenizer()
+    row = tokenizer.encode(["red"], 5)[0].tolist()
+    assert row == [49406, *clip_bpe_ids("red"), 49407, 0, 0] and tokenizer.vocab_size == 49408
+
+
+def test_bart_tokenizer_merges_by_rank():
+    vocab = {"<s>": 0, "<pad>": 1, "</s>": 2, "<unk>": 3, "Ġred": 4, "Ġa": 5, "Ġr": 6, "ed": 7}
+    merges = ["#version: 0.2", "e d", "Ġ r", "Ġr ed", "Ġ a"]
+    tokenizer = BartBpeTokenizer(vocab, merges)
+    assert tokenizer.subwords("red") == ["Ġred"]
+    # "dog": Ġ, d, o, g stay apart (no merges for them): four unknown tokens
+    assert tokenizer.encode(["A  red dog"], 10)[0].tolist() == [0, 5, 4, 3, 3, 3, 3, 2, 1, 1]
+
+
+# -- data files ----------------------------------------------------------------------------------
+def test_build_data_resumes_and_matches_a_straight_build(tmp_path, shapes_vqgan, world_data):
+    from vqclip.shapes.train_prior import vqgan_info, world_batches, world_items
+
+    items, sources = world_items(40, 0, "train"), [f"shapes/train/0/{i}" for i in range(40)]
+    partial = prior_data.build_data(world_batches(items[:16], batch_size=8), sources[:16], shapes_vqgan,
+                                    vqgan_info(shapes_vqgan), tmp_path / "d.pt", save_every=8, progress=False)
+    assert len(partial.captions) == 16
+    with pytest.raises(UserError, match="--resume"):
+        prior_data.build_data(world_batches(items, 8), sources, shapes_vqgan, vqgan_info(shapes_vqgan),
+                              tmp_path / "d.pt", progress=False)
+    resumed = prior_data.build_data(world_batches(items, 8), sources, shapes_vqgan, vqgan_info(shapes_vqgan),
+                                    tmp_path / "d.pt", resume=True, progress=False)
+    straight = prior_data.build_data(world_batches(items, 8), sources, shapes_vqgan, vqgan_info(shapes_vqgan),
+                                     tmp_path / "straight.pt", progress=False)
+    assert torch.equal(resumed.image_tokens, straight.image_tokens) and resumed.captions == straight.captions
+    assert resumed.captions == world_data.captions
+    assert world_data.image_tokens.shape == (40, 16, 16) and world_data.image_tokens.dtype == torch.int16
+    assert world_data.bpe_rows([0])[0] == clip_bpe_ids(world_data.captions[0])
+    with pytest.raises(UserError, match="other images"):
+        prior_data.build_data(world_batches(items, 8), sources[::-1], shapes_vqgan, vqgan_info(shapes_vqgan),
+                              tmp_path / "d.pt", resume=True, progress=False)
+
+
+def test_read_pairs_from_folder_csv_and_jsonl(tmp_path):
+    (tmp_path / "a.png").write_bytes(b"")
+    (tmp_path / "a.txt").write_text("a red circle\n")
+    (tmp_path / "b.png").write_bytes(b"")  # no caption: skipped
+    assert prior_data.read_pairs(tmp_path) == [(str(tmp_path / "a.png"), "a red circle")]
+    (tmp_path / "list.csv").write_text("image,caption\na.png,a red circle\n")
+    assert prior_data.read_pairs(tmp_path / "list.csv") == [(str(tmp_path / "a.png"), "a red circle")]
+    (tmp_path / "list.jsonl").write_text(json.dumps({"path": "a.png", "text": "x"}) + "\n")
+    assert prior_data.read_pairs(tmp_path / "list.jsonl") == [(str(tmp_path / "a.png"), "x")]
+    (tmp_path / "bad.jsonl").write_text(json.dumps({"path": "a.png"}) + "\n")
+    with pytest.raises(UserError, match="caption"):
+        prior_data.read_pairs(tmp_path / "bad.jsonl")
+    with pytest.raises(UserError, match="no images"):
+        prior_data.read_pairs(tmp_path / "empty" if (tmp_path / "empty").mkdir() is None else None)
+
+
+# -- training ------------------------------------------------------------------------------------
+def test_training_lowers_the_loss_writes_a_prior_and_resumes_exactly(tmp_path, world_data):
+    config = TrainConfig(**TINY)
+    metrics = train(world_data, tmp_path / "straight", config, progress=False, log=lambda _: None)
+    history = metrics["history"]
+    assert [h["step"] for h in history] == [10, 20, 30] and metrics["tokens_per_second"] > 0
+    # uniform guessing costs log(513) = 6.24; the held-out loss must fall well below it and keep falling
+    assert history[0]["held_out_loss"] < 6.0 and history[-1]["held_out_loss"] < history[0]["held_out_loss"] - 0.2
+    prior = load_prior(tmp_path / "straight")
+    assert prior.model.config.grid == [16, 16] and prior.model.config.image_vocab == 512
+    assert prior.model.config.text_vocab < 100  # the pruned vocabulary
+    assert json.loads((tmp_path / "straight" / "prior.json").read_text())["vqgan"]["name"] == "shapes"
+
+    # seeded: the same settings give the same weights
+    state_dir = tmp_path / "again"
+    train(world_data, state_dir, TrainConfig(**TINY), progress=False, log=lambda _: None)
+    assert torch.load(state_dir / "train_state.pt", weights_only=True)["step"] == 30
+    straight = load_prior(tmp_path / "straight").model.state_dict()
+    again = load_prior(state_dir).model.state_dict()
+    assert all(torch.equal(straight[k], again[k]) for k in straight)  # seeded: the same run twice
+
+
+def test_resume_after_a_stop_gives_the_same_weights(tmp_path, world_data):
+    from vqclip.shapes import training
+
+    straight = tmp_path / "straight"
+    train(world_data, straight, TrainConfig(**TINY), progress=False, log=lambda _: None)
+    stopped = tmp_path / "stopped"
+    original = training.save_checkpoint
+
+    def save_then_stop(path, step, *args, **kwargs):
+        original(path, step, *args, **kwargs)
+        if step == 15:
+            raise KeyboardInterrupt
+
+    import vqclip.prior.train as train_module
+
+    train_module.save_checkpoint = save_then_stop
+    try:
+        with pytest.raises(KeyboardInterrupt):
+            train(world_data, stopped, TrainConfig(**TINY), progress=False, log=lambda _: None)
+    finally:
+        train_module.save_checkpoint = original
+    assert not (stopped / "prior.safetensors").exists()
+    train(world_data, stopped, TrainConfig(**TINY), resume=True, progress=False, log=lambda _: None)
+    a, b = load_prior(straight).model.state_dict(), load_prior(stopped).model.state_dict()
+    assert all(torch.equal(a[k], b[k]) for k in a)
+
+
+# -- sampling ------------------------------------------------------------------------------------
+def test_filter_logits_top_k_and_top_p():
+    logits = torch.tensor([[4.0, 3.0, 2.0, 1.0]])
+    assert torch.isinf(filter_logits(logits, 2, 1.0)).tolist() == [[False, False, True, True]]
+    probabilities = logits.softmax(-1)[0]  # 0.64, 0.24, 0.09, 0.03
+    kept = ~torch.isinf(filter_logits(logits, 0, float(probabilities[0] + 0.01)))
+    assert kept.tolist() == [[True, True, False, False]]
+    assert (~torch.isinf(filter_logits(logits, 0, 0.1))).sum() == 1  # the most likely token always stays
+
+
+def tiny_prior(seed: int = 0, codebook: int = 20) -> LoadedPrior:
+    torch.manual_seed(seed)
+    config = PriorConfig(text_vocab=40, text_length=8, image_vocab=24, codebook_size=codebook, grid=[3, 4],
+                         width=32, heads=2, glu=48, encoder_layers=1, decoder_layers=2, pad_token=PAD)
+    model = BartPrior(config).eval()
+    return LoadedPrior(model, ClipBpeTokenizer(clip_bpe_ids("a red circle on a blue background")), {})
+
+
+def reference_sample(prior: LoadedPrior, text: str, settings: SampleSettings) -> torch.Tensor:
+    """No cache: the whole prefix through the decoder at every step, drawing with the same generator."""
+    model = prior.model
+    config = model.config
+    generator = torch.Generator().manual_seed(settings.seed)
+    rows = prior.tokenizer.encode(["", text], config.text_length)
+    rows = rows.repeat_interleave(settings.count, 0)
+    state = model.encoder(rows)
+    mask = rows.ne(config.pad_token)[:, None, None, :]
+    previous = torch.full((len(rows), 1), config.image_vocab)
+    s, n = settings.supercondition, settings.count
+    for _ in range(config.image_length):
+        logits = model.decoder(previous, state, mask)[:, -1, :config.codebook_size]
+        logits = filter_logits((logits[:n] * (1 - s) + logits[n:] * s) / settings.temperature,
+                               settings.top_k, settings.top_p)
+        drawn = torch.multinomial(logits.softmax(-1), 1, generator=generator)
+        previous = torch.cat([previous, drawn.repeat(2, 1)], 1)
+    return previous[:n, 1:].view(n, *config.grid)
+
+
+@torch.no_grad()
+def test_kv_cache_sampling_equals_sampling_without_cache():
+    prior = tiny_prior()
+    settings = SampleSettings(count=3, top_k=10, top_p=0.9, supercondition=3.0, temperature=0.8, seed=5)
+    tokens = sample_tokens(prior, "a red circle", settings)
+    assert tokens.shape == (3, 3, 4) and tokens.max() < 20  # only codebook entries, never the extra rows
+    assert torch.equal(tokens, reference_sample(prior, "a red circle", settings))
+    assert torch.equal(tokens, sample_tokens(prior, "a red circle", settings))  # seeded
+    assert not torch.equal(tokens, sample_tokens(prior, "a red circle", SampleSettings(**{**settings.__dict__, "seed": 6})))
+
+
+@torch.no_grad()
+def test_sampling_settings_are_checked():
+    prior = tiny_prior()
+    for bad in (dict(count=0), dict(temperature=0.0), dict(top_p=0.0), dict(top_k=-1), dict(supercondition=-1.0)):
+        with pytest.raises(UserError):
+            sample_tokens(prior, "a red circle", SampleSettings(**bad))
+    # s = 1: the conditional row only, batched in pieces
+    tokens = sample_tokens(prior, "a red circle", SampleSettings(count=5, supercondition=1.0, batch_size=2))
+    assert tokens.shape == (5, 3, 4)
+
+
+def test_a_priors_recommended_sampling_settings_fill_what_is_not_given():
+    from vqclip.prior.sample import settings_for
+
+    prior = tiny_prior()
+    prior.info["sample"] = {"top_k": 16, "temperature": 0.7, "not_a_setting": 1}
+    settings = settings_for(prior, count=3, temperature=None, top_p=0.5)
+    assert (settings.count, settings.top_k, settings.temperature, settings.top_p) == (3, 16, 0.7, 0.5)
+    assert settings.supercondition == SampleSettings().supercondition
+    assert settings_for(prior, temperature=1.5).temperature == 1.5

@@ -1,0 +1,181 @@
+"""The prior in use: init.mode=prior end to end, the `vqclip prior` commands, min-dalle's file layout,
+and the shapes recipe's smoke run."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+from PIL import Image
+
+from vqclip.cli import main
+from vqclip.config import build_config
+from vqclip.errors import UserError
+from vqclip.generate import generate
+from vqclip.prior.train import TrainConfig, train
+from vqclip.prior.weights import load_prior
+
+TINY = dict(steps=4, batch_size=4, lr=1e-2, warmup=1, eval_every=4, eval_items=8, checkpoint_every=4,
+            width=32, heads=2, glu=48, encoder_layers=1, decoder_layers=1, text_length=16, bf16=False)
+
+
+@pytest.fixture(scope="module")
+def tiny_prior_dir(tmp_path_factory):
+    """A tiny prior trained for a few steps on 40 encoded shapes-world images."""
+    from vqclip.models.registry import load_vqgan_from_config
+    from vqclip.shapes.train_prior import build_world_data
+
+    folder = tmp_path_factory.mktemp("tiny-prior")
+    vqgan = load_vqgan_from_config({"name": "shapes"}, progress=False)
+    data = build_world_data(folder / "data.pt", vqgan, 40, 0, "train", resume=False, progress=False)
+    train(data, folder, TrainConfig(**TINY), progress=False, log=lambda _: None)
+    return folder
+
+
+def test_init_mode_prior_starts_from_the_best_sample(tmp_path, tiny_prior_dir):
+    from vqclip.generate import load_models
+    from vqclip.init import initial_z
+    from vqclip.prior.sample import prior_tokens
+
+    config = build_config("shapes", {"prompts": ["a red circle on a blue background"], "quiet": True,
+                                     "init": {"mode": "prior", "prior": str(tiny_prior_dir), "prior_candidates": 3}})
+    models = load_models(config)
+    assert models.prior is not None and models.prior.model.config.grid == [16, 16]
+    z = initial_z(config.init, models.vqgan, (64, 64), 2, torch.Generator().manual_seed(7), models.device,
+                  prior=models.prior, clip=models.clip, text="a red circle on a blue background")
+    seed = int(torch.randint(2**62, (1,), generator=torch.Generator().manual_seed(7)))
+    expected = prior_tokens(models.prior, models.vqgan, models.clip, "a red circle on a blue background",
+                            (16, 16), 3, 2, seed)
+    assert z.shape == (2, 64, 16, 16)
+    assert torch.equal(models.vqgan.z_to_tokens(z), expected)  # codebook vectors of the ranked samples
+
+    result = generate("a red circle on a blue background", preset="shapes", steps=2, seed=1, quiet=True,
+                            run_dir=str(tmp_path / "run"), models=models,
+                            init={"mode": "prior", "prior": str(tiny_prior_dir), "prior_candidates": 3})
+    assert result.images.shape == (1, 3, 64, 64) and (tmp_path / "run" / "final.png").is_file()
+
+
+def test_init_mode_prior_errors(tmp_path, tiny_prior_dir):
+    with pytest.raises(UserError, match="init.prior"):
+        generate("a red circle", preset="shapes", steps=1, quiet=True, run_dir=str(tmp_path / "a"),
+                        init={"mode": "prior", "prior": None})
+    with pytest.raises(UserError, match="size must be 64 64"):
+        generate("a red circle", preset="shapes", steps=1, quiet=True, size=[32, 32],
+                        run_dir=str(tmp_path / "b"), init={"mode": "prior", "prior": str(tiny_prior_dir)})
+    with pytest.raises(UserError, match="neither a known prior"):
+        generate("a red circle", preset="shapes", steps=1, quiet=True, run_dir=str(tmp_path / "c"),
+                        init={"mode": "prior", "prior": str(tmp_path / "nowhere")})
+    with pytest.raises(UserError, match="text prompt"):
+        generate(None, preset="shapes", steps=1, quiet=True, run_dir=str(tmp_path / "d"),
+                        image_prompts=[], noise_prompts=["3:1"],
+                        init={"mode": "prior", "prior": str(tiny_prior_dir)})
+
+
+def test_random_init_still_works_on_the_shapes_preset(tmp_path):
+    result = generate("a red circle", preset="shapes", steps=2, seed=0, quiet=True,
+                             run_dir=str(tmp_path / "run"), init={"mode": "random"})
+    assert result.images.shape == (1, 3, 64, 64)
+
+
+def test_prior_commands_end_to_end(tmp_path, capsys):
+    from vqclip.shapes import world
+
+    images = tmp_path / "images"
+    images.mkdir()
+    rng = world.make_rng(3)
+    for i in range(12):
+        scene = world.sample_scene(rng)
+        Image.fromarray(world.draw(scene)).save(images / f"{i:02d}.png")
+        (images / f"{i:02d}.txt").write_text(world.caption(scene, rng))
+    data = tmp_path / "data.pt"
+    assert main(["prior", "build-data", str(images), "-o", str(data), "-p", "shapes", "--quiet"]) == 0
+    assert main(["prior", "build-data", str(images), "-o", str(data), "-p", "shapes", "--quiet"]) == 2  # exists
+    assert main(["prior", "build-data", str(images), "-o", str(data), "-p", "shapes", "--quiet", "--resume"]) == 0
+    settings = [f"{k}={v}" for k, v in {**TINY, "eval_items": 4, "steps": 2}.items()]
+    assert main(["prior", "train", str(data), "--out", str(tmp_path / "prior"), "--quiet", *settings]) == 0
+    capsys.readouterr()
+    assert main(["prior", "train", str(data), "--out", str(tmp_path / "p2"), "steps=abc"]) == 2
+    assert "steps must be a int" in capsys.readouterr().err
+    out = tmp_path / "samples" / "circle.png"
+    assert main(["prior", "sample", "a red circle", "-o", str(out), "--prior", str(tmp_path / "prior"),
+                 "-p", "shapes", "--num", "2", "--quiet", "--top-k", "50"]) == 0
+    written = capsys.readouterr().out.split()
+    assert written == [str(out), str(out.with_name("circle-0.png")), str(out.with_name("circle-1.png"))]
+    from vqclip.outputs import read_metadata
+
+    assert read_metadata(out)["prompt"] == "a red circle" and read_metadata(out)["rank"] == 0
+    assert main(["prior", "sample", "a red circle", "-o", str(out), "-p", "default", "--quiet"]) == 2  # no prior
+
+
+def write_min_dalle_folder(folder, width: int = 128, image_vocab: int = 32):
+    """encoder.pt / decoder.pt in fp16 (min-dalle's own modules, random weights) + vocab.json + merges.txt."""
+    from prior_files import min_dalle_models as import_min_dalle
+
+    min_dalle_models = import_min_dalle()
+    torch.manual_seed(0)
+    encoder = min_dalle_models.DalleBartEncoder(layer_count=1, embed_count=width, attention_head_count=width // 64,
+                                                text_vocab_count=30, text_token_count=64, glu_embed_count=64,
+                                                device="cpu")
+    decoder = min_dalle_models.DalleBartDecoder(image_vocab_count=image_vocab, embed_count=width,
+                                                attention_head_count=width // 64, glu_embed_count=64,
+                                                layer_count=1, device="cpu")
+    folder.mkdir(parents=True, exist_ok=True)
+    torch.save({k: v.half() for k, v in encoder.state_dict().items()}, folder / "encoder.pt")
+    torch.save({k: v.half() for k, v in decoder.state_dict().items()}, folder / "decoder.pt")
+    vocab = {"<s>": 0, "<pad>": 1, "</s>": 2, "<unk>": 3, "Ġred": 4, "Ġcircle": 5}
+    (folder / "vocab.json").write_text(json.dumps(vocab))
+    (folder / "merges.txt").write_text("#version: 0.2\nĠ r\nĠr e\nĠre d\n")
+    return encoder, decoder
+
+
+def test_min_dalle_files_load_and_drive_the_dalle_mini_preset(tmp_path):
+    from model_files import write_tiny_clip, write_tiny_vqgan
+
+    encoder, _ = write_min_dalle_folder(tmp_path / "min-dalle")
+    prior = load_prior(tmp_path / "min-dalle")
+    config = prior.model.config
+    assert (config.width, config.heads, config.image_vocab, config.grid, config.text_length) == (128, 2, 32, [16, 16], 64)
+    assert prior.tokenizer.encode(["red circle"], 5)[0].tolist() == [0, 4, 3, 3, 2]  # "circle" has no merges here
+    text = torch.tensor([[0, 4, 2] + [1] * 61] * 2)
+    assert torch.allclose(prior.model.encoder(text), encoder.half().float()(text), atol=1e-4)
+
+    vqgan_config, vqgan_checkpoint = write_tiny_vqgan(tmp_path)  # 32 codes, factor 2: 16×16 tokens at 32 px
+    clip_config, clip_weights = write_tiny_clip(tmp_path)
+    config = build_config("dalle-mini", {"size": [32, 32], "steps": 1, "cutn": 2, "quiet": True, "seed": 0,
+                                         "run_dir": str(tmp_path / "run"), "prompts": ["red circle"],
+                                         "vqgan": {"name": None, "format": "taming", "config": str(vqgan_config),
+                                                   "checkpoint": str(vqgan_checkpoint)},
+                                         "clip": {"models": [{"name": str(clip_config), "pretrained": str(clip_weights)}]},
+                                         "init": {"prior": str(tmp_path / "min-dalle"), "prior_candidates": 2}})
+    assert config.init.mode == "prior"
+    from vqclip.generate import run
+
+    result = run(config)
+    assert result.images.shape == (1, 3, 32, 32)
+
+
+def test_shapes_prior_recipe_smoke_from_the_command_line(tmp_path, capsys, monkeypatch):
+    import vqclip.shapes.train_prior as recipe_module
+
+    real = recipe_module.PriorRecipe
+
+    def small():
+        return real(items=24, held_out=8, steps=2, eval_candidates=1, eval_prompts=1, train=TrainConfig(**TINY))
+
+    monkeypatch.setattr(recipe_module, "PriorRecipe", small)
+    assert main(["shapes", "train", "prior", "--out", str(tmp_path), "--quiet"]) == 0
+    metrics = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+    assert metrics["steps"] == 2 and set(metrics["samples"]) >= {"colour", "shape", "background"}
+    assert load_prior(tmp_path).model.config.grid == [16, 16]
+
+
+def test_shapes_eval_starts_from_the_shipped_prior(tmp_path, capsys):
+    prompts = tmp_path / "prompts.txt"
+    prompts.write_text("a red circle on a blue background\n")
+    assert main(["shapes", "eval", "--prompts", str(prompts), "--init", "prior", "--out", str(tmp_path / "eval"),
+                 "steps=1", "cutn=2", "init.prior_candidates=2"]) == 0
+    run_config = (tmp_path / "eval" / "000-seed0" / "config.yaml").read_text()
+    assert "mode: prior" in run_config and "prior: shapes" in run_config
+    report = json.loads((tmp_path / "eval" / "eval.json").read_text())
+    assert report["summary"]["images"] == 1

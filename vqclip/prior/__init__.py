@@ -1,0 +1,1 @@
+"""The BART prior (DALL-E mini's text → image-token model): model, tokenizers, data, training, sampling."""

@@ -1,0 +1,117 @@
+"""The three `vqclip prior` jobs as plain functions (the CLI parses; these do the work).
+
+Which VQGAN and CLIP they use comes from a run config (a preset + `key=value`), the same way
+generation chooses them, so `-p shapes` or `vqgan.config=... vqgan.checkpoint=...` work here too.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from pathlib import Path
+
+import yaml
+
+from ..errors import UserError
+from . import data as prior_data
+from .sample import sample_images, settings_for
+from .train import TrainConfig, train
+from .weights import load_prior
+
+
+def load_vqgan(config, device):
+    from ..config import to_dict
+    from ..models.registry import load_vqgan_from_config
+
+    return load_vqgan_from_config(to_dict(config)["vqgan"], device, progress=not config.quiet)
+
+
+def vqgan_description(config, vqgan) -> dict:
+    """How a data file names the VQGAN its tokens belong to (checked when a build is resumed)."""
+    source = {k: v for k, v in dict(config.vqgan).items() if v is not None}
+    return {**source, "codebook_size": int(vqgan.n_embed), "factor": int(vqgan.factor)}
+
+
+def build_data_job(source: str, out: str, config, *, size: int, batch_size: int = 32, resume: bool = False,
+                   progress: bool = True) -> prior_data.PriorData:
+    from ..generate import pick_device
+
+    device = pick_device(config.device)
+    vqgan = load_vqgan(config, device)
+    if size % vqgan.factor:
+        raise UserError(f"--size {size} is not a multiple of the VQGAN's factor {vqgan.factor}")
+    pairs = prior_data.read_pairs(source)
+    return prior_data.build_data(prior_data.file_batches(pairs, size, batch_size), [p for p, _ in pairs], vqgan,
+                                 vqgan_description(config, vqgan), out, resume=resume, progress=progress)
+
+
+def train_config_from(settings: list[str]) -> TrainConfig:
+    """`key=value` strings (YAML values) → TrainConfig; unknown keys and wrong types are refused."""
+    config = TrainConfig()
+    known = {f.name: f for f in dataclasses.fields(TrainConfig)}
+    for item in settings:
+        key, eq, text = item.partition("=")
+        if not eq or key not in known:
+            raise UserError(f"{item!r}: training settings are key=value with key one of {', '.join(known)}")
+        value = yaml.safe_load(text)
+        expected = type(getattr(config, key))
+        if expected is float and isinstance(value, int) and not isinstance(value, bool):
+            value = float(value)
+        if type(value) is not expected:
+            raise UserError(f"{key} must be a {expected.__name__}, not {text!r}")
+        setattr(config, key, value)
+    positive = ("steps", "batch_size", "width", "heads", "glu", "decoder_layers", "encoder_layers", "text_length",
+                "eval_every", "checkpoint_every", "eval_items")
+    for key in positive:
+        if getattr(config, key) <= 0:
+            raise UserError(f"{key} must be at least 1, not {getattr(config, key)}")
+    if config.width % config.heads:
+        raise UserError(f"width {config.width} must be a multiple of heads {config.heads}")
+    if not 0 < config.lr < 1 or not 0 <= config.blank_fraction < 1:
+        raise UserError("lr must be in (0, 1) and blank_fraction in [0, 1)")
+    return config
+
+
+def train_job(data_path: str, out: str, settings: list[str], *, held_out: str | None = None, resume: bool = False,
+              device: str = "cpu", progress: bool = True) -> dict:
+    config = train_config_from(settings)
+    data = prior_data.load_data(data_path)
+    held = prior_data.load_data(held_out) if held_out else None
+    if held is not None and held.vqgan != data.vqgan:
+        raise UserError(f"{held_out} was encoded with another VQGAN than {data_path}")
+    return train(data, out, config, held_out=held, resume=resume, progress=progress, device=device)
+
+
+def sample_job(prompt: str, out: str, config, options: dict, prior_spec: str | None) -> list[Path]:
+    """Sample `options["count"]` images, rank them by the config's CLIP, write OUT (the best) and,
+    for several, OUT's stem + -0, -1, ... in rank order. Returns the paths written.
+
+    `options` are SampleSettings fields; those left None take the prior's recommended values."""
+    from ..config import to_dict
+    from ..generate import pick_device
+    from ..models.clip import load_clip_ensemble
+    from ..models.registry import resolve_clip
+    from ..outputs import environment_info, save_png
+
+    prior_spec = prior_spec or config.init.prior
+    if not prior_spec:
+        raise UserError("no prior chosen: pass --prior NAME|FOLDER, or a preset that sets init.prior")
+    device = pick_device(config.device)
+    prior = load_prior(prior_spec, device, progress=not config.quiet)
+    vqgan = load_vqgan(config, device)
+    clip = load_clip_ensemble([resolve_clip(spec) for spec in to_dict(config)["clip"]["models"]], device)
+    unknown = prior.tokenizer.unknown_words(prompt)
+    if unknown:
+        print(f"vqclip: warning: the prior never saw {', '.join(unknown)}: it reads them as an unknown word")
+    settings = settings_for(prior, **options)
+    result = sample_images(prior, vqgan, prompt, settings, clip=clip)
+    metadata = {"prompt": prompt, "prior": str(prior_spec), "sample": dataclasses.asdict(settings),
+                "vqgan": to_dict(config)["vqgan"], "environment": environment_info()}
+    out = Path(out)
+    written = [out]
+    save_png(out, result.images[0], {**metadata, "rank": 0, "score": result.scores[0]})
+    if len(result.images) > 1:
+        for rank, (image, score) in enumerate(zip(result.images, result.scores)):
+            path = out.with_name(f"{out.stem}-{rank}{out.suffix or '.png'}")
+            save_png(path, image, {**metadata, "rank": rank, "score": score})
+            written.append(path)
+    return written

@@ -1,0 +1,159 @@
+"""`vqclip prior train DATA`: fit a BART prior to a data file from `vqclip prior build-data`.
+
+The loop, in order: (1) sample a batch of (caption, token grid); (2) blank a fraction of the
+captions, so that the empty caption learns the unconditional distribution that
+superconditioning subtracts; (3) cross-entropy of every image token given the text and the
+tokens before it, under bf16 autocast where the device has fast bf16; (4) clip the gradient
+norm, AdamW step, warm-up + cosine learning rate; (5) every `eval_every` steps the held-out loss,
+every `checkpoint_every` steps the whole training state (atomically: `--resume` continues and
+ends with the same weights). The result is `prior.json` + `prior.safetensors` in the output folder.
+"""
+
+from __future__ import annotations
+
+import random
+import time
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import torch
+from tqdm.auto import trange
+
+from ..errors import UserError
+from ..outputs import write_json
+from ..shapes.training import bf16_fast, load_checkpoint, save_checkpoint, warmup_cosine
+from .data import PriorData
+from .model import BartPrior, PriorConfig
+from .tokenizer import ClipBpeTokenizer, pad_rows
+from .weights import save_prior
+
+
+@dataclass
+class TrainConfig:
+    steps: int = 2000
+    batch_size: int = 32
+    lr: float = 1e-3
+    warmup: int = 100
+    weight_decay: float = 0.01
+    grad_clip: float = 1.0
+    blank_fraction: float = 0.1  # captions replaced by "" (the unconditional branch)
+    eval_every: int = 250
+    eval_items: int = 256  # held out from the data when no held-out file is given
+    checkpoint_every: int = 100
+    seed: int = 0
+    bf16: bool = True  # autocast where bf16 is fast (CUDA, CPUs with AVX512-BF16/AMX)
+    # the model
+    width: int = 128
+    heads: int = 4
+    glu: int = 256
+    encoder_layers: int = 2
+    decoder_layers: int = 4
+    text_length: int = 24
+    prune_vocab: bool = True  # keep only the BPE ids the captions use (see tokenizer.py)
+
+
+def text_rows(tokenizer, data: PriorData, length: int) -> torch.Tensor:
+    return pad_rows([tokenizer.ids(row) for row in data.bpe_rows(slice(None))], length, tokenizer.pad)
+
+
+def make_model(config: TrainConfig, data: PriorData, tokenizer) -> BartPrior:
+    rows, columns = data.image_tokens.shape[1:]
+    codebook = int(data.vqgan["codebook_size"])
+    return BartPrior(PriorConfig(
+        text_vocab=tokenizer.vocab_size, text_length=config.text_length, image_vocab=codebook,
+        codebook_size=codebook, grid=[int(rows), int(columns)], width=config.width, heads=config.heads,
+        glu=config.glu, encoder_layers=config.encoder_layers, decoder_layers=config.decoder_layers,
+        pad_token=tokenizer.pad))
+
+
+def autocast(device: torch.device, enabled: bool):
+    fast = device.type == "cuda" or (device.type == "cpu" and bf16_fast())
+    return torch.autocast(device.type, dtype=torch.bfloat16, enabled=enabled and fast)
+
+
+@torch.no_grad()
+def held_out_loss(model: BartPrior, text: torch.Tensor, images: torch.Tensor, device, bf16: bool,
+                  batch_size: int = 64) -> float:
+    model.eval()
+    total = 0.0
+    for first in range(0, len(images), batch_size):
+        t, i = text[first:first + batch_size].to(device), images[first:first + batch_size].to(device)
+        with autocast(device, bf16):
+            total += model.loss(t, i).item() * len(i)
+    model.train()
+    return total / len(images)
+
+
+def train(data: PriorData, out: str | Path, config: TrainConfig, *, held_out: PriorData | None = None,
+          resume: bool = False, progress: bool = True, device: str | torch.device = "cpu",
+          info: dict | None = None, log=print) -> dict:
+    """Train and write OUT/prior.{json,safetensors}; returns the metrics (also OUT/prior-metrics.json)."""
+    out, device = Path(out), torch.device(device)
+    if held_out is None:
+        if len(data.captions) <= 2 * config.eval_items:
+            raise UserError(f"{len(data.captions)} training items are too few to hold out {config.eval_items}")
+        split = len(data.captions) - config.eval_items
+        held_out = PriorData(data.image_tokens[split:], data.captions[split:], data.text_bpe[split:],
+                             data.vqgan, data.sources[split:])
+        data = PriorData(data.image_tokens[:split], data.captions[:split], data.text_bpe[:split],
+                         data.vqgan, data.sources[:split])
+    kept = sorted({t for row in data.bpe_rows(slice(None)) for t in row}) if config.prune_vocab else None
+    tokenizer = ClipBpeTokenizer(kept)
+    text, images = text_rows(tokenizer, data, config.text_length), data.image_tokens.long()
+    eval_text, eval_images = text_rows(tokenizer, held_out, config.text_length), held_out.image_tokens.long()
+    blank = pad_rows([tokenizer.ids([])], config.text_length, tokenizer.pad)[0]
+
+    torch.manual_seed(config.seed)
+    model = make_model(config, data, tokenizer).to(device).train()
+    decay = [p for n, p in model.named_parameters() if p.ndim >= 2 and "embed" not in n]
+    no_decay = [p for n, p in model.named_parameters() if not (p.ndim >= 2 and "embed" not in n)]
+    optimizer = torch.optim.AdamW([{"params": decay, "weight_decay": config.weight_decay},
+                                   {"params": no_decay, "weight_decay": 0.0}], lr=config.lr, betas=(0.9, 0.98))
+    schedule = torch.optim.lr_scheduler.LambdaLR(optimizer, warmup_cosine(config.warmup, config.steps))
+    rng, generator = random.Random(config.seed), torch.Generator().manual_seed(config.seed)
+    state_path, start, history = out / "train_state.pt", 0, []
+    if resume and state_path.is_file():
+        state = load_checkpoint(state_path, model, optimizer, schedule, rng, generator)
+        start, history = int(state["step"]), list(state.get("history", []))
+    elif resume:
+        log(f"no {state_path} yet: starting from step 0")
+
+    tokens_per_step = config.batch_size * images[0].numel()
+    seconds, loss_value = 0.0, float("nan")
+    bar = trange(start, config.steps, disable=not progress, desc="prior", initial=start, total=config.steps)
+    for step in bar:
+        began = time.perf_counter()
+        index = torch.randint(len(images), (config.batch_size,), generator=generator)
+        batch_text = text[index].clone()
+        blanked = torch.rand(config.batch_size, generator=generator) < config.blank_fraction
+        batch_text[blanked] = blank
+        with autocast(device, config.bf16):
+            loss = model.loss(batch_text.to(device), images[index].to(device))
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(model.parameters(), config.grad_clip)
+        optimizer.step()
+        schedule.step()
+        seconds += time.perf_counter() - began
+        loss_value = loss.item()
+        if not torch.isfinite(loss):
+            raise UserError(f"the training loss became {loss_value} at step {step}: lower --lr")
+        done = step + 1
+        bar.set_postfix(loss=f"{loss_value:.3f}", tok_s=f"{tokens_per_step * (done - start) / seconds:.0f}")
+        if done % config.eval_every == 0 or done == config.steps:
+            history.append({"step": done, "train_loss": round(loss_value, 4),
+                            "held_out_loss": round(held_out_loss(model, eval_text, eval_images, device,
+                                                                 config.bf16), 4)})
+            log(f"step {done}: train loss {loss_value:.4f}, held-out loss {history[-1]['held_out_loss']:.4f}, "
+                f"{tokens_per_step * (done - start) / seconds:.0f} tokens/s")
+        if done % config.checkpoint_every == 0 or done == config.steps:
+            save_checkpoint(state_path, done, model, optimizer, schedule, rng, generator, history=history)
+    bar.close()
+    model.eval()
+    metrics = {"steps": config.steps, "held_out_loss": history[-1]["held_out_loss"] if history else None,
+               "history": history, "parameters": sum(p.numel() for p in model.parameters()),
+               "tokens_per_second": round(tokens_per_step * (config.steps - start) / seconds) if seconds else None,
+               "train_seconds_this_run": round(seconds, 1), "train": asdict(config)}
+    save_prior(out, model, tokenizer, {"vqgan": data.vqgan, **(info or {})})
+    write_json(out / "prior-metrics.json", metrics)
+    return metrics
