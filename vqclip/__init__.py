@@ -9,6 +9,7 @@ __version__ = "0.1.0"
 _LAZY = {"generate": "generate", "run": "generate", "resume": "generate", "load_models": "generate",
          "GenerationResult": "run_files",
          "build_config": "config"}
+_SUBPACKAGES = ("video",)
 
 
 def __getattr__(name: str):
@@ -16,4 +17,8 @@ def __getattr__(name: str):
         import importlib
 
         return getattr(importlib.import_module(f".{_LAZY[name]}", __name__), name)
+    if name in _SUBPACKAGES:  # `import vqclip; vqclip.batch.run(...)` without importing vqclip.batch first
+        import importlib
+
+        return importlib.import_module(f".{name}", __name__)
     raise AttributeError(f"module 'vqclip' has no attribute {name!r}")

@@ -248,6 +248,86 @@ def info_command(argv: list[str]) -> int:
     return 0
 
 
+# -- video -------------------------------------------------------------------------------------
+VIDEO_ACTIONS = ("animate", "interpolate", "restyle")
+
+
+def video_parser(action: str) -> Parser:
+    usage = {"animate": "PROMPT... [--frames N] [--fps F] [-o OUT]",
+             "interpolate": "KEY KEY... [--between N] [-o OUT]  |  VIDEO_OR_FOLDER --between N",
+             "restyle": "INPUT PROMPT... [-o OUT]"}[action]
+    parser = Parser(prog=f"vqclip video {action}", usage=f"%(prog)s {usage} [key=value ...]",
+                    description="Make a video (mp4, gif, or a folder of PNG frames when OUT has no extension). "
+                    "A killed run continues with: vqclip video --resume RUN_DIR",
+                    epilog="Any config key can be set as key=value, e.g. video.zoom='0: 1.0, 30: 1.05'.")
+    parser.add_argument("items", nargs="*", help="prompts / keys / input, and key=value overrides")
+    parser.add_argument("-p", "--preset", help="a preset name or YAML file (default: zoom, morph or restyle)")
+    parser.add_argument("-o", "--output", help="the video: .mp4, .gif or a folder (default RUN_DIR/video.mp4)")
+    parser.add_argument("--fps", type=float, help="frames per second of the written video")
+    parser.add_argument("--size", type=int, nargs=2, metavar=("W", "H"))
+    parser.add_argument("--seed", type=int)
+    parser.add_argument("--steps-per-frame", type=int)
+    parser.add_argument("--run-dir", help="the run folder (default outputs/<date>/<NNNN>-<slug>/)")
+    parser.add_argument("--resume", dest="resume_dir", metavar="RUN_DIR", help="continue a killed video run")
+    parser.add_argument("--quiet", action="store_true", help="no progress bars")
+    if action == "animate":
+        parser.add_argument("--frames", type=int, help="frames to make")
+    if action == "interpolate":
+        parser.add_argument("--between", type=int, help="frames made between each pair of keys")
+        parser.add_argument("--method", help="lerp | slerp")
+        parser.add_argument("--ease", help="linear | cosine | ease-in-out")
+        parser.add_argument("--guided", type=int, metavar="STEPS", help="CLIP steps per in-between frame")
+    return parser
+
+
+@command("video")
+def video_command(argv: list[str]) -> int:
+    from .video import jobs
+
+    if argv[:1] == ["--resume"] or (argv and argv[0].startswith("--resume=")):
+        resume = Parser(prog="vqclip video", usage="%(prog)s --resume RUN_DIR [--quiet]")
+        resume.add_argument("--resume", dest="resume_dir", metavar="RUN_DIR", required=True)
+        resume.add_argument("--quiet", action="store_true")
+        args = resume.parse_args(argv)
+        print(jobs.resume(args.resume_dir, overrides={"quiet": True} if args.quiet else None).output)
+        return 0
+    if argv[:1] in (["-h"], ["--help"]):
+        print("usage: vqclip video {animate,interpolate,restyle} ... | vqclip video --resume RUN_DIR\n"
+              "  animate PROMPT... --frames N --fps F -o OUT    frames that move (zoom, rotate, translate)\n"
+              "  interpolate KEY KEY... --between N -o OUT      in-betweens in latent space (or: ONE_VIDEO)\n"
+              "  restyle INPUT PROMPT... -o OUT                 an input video, frame by frame, restyled\n"
+              "see: vqclip video animate --help")
+        return 0
+    if not argv or argv[0] not in VIDEO_ACTIONS:
+        raise UserError(f"vqclip video needs one of {', '.join(VIDEO_ACTIONS)} (or --resume RUN_DIR), "
+                        f"got {argv[0] if argv else 'nothing'!r} (see: vqclip video animate --help)")
+    action = argv[0]
+    args = video_parser(action).parse_intermixed_args(argv[1:])
+    if args.resume_dir:
+        print(jobs.resume(args.resume_dir, overrides={"quiet": True} if args.quiet else None).output)
+        return 0
+    items = [a for a in args.items if not _is_override(a)]
+    dotlist = [a for a in args.items if _is_override(a)]  # video.zoom=0: 1.0, 30: 1.05 works unquoted
+    video = {key: value for key, value in {
+        "fps": args.fps, "steps_per_frame": args.steps_per_frame, "frames": getattr(args, "frames", None),
+        "between": getattr(args, "between", None), "method": getattr(args, "method", None),
+        "ease": getattr(args, "ease", None), "guided_steps": getattr(args, "guided", None)}.items()
+        if value is not None}
+    overrides = {key: value for key, value in {
+        "size": args.size, "seed": args.seed, "output": args.output, "run_dir": args.run_dir,
+        "quiet": args.quiet or None, "video": video or None}.items() if value is not None}
+    if action == "animate":
+        result = jobs.animate(items or None, preset=args.preset, dotlist=dotlist, **overrides)
+    elif action == "interpolate":
+        result = jobs.interpolate(items, preset=args.preset, dotlist=dotlist, **overrides)
+    else:
+        if not items:
+            raise UserError("restyle needs an input video or frame folder, then prompts (see: vqclip video restyle --help)")
+        result = jobs.restyle(items[0], items[1:] or None, preset=args.preset, dotlist=dotlist, **overrides)
+    print(result.output)
+    return 0
+
+
 # -- the BART prior ----------------------------------------------------------------------------
 @command("prior")
 def prior_command(argv: list[str]) -> int:

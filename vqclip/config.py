@@ -55,6 +55,33 @@ class InitConfig:
 
 
 @dataclass
+class VideoConfig:
+    """`vqclip video ...`: animations, interpolations and restyled videos (vqclip/video/)."""
+
+    frames: int = 60  # animate: frames to make
+    fps: float = 12.0  # frames per second of the written video
+    first_frame_steps: int = 100  # animate/restyle: optimiser steps for the first frame
+    steps_per_frame: int = 20  # ... and for each later one (also guided in-betweens unless guided_steps)
+    # Motion per frame (animate). A number, or a keyframed schedule "0: 1.0, 30: 1.05, 60: 1.0".
+    zoom: Any = 1.0  # > 1 zooms in
+    angle: Any = 0.0  # degrees, anticlockwise
+    translate_x: Any = 0.0  # pixels to the right
+    translate_y: Any = 0.0  # pixels down
+    smoothing: Any = 0.0  # temporal EMA of z: the previous frame's share, 0 = off
+    schedules: dict[str, Any] = field(default_factory=dict)  # any other numeric key: {lr: "0: 0.1, 30: 0.05"}
+    schedule_ease: str = "linear"  # between schedule keys: linear | cosine | ease-in-out
+    timeline: dict[int, str] = field(default_factory=dict)  # {frame: prompts}; empty: `prompts` throughout
+    transition: int = 10  # frames over which one timeline entry crossfades into the next
+    # Interpolation.
+    between: int = 8  # frames made between each pair of keys
+    method: str = "slerp"  # lerp | slerp (on z, per latent position)
+    ease: str = "linear"  # linear | cosine | ease-in-out
+    guided_steps: int = 0  # CLIP steps per in-between frame toward the blended keys; 0 = none
+    # Restyle.
+    blend: float = 0.3  # the previous styled frame's share in each frame's starting latent
+
+
+@dataclass
 class RunConfig:
     description: str = ""  # what a preset is for (shown by `vqclip presets list`)
     # What to draw.
@@ -79,6 +106,7 @@ class RunConfig:
     vqgan: VQGANConfig = field(default_factory=VQGANConfig)
     clip: ClipConfig = field(default_factory=ClipConfig)
     init: InitConfig = field(default_factory=InitConfig)
+    video: VideoConfig = field(default_factory=VideoConfig)  # used by `vqclip video ...` only
     # Cutouts and augmentations.
     cutn: int = 32
     cut_pow: float = 1.0

@@ -1,0 +1,22 @@
+"""Video: animations, latent frame interpolation and restyled videos (`vqclip video ...`).
+
+    from vqclip import video
+    video.animate("a red circle", preset="shapes-zoom", output="zoom.mp4", video={"frames": 8})
+    video.interpolate(["red.png", "blue.png"], preset="shapes-morph", output="morph.gif")
+    video.restyle("zoom.mp4", "a blue square", preset="shapes-zoom", output="styled.mp4")
+    video.resume("outputs/2026-11-22/0003-animate-a-red-circle")
+
+Importing this package loads nothing heavy; the functions are imported on first use.
+"""
+
+_LAZY = {"animate": "jobs", "interpolate": "jobs", "restyle": "jobs", "resume": "jobs", "VideoResult": "jobs",
+         "read_frames": "frames", "write_video": "frames", "read_settings": "frames",
+         "parse_schedule": "schedule", "lerp": "interpolation", "slerp": "interpolation"}
+
+
+def __getattr__(name: str):
+    if name in _LAZY:
+        import importlib
+
+        return getattr(importlib.import_module(f".{_LAZY[name]}", __name__), name)
+    raise AttributeError(f"module 'vqclip.video' has no attribute {name!r}")
