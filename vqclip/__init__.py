@@ -9,7 +9,7 @@ __version__ = "0.1.0"
 _LAZY = {"generate": "generate", "run": "generate", "resume": "generate", "load_models": "generate",
          "GenerationResult": "run_files",
          "build_config": "config"}
-_SUBPACKAGES = ("video",)
+_SUBPACKAGES = ("batch", "video")
 
 
 def __getattr__(name: str):

@@ -248,6 +248,50 @@ def info_command(argv: list[str]) -> int:
     return 0
 
 
+# -- batches -------------------------------------------------------------------------------------
+@command("batch")
+def batch_command(argv: list[str]) -> int:
+    parser = Parser(prog="vqclip batch", description="Run the jobs of a batch file (defaults, a grid, a list); "
+                    "OUT gets a folder per job, summary.jsonl and contact_sheet.png.")
+    parser.add_argument("file", help="the batch YAML file")
+    parser.add_argument("--out", required=True, help="the batch's output folder")
+    parser.add_argument("--workers", type=int, default=1, help="local worker processes (one GPU each if several)")
+    parser.add_argument("--ray", nargs="?", const=True, default=None, metavar="ADDRESS",
+                        help="run the jobs as Ray tasks: a new local Ray, or the cluster at ADDRESS "
+                        "(HOST:PORT, ray://HOST:PORT, auto)")
+    parser.add_argument("--resume", action="store_true", help="skip the jobs finished with the same settings")
+    parser.add_argument("--threads", type=int, help="torch CPU threads per job (same seed + threads = same image)")
+    args = parser.parse_args(argv)
+
+    from pathlib import Path
+
+    from .batch import read_batch_file, run
+    from .interrupt import Interrupted
+
+    jobs = read_batch_file(args.file)
+    failed = done = 0
+    results = run(jobs, args.out, workers=args.workers, ray=args.ray, resume=args.resume, threads=args.threads)
+    try:
+        for done, result in enumerate(results, 1):
+            where = f"[{done}/{len(jobs)}] {result.job.name}"
+            if result.ok:
+                score = "" if result.score is None else f" score {result.score:.3f}"
+                note = "finished earlier" if result.skipped else f"{result.seconds:.1f} s"
+                print(f"{where}: ok{score} ({note}) {result.files[0] if result.files else ''}", flush=True)
+            else:
+                failed += 1
+                print(f"{where}: failed: {result.error}", flush=True)
+    except KeyboardInterrupt:  # the finished jobs are in summary.jsonl; --resume runs the others
+        raise Interrupted(f"batch stopped after {done} of {len(jobs)} jobs; continue with: vqclip batch "
+                          f"{args.file} --out {args.out} --resume") from None
+
+    print(Path(args.out) / "summary.jsonl")
+    print(Path(args.out) / "contact_sheet.png")
+    if failed:
+        print(f"vqclip: {failed} of {len(jobs)} jobs failed (see {Path(args.out) / 'summary.jsonl'})", file=sys.stderr)
+    return 1 if failed else 0
+
+
 # -- video -------------------------------------------------------------------------------------
 VIDEO_ACTIONS = ("animate", "interpolate", "restyle")
 

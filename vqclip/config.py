@@ -161,7 +161,9 @@ def preset_path(preset: str) -> Path:
     raise unknown_choice("preset", preset, shipped)
 
 
-def read_yaml(path: Path) -> dict:
+def read_yaml(path: Path, what: str = "config keys") -> dict:
+    """A YAML file that holds a mapping (of `what`), read safely: Python tags are refused."""
+    path = Path(path)
     try:
         data = yaml.safe_load(path.read_text(encoding="utf-8"))
     except yaml.YAMLError as exc:
@@ -171,7 +173,7 @@ def read_yaml(path: Path) -> dict:
     if data is None:
         return {}
     if not isinstance(data, dict):
-        raise UserError(f"{path} must hold a mapping of config keys, not a {type(data).__name__}")
+        raise UserError(f"{path} must hold a mapping of {what}, not a {type(data).__name__}")
     return data
 
 

@@ -1,0 +1,18 @@
+"""Batches: many jobs from one file (a sweep and/or a list), run here, in worker processes or on Ray.
+
+```python
+import vqclip.batch
+
+for result in vqclip.batch.run({"defaults": {"preset": "shapes", "steps": 30},
+                                "grid": {"prompt": ["a red circle", "a blue square"], "seed": [1, 2]}},
+                               out="batch-out", workers=2):
+    print(result.job.name, result.status, result.score, result.files)
+```
+"""
+
+from .jobs import JobOutput, ModelCache, register_kind
+from .runner import JobResult, run
+from .spec import Job, jobs_from, parse_batch, read_batch_file
+
+__all__ = ["Job", "JobOutput", "JobResult", "ModelCache", "jobs_from", "parse_batch", "read_batch_file",
+           "register_kind", "run"]

@@ -1,0 +1,206 @@
+"""What a batch job can be: a registry of job kinds, and running one job into a folder.
+
+A kind is one function `run(settings, folder, cache, device) -> JobOutput` registered with
+`register_kind(name, run, check=..., resolve=...)`: `check` refuses bad settings before anything
+runs, `resolve` gives the full settings the config hash is taken from (so that a changed preset
+makes a finished job unfinished). Models go through the worker's ModelCache: jobs that share
+model settings load them once per worker.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import time
+import traceback
+from collections import OrderedDict
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from ..errors import UserError
+
+
+@dataclass
+class JobOutput:
+    """What a job made: files in its folder (the final one first), a score, caption fields."""
+
+    files: list[Path]
+    score: float | None = None
+    caption: dict = field(default_factory=dict)  # prompt, preset, seed: for the summary and contact sheet
+
+
+@dataclass(frozen=True)
+class JobKind:
+    name: str
+    run: Callable  # (settings, folder, cache, device) -> JobOutput
+    check: Callable[[dict], None]  # raises UserError for settings the kind cannot run
+    resolve: Callable[[dict], dict]  # the full settings the config hash is taken from
+
+
+KINDS: dict[str, JobKind] = {}
+
+
+def register_kind(name: str, run: Callable, check: Callable | None = None, resolve: Callable | None = None) -> None:
+    """Add a job kind; without `check` any settings pass, without `resolve` they are hashed as given."""
+    KINDS[name] = JobKind(name, run, check or _accept, resolve or _as_given)
+
+
+def _accept(settings: dict) -> None:
+    return None
+
+
+def _as_given(settings: dict) -> dict:
+    return settings
+
+
+class ModelCache:
+    """Loaded models by key, least recently used dropped first (a worker keeps a few at most)."""
+
+    def __init__(self, capacity: int = 2):
+        self.capacity, self.entries, self.loads = capacity, OrderedDict(), 0
+
+    def get(self, key: str, load: Callable):
+        if key in self.entries:
+            self.entries.move_to_end(key)
+            return self.entries[key]
+        while len(self.entries) >= self.capacity:
+            self.entries.popitem(last=False)
+        self.entries[key] = load()
+        self.loads += 1
+        return self.entries[key]
+
+
+WORKER_CACHE = ModelCache()  # one per process: a worker process or a Ray worker keeps it between jobs
+
+
+def execute(kind: str, settings: dict, folder: Path, cache: ModelCache | None = None,
+            device: str | None = None, threads: int | None = None) -> dict:
+    """Run one job into `folder`; never raises for the job's own failure (it is recorded).
+
+    Returns {"status", "error", "seconds", "score", "files" (relative to folder), "caption"}.
+    A failure that is not a UserError is a bug somewhere: its traceback goes to error.txt.
+    """
+    folder.mkdir(parents=True, exist_ok=True)
+    started = time.perf_counter()
+    record = {"status": "ok", "error": None, "score": None, "files": [], "caption": {}}
+    try:
+        with torch_threads(threads):
+            output = KINDS[kind].run(settings, folder, cache or WORKER_CACHE, device)
+        record.update(score=output.score, caption=output.caption,
+                      files=[str(Path(p).resolve().relative_to(folder.resolve())) for p in output.files])
+    except UserError as exc:
+        record.update(status="failed", error=str(exc))
+    except Exception as exc:  # noqa: BLE001 - one job's bug must not stop the batch; it is recorded
+        record.update(status="failed", error=f"{type(exc).__name__}: {_first_line(exc)} (see error.txt)")
+        from ..atomic import atomic_write_text
+
+        atomic_write_text(folder / "error.txt", traceback.format_exc())
+    record["seconds"] = round(time.perf_counter() - started, 3)
+    return record
+
+
+@contextlib.contextmanager
+def torch_threads(threads: int | None):
+    """CPU results depend on the thread count (sums split differently): fix it for the job."""
+    if threads is None:
+        yield
+        return
+    import torch
+
+    previous = torch.get_num_threads()
+    torch.set_num_threads(threads)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(previous)
+
+
+def _first_line(exc: Exception) -> str:
+    text = str(exc).strip()
+    return text.splitlines()[0] if text else type(exc).__name__
+
+
+# -- generate ------------------------------------------------------------------------------------
+# Keys as on the command line: the flags' names plus every config key.
+ALIASES = {"prompt": "prompts", "batch": "batch_size", "image_prompt": "image_prompts",
+           "noise_prompt": "noise_prompts"}
+CHOSEN_BY_THE_BATCH = ("run_dir", "output", "outputs_root")
+
+
+def generate_config_layers(settings: dict) -> tuple[str, dict]:
+    """(preset, overrides) from a job's settings, the CLI's flag names turned into config keys."""
+    overrides = dict(settings)
+    preset = overrides.pop("preset", "default")
+    if not isinstance(preset, str) or not preset:
+        raise UserError(f"preset must be a preset name or a YAML path, not {preset!r}")
+    for key in CHOSEN_BY_THE_BATCH:
+        if key in overrides:
+            raise UserError(f"{key} cannot be set in a batch: each job writes into its own folder under --out")
+    for alias, key in ALIASES.items():
+        if alias in overrides:
+            if key in overrides:
+                raise UserError(f"set {alias} or {key}, not both")
+            value = overrides.pop(alias)
+            overrides[key] = value if isinstance(value, list) or key == "batch_size" else [value]
+    if "init_image" in overrides:
+        overrides["init"] = {**(overrides.get("init") or {}), "mode": "image", "image": overrides.pop("init_image")}
+    return preset, overrides
+
+
+def check_generate(settings: dict) -> None:
+    """Keys and types, against the schema (the preset itself is read when the job runs)."""
+    from ..config import build_config
+
+    build_config(None, generate_config_layers(settings)[1])
+
+
+def resolve_generate(settings: dict) -> dict:
+    from ..config import build_config, to_dict
+
+    config = to_dict(build_config(*generate_config_layers(settings)))
+    for key in ("quiet", *CHOSEN_BY_THE_BATCH):
+        config.pop(key, None)
+    return config
+
+
+def run_generate(settings: dict, folder: Path, cache: ModelCache, device: str | None) -> JobOutput:
+    from ..generate import load_models, run
+
+    preset, overrides = generate_config_layers(settings)
+    config = config_for_job(preset, overrides, folder, device)
+    result = run(config, models=cache.get(model_key(config), lambda: load_models(config)))
+    files = [result.run_dir / "final.png"] + sorted(result.run_dir.glob("candidate-*.png"))
+    prompt = " | ".join(result.config["prompts"]) or _title(result.config)
+    return JobOutput(files, result.scores[0], {"prompt": prompt, "preset": preset, "seed": result.config["seed"]})
+
+
+def config_for_job(preset: str, overrides: dict, folder: Path, device: str | None):
+    """The job's config, writing into its folder, quietly, on the worker's device if it owns one."""
+    from ..config import build_config
+
+    config = build_config(preset, {**overrides, "run_dir": str(folder), "quiet": True})
+    if device and config.device == "auto":  # a worker that owns one GPU runs its jobs there
+        config.device = device
+    return config
+
+
+def model_key(config) -> str:
+    """What load_models reads: the networks, the device, and the prior when the init samples one."""
+    from ..config import to_dict
+
+    plain = to_dict(config)
+    prior = plain["init"]["prior"] if plain["init"]["mode"] == "prior" else None
+    return json.dumps({"vqgan": plain["vqgan"], "clip": plain["clip"], "device": plain["device"], "prior": prior},
+                      sort_keys=True)
+
+
+def _title(config: dict) -> str:
+    schedule = config.get("schedule") or {}
+    return str(next(iter(schedule.values()))) if schedule else ""
+
+
+register_kind("generate", run_generate, check=check_generate, resolve=resolve_generate)
+
+# The other kinds register themselves; each imports its own package (vqclip.video, vqclip.prior) only when used.
+from . import prior_kind, video_kind  # noqa: F401

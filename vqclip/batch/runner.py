@@ -1,0 +1,217 @@
+"""Running a batch: here in this process, in N local worker processes, or as Ray tasks.
+
+Every way yields each job's result as it finishes, appends its summary line, and at the end
+rewrites summary.jsonl (one line per job, in order) and draws contact_sheet.png. Each worker
+keeps its loaded models between jobs (vqclip.batch.jobs.WORKER_CACHE), so a batch that uses one
+VQGAN and one CLIP loads them once per worker.
+"""
+
+from __future__ import annotations
+
+import multiprocessing
+import os
+import shutil
+from collections.abc import Iterable, Iterator
+from concurrent.futures import ProcessPoolExecutor, as_completed
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from ..errors import UserError
+from .jobs import WORKER_CACHE, execute
+from .spec import Job, jobs_from
+from .summary import append_record, config_hash, is_finished, read_summary, write_summary
+
+CONTACT_SHEET_NAME = "contact_sheet.png"
+
+
+@dataclass
+class JobResult:
+    """One job's outcome; `record()` is its line in summary.jsonl (paths relative to the batch folder)."""
+
+    job: Job
+    status: str  # ok | failed
+    error: str | None  # one line, for a failed job
+    seconds: float
+    score: float | None  # the final CLIP score (generate jobs)
+    files: list[Path]  # what it wrote, the final output first
+    caption: dict = field(default_factory=dict)  # prompt, preset, seed
+    config_hash: str = ""
+    skipped: bool = False  # finished by an earlier run of the batch (--resume)
+
+    @property
+    def full_caption(self) -> dict:
+        """prompt, preset and seed: what the job made them, else what its settings asked for."""
+        asked = {"prompt": self.job.title, "preset": self.job.settings.get("preset", "default"),
+                 "seed": self.job.settings.get("seed")}
+        return {**asked, **{key: value for key, value in self.caption.items() if value is not None}}
+
+    @property
+    def ok(self) -> bool:
+        return self.status == "ok"
+
+    def record(self, out: Path) -> dict:
+        return {"job": self.job.index, "name": self.job.name, "kind": self.job.kind, "status": self.status,
+                "error": self.error, "seconds": self.seconds, "score": self.score,
+                "outputs": [_relative(path, out) for path in self.files], **self.full_caption,
+                "config_hash": self.config_hash, "settings": self.job.settings}
+
+    @classmethod
+    def from_record(cls, job: Job, record: dict, out: Path, job_hash: str, skipped: bool = False) -> JobResult:
+        caption = {key: record.get(key) for key in ("prompt", "preset", "seed") if key in record}
+        return cls(job, record["status"], record.get("error"), record.get("seconds", 0.0), record.get("score"),
+                   [out / path for path in record.get("outputs") or []], caption, job_hash, skipped)
+
+
+def run(jobs, out: str | Path | None = None, *, workers: int = 1, ray: str | bool | None = None, resume: bool = False,
+        threads: int | None = None, contact_sheet: bool = True) -> Iterator[JobResult]:
+    """Run a batch into `out`; iterate over the result to run it, one JobResult per job as it finishes.
+
+    jobs: a batch file path, a batch mapping ({defaults, grid, jobs}), a list of setting mappings
+    (`{"prompt": "a red circle", "preset": "shapes", "seed": 1}`) or Jobs. out: the batch's folder
+    (default: a new outputs/<date>/NNNN-batch/). workers: local processes
+    (one GPU each when there are several). ray: True (a local or the configured cluster) or an
+    address. resume: skip the jobs finished before with the same settings. threads: torch CPU
+    threads per job (CPU images are identical across runs with the same seed and thread count).
+    The settings are checked and Ray is reached before this returns; the jobs run as you iterate.
+    """
+    jobs = jobs_from(jobs)
+    if workers < 1:
+        raise UserError(f"workers must be at least 1, not {workers}")
+    if threads is not None and threads < 1:
+        raise UserError(f"threads must be at least 1, not {threads}")
+    if ray is not None and ray is not False and workers != 1:
+        raise UserError("choose --workers or --ray, not both (on Ray every free GPU or CPU takes a job)")
+    if out is not None and Path(out).exists() and not Path(out).is_dir():
+        raise UserError(f"--out {out} is a file: give a folder for the batch")
+    on_ray = ray is not None and ray is not False
+    started_ray = False
+    if on_ray:  # before any folder is made: an unreachable cluster leaves nothing behind
+        from . import ray_tasks
+
+        started_ray = ray_tasks.connect(None if ray is True else str(ray))
+    if out is None:
+        from ..outputs import new_run_dir
+
+        out = new_run_dir("outputs", "batch")
+    out = Path(out)
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise UserError(f"cannot create the batch folder {out}: {exc.strerror or exc}") from None
+    return _run(jobs, out, workers, on_ray, started_ray, resume, threads, contact_sheet)
+
+
+def _run(jobs: list[Job], out: Path, workers: int, on_ray: bool, started_ray: bool, resume: bool,
+         threads: int | None, contact_sheet: bool) -> Iterator[JobResult]:
+    hashes = {job.index: config_hash(job) for job in jobs}
+    earlier = read_summary(out) if resume else {}
+    results: dict[int, JobResult] = {}
+    pending = []
+    for job in jobs:
+        record = earlier.get(job.name)
+        if is_finished(record, job, hashes[job.index], out):
+            results[job.index] = JobResult.from_record(job, record, out, hashes[job.index], skipped=True)
+            yield results[job.index]
+        else:
+            pending.append(job)
+    finished = None
+    try:
+        if on_ray:
+            from . import ray_tasks
+
+            finished = ray_tasks.run_on_ray(pending, out, threads)
+        elif workers > 1 and len(pending) > 1:
+            finished = _run_in_processes(pending, out, workers, threads)
+        else:
+            finished = _run_here(pending, out, threads)
+        for job, record in finished:
+            result = JobResult(job, record["status"], record["error"], record["seconds"], record["score"],
+                               [out / job.name / name for name in record["files"]], record["caption"],
+                               hashes[job.index])
+            append_record(out, result.record(out))
+            results[job.index] = result
+            yield result
+    finally:
+        if finished is not None:  # stopped early: the backend cancels what has not started
+            finished.close()
+        if started_ray:
+            import ray
+
+            ray.shutdown()
+    write_summary(out, [results[job.index].record(out) for job in jobs])
+    if contact_sheet:
+        from .contact_sheet import write_contact_sheet
+
+        write_contact_sheet(out / CONTACT_SHEET_NAME, [results[job.index] for job in jobs])
+
+
+def _run_here(pending: Iterable[Job], out: Path, threads: int | None) -> Iterator[tuple[Job, dict]]:
+    for job in pending:
+        yield job, run_job(job.kind, job.settings, clear_folder(out / job.name), None, threads)
+
+
+def run_job(kind: str, settings: dict, folder: Path, device: str | None, threads: int | None) -> dict:
+    return execute(kind, settings, folder, WORKER_CACHE, device, threads)
+
+
+def clear_folder(folder: Path) -> Path:
+    """A job runs again from nothing: files of an earlier attempt must not pass for its outputs."""
+    if folder.is_dir():
+        shutil.rmtree(folder)
+    elif folder.exists():
+        folder.unlink()
+    return folder
+
+
+# -- local worker processes ------------------------------------------------------------------------
+_WORKER_DEVICE: str | None = None  # set in each worker process by _start_worker
+
+
+def _start_worker(devices) -> None:
+    global _WORKER_DEVICE
+    _WORKER_DEVICE = devices.get()
+
+
+def _worker_job(kind: str, settings: dict, folder: Path, threads: int | None) -> dict:
+    return run_job(kind, settings, folder, _WORKER_DEVICE, threads)
+
+
+def worker_devices(workers: int) -> list[str | None]:
+    """With several GPUs, worker i owns cuda:(i mod count); otherwise each job's own device setting."""
+    import torch
+
+    count = torch.cuda.device_count() if torch.cuda.is_available() else 0
+    return [f"cuda:{i % count}" for i in range(workers)] if count > 1 else [None] * workers
+
+
+def _run_in_processes(pending: list[Job], out: Path, workers: int, threads: int | None):
+    workers = min(workers, len(pending))
+    # Processes share the CPU cores: each gets its share unless told otherwise.
+    threads = threads or max(1, (os.cpu_count() or 1) // workers)
+    context = multiprocessing.get_context("spawn")  # CUDA cannot be used in forked children
+    devices = context.Queue()
+    for device in worker_devices(workers):
+        devices.put(device)
+    with ProcessPoolExecutor(workers, mp_context=context, initializer=_start_worker,
+                             initargs=(devices,)) as pool:
+        futures = {pool.submit(_worker_job, job.kind, job.settings, clear_folder(out / job.name), threads): job
+                   for job in pending}
+        try:
+            for future in as_completed(futures):
+                try:
+                    record = future.result()
+                except Exception as exc:  # noqa: BLE001 - a worker killed (out of memory) fails its job
+                    record = {"status": "failed", "error": f"the worker process died: {type(exc).__name__}: "
+                              f"{str(exc).splitlines()[0] if str(exc) else ''}", "seconds": 0.0,
+                              "score": None, "files": [], "caption": {}}
+                yield futures[future], record
+        except BaseException:
+            pool.shutdown(wait=True, cancel_futures=True)
+            raise
+
+
+def _relative(path: Path, out: Path) -> str:
+    try:
+        return Path(path).relative_to(out).as_posix()
+    except ValueError:
+        return str(path)

@@ -1,0 +1,100 @@
+"""The `video` job kind: `vqclip video animate|interpolate|restyle` as a batch job.
+
+```yaml
+jobs:
+  - {kind: video, prompt: "a red circle", preset: shapes-zoom, frames: 12}
+  - {kind: video, command: interpolate, keys: [red.png, blue.png], preset: shapes-morph, between: 6}
+  - {kind: video, command: restyle, input: clip.mp4, prompt: "a blue square", format: gif}
+```
+
+The keys are the command line's: `command` (default animate), `keys` (interpolate) or `input`
+(restyle), the flags `frames`, `fps`, `between`, `method`, `ease`, `steps_per_frame`, `guided`,
+and any config key. The video is written into the job's folder as video.mp4 (or .gif); the
+contact sheet shows its first frame.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from ..errors import UserError, unknown_choice
+from .jobs import JobOutput, ModelCache, config_for_job, generate_config_layers, model_key, register_kind
+
+COMMANDS = ("animate", "interpolate", "restyle")
+FORMATS = ("mp4", "gif")
+FLAGS = {"frames": "frames", "fps": "fps", "between": "between", "method": "method", "ease": "ease",
+         "steps_per_frame": "steps_per_frame", "guided": "guided_steps"}  # flag name -> video.* key
+
+
+def video_layers(settings: dict) -> tuple[str, list[str], str, str, dict]:
+    """(command, inputs, format, preset, config overrides) from a video job's settings."""
+    from ..video.jobs import DEFAULT_PRESETS
+
+    settings = dict(settings)
+    command = settings.pop("command", "animate")
+    if command not in COMMANDS:
+        raise unknown_choice("video command", str(command), COMMANDS)
+    inputs = _inputs(command, settings.pop("keys", None), settings.pop("input", None))
+    video_format = settings.pop("format", "mp4")
+    if video_format not in FORMATS:
+        raise unknown_choice("video format", str(video_format), FORMATS)
+    flags = {FLAGS[name]: settings.pop(name) for name in list(settings) if name in FLAGS}
+    if flags:
+        video = settings.get("video") or {}
+        if not isinstance(video, dict):
+            raise UserError(f"video must be a group of settings, not {video!r}")
+        settings["video"] = {**video, **flags}
+    settings.setdefault("preset", DEFAULT_PRESETS[command])
+    preset, overrides = generate_config_layers(settings)
+    return command, inputs, video_format, preset, overrides
+
+
+def _inputs(command: str, keys, input_video) -> list[str]:
+    if command == "interpolate":
+        if input_video is not None:
+            raise UserError("interpolate takes keys: [image, image, ...] (or keys: [one video]), not input")
+        if not isinstance(keys, list) or not keys:
+            raise UserError("interpolate needs keys: a list of images or latents (or one video)")
+        return [str(key) for key in keys]
+    if keys is not None:
+        raise UserError(f"keys belong to interpolate, not {command}")
+    if command == "restyle":
+        if not isinstance(input_video, str) or not input_video:
+            raise UserError("restyle needs input: the video or frame folder to restyle")
+        return [input_video]
+    if input_video is not None:
+        raise UserError("animate takes prompts, not an input")
+    return []
+
+
+def check_video(settings: dict) -> None:
+    from ..config import build_config
+    from ..video.jobs import check_video_config
+
+    check_video_config(build_config(None, video_layers(settings)[4]))
+
+
+def resolve_video(settings: dict) -> dict:
+    from ..config import build_config, to_dict
+
+    command, inputs, video_format, preset, overrides = video_layers(settings)
+    config = to_dict(build_config(preset, overrides))
+    config.pop("quiet", None)
+    return {"command": command, "inputs": inputs, "format": video_format, "config": config}
+
+
+def run_video(settings: dict, folder: Path, cache: ModelCache, device: str | None) -> JobOutput:
+    from ..generate import load_models
+    from ..video.jobs import make_video
+
+    command, inputs, video_format, preset, overrides = video_layers(settings)
+    config = config_for_job(preset, overrides, folder, device)
+    config.output = str(folder / f"video.{video_format}")
+    result = make_video(command, inputs, config, cache.get(model_key(config), lambda: load_models(config)))
+    first_frame = sorted((folder / "frames").glob("*.png"))[:1]
+    prompt = " | ".join(config.prompts) or command
+    return JobOutput([Path(result.output), *first_frame], None,
+                     {"prompt": prompt, "preset": preset, "seed": config.seed})
+
+
+register_kind("video", run_video, check=check_video, resolve=resolve_video)
