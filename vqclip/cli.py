@@ -248,6 +248,30 @@ def info_command(argv: list[str]) -> int:
     return 0
 
 
+# -- the web UI --------------------------------------------------------------------------------
+@command("ui")
+def ui_command(argv: list[str]) -> int:
+    parser = Parser(prog="vqclip ui", description="A web page to generate with a live preview "
+                    "(needs the extra: pip install 'vqclip[ui]'). Ctrl-C stops it.")
+    parser.add_argument("--host", default="127.0.0.1",
+                        help="address to listen on (default 127.0.0.1: this machine only)")
+    parser.add_argument("--port", type=int, default=7860)
+    parser.add_argument("-p", "--preset", default="shapes", help="the preset the form starts with")
+    parser.add_argument("--outputs", default="outputs", help="where runs are written and the gallery reads them")
+    parser.add_argument("--preview-every", type=int, default=5, help="steps between preview images")
+    args = parser.parse_args(argv)
+    if args.preview_every <= 0:
+        raise UserError(f"--preview-every must be at least 1, not {args.preview_every}")
+
+    from .ui.app import is_loopback, serve
+
+    if not is_loopback(args.host):
+        print(f"vqclip ui: listening on {args.host}: anyone who can reach this address can run jobs here",
+              file=sys.stderr)
+    serve(args.host, args.port, preset=args.preset, outputs_root=args.outputs, preview_every=args.preview_every)
+    return 0
+
+
 # -- batches -------------------------------------------------------------------------------------
 @command("batch")
 def batch_command(argv: list[str]) -> int:

@@ -1,0 +1,158 @@
+"""End to end in a real browser: `vqclip ui` on the shapes world, driven by headless Chromium.
+
+Type a prompt, start, watch the preview update, wait for the final image and judge its pixels;
+find it in the gallery; a bad input shows a message, never a traceback. Skipped (with the reason)
+where Gradio, Playwright or Debian's Chromium is missing; `.ci/run` installs Chromium.
+Set VQCLIP_UI_SCREENSHOT=docs/ui.png to also write the README's screenshot.
+"""
+
+from __future__ import annotations
+
+import io
+import os
+import re
+import subprocess
+import sys
+import time
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from ui_files import find_chromium, missing_for_browser_test, start_ui, stop_ui
+
+missing = missing_for_browser_test()
+pytestmark = pytest.mark.skipif(missing is not None, reason=f"browser test: {missing}")
+
+# The shapes preset draws this prompt's colour and background right with this seed in 40 steps (and,
+# with the engine of 2026-11-22 09:15, its shape too; the shape is not asserted: the shapes world's
+# generation gets shapes right rarely (README), and the engine's numerics change as it is sped up).
+PROMPT, SEED, STEPS = "a red triangle on a black background", 2, 40
+RUN_TIMEOUT_S = 300  # generous: CI machines are slow and shared; the run itself takes seconds
+
+
+@pytest.fixture
+def ui(tmp_path):
+    outputs = tmp_path / "outputs"
+    process, url = start_ui(outputs, tmp_path / "ui.log", "--preview-every", "2")
+    try:
+        yield url, outputs
+    finally:
+        stop_ui(process)
+
+
+@pytest.fixture
+def page():
+    from playwright.sync_api import sync_playwright
+
+    with sync_playwright() as playwright:
+        browser = playwright.chromium.launch(executable_path=find_chromium(), headless=True,
+                                             args=["--no-sandbox", "--disable-gpu", "--disable-dev-shm-usage"])
+        try:
+            yield browser.new_page(viewport={"width": 1280, "height": 860})
+        finally:
+            browser.close()
+
+
+def fill_number(page, elem_id: str, value) -> None:
+    box = page.locator(f"#{elem_id} input")
+    box.fill(str(value))
+    box.press("Tab")  # Gradio takes the value on input and blur
+
+
+def image_src(page, elem_id: str) -> str | None:
+    images = page.locator(f"#{elem_id} img")
+    return images.first.get_attribute("src") if images.count() else None
+
+
+def fetch_image(page, src: str) -> np.ndarray:
+    answer = page.request.get(src)
+    assert answer.ok, f"GET {src} -> {answer.status}"
+    return np.asarray(Image.open(io.BytesIO(answer.body())).convert("RGB"))
+
+
+def wait_for_text(page, elem_id: str, pattern: str, timeout_s: float = 120) -> str:
+    deadline = time.monotonic() + timeout_s
+    text = ""
+    while time.monotonic() < deadline:
+        text = page.locator(f"#{elem_id}").inner_text()
+        if re.search(pattern, text):
+            return text
+        time.sleep(0.1)
+    page.screenshot(path=os.environ.get("VQCLIP_UI_FAILURE_SHOT", "/tmp/vqclip-ui-failure.png"))
+    raise AssertionError(f"#{elem_id} never matched {pattern!r}; last text: {text!r}; "
+                         f"status {page.locator('#status').inner_text()!r}, steps "
+                         f"{page.locator('#steps input').input_value()!r}")
+
+
+def test_generate_preview_final_gallery_and_bad_input(ui, page):
+    from vqclip.shapes import judge
+
+    url, outputs = ui
+    # The same settings from the command line, in parallel: the page must give the same pixels.
+    reference = outputs.parent / "reference.png"
+    command_line = subprocess.Popen(
+        [sys.executable, "-c", "import sys; from vqclip.cli import main; sys.exit(main())", PROMPT, "-p", "shapes",
+         "--seed", str(SEED), "--steps", str(STEPS), "--quiet", "-o", str(reference),
+         f"outputs_root={outputs.parent / 'reference-runs'}"],
+        env={**os.environ, "OMP_NUM_THREADS": "1"}, stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+    page.goto(url)
+    page.locator("#prompts textarea").fill(PROMPT)
+    fill_number(page, "seed", SEED)
+    fill_number(page, "steps", STEPS)
+    page.locator("#start").click()
+
+    # The preview updates while the run goes on: several step numbers and preview images are seen.
+    steps_seen, previews_seen = set(), set()
+    deadline = time.monotonic() + RUN_TIMEOUT_S
+    while image_src(page, "final") is None:
+        status = page.locator("#status").inner_text()
+        assert time.monotonic() < deadline and status != "failed", \
+            f"no final image; status {status!r}, message {page.locator('#message').inner_text()!r}"
+        if match := re.search(rf"step (\d+)/{STEPS}", status):
+            steps_seen.add(int(match.group(1)))
+        if src := image_src(page, "preview"):
+            previews_seen.add(src)
+        time.sleep(0.05)
+    assert len(steps_seen) >= 2 and len(previews_seen) >= 2, (steps_seen, previews_seen)
+    assert max(steps_seen) < STEPS or len(steps_seen) >= 3
+    status = wait_for_text(page, "status", rf"done: {STEPS} steps")
+
+    # The final image on the page is the run's final.png, pixel for pixel, and shows the prompt.
+    shown = fetch_image(page, image_src(page, "final"))
+    finals = list(outputs.glob("*/*/final.png"))
+    assert len(finals) == 1 and str(finals[0].name) in status
+    assert np.array_equal(shown, np.asarray(Image.open(finals[0]).convert("RGB")))
+    verdict = judge.judge(shown)
+    scores = judge.score_against(verdict, PROMPT)
+    assert scores["colour"] and scores["background"], verdict
+    log, _ = command_line.communicate(timeout=RUN_TIMEOUT_S)
+    assert command_line.returncode == 0, log.decode(errors="replace")
+    assert np.array_equal(shown, np.asarray(Image.open(reference).convert("RGB")))
+    if os.environ.get("VQCLIP_UI_SCREENSHOT"):
+        page.screenshot(path=os.environ["VQCLIP_UI_SCREENSHOT"])
+
+    # The gallery lists it with its settings.
+    page.get_by_role("tab", name="Past runs").click()
+    gallery = page.locator("#gallery")
+    gallery.locator("img").first.wait_for(timeout=30_000)
+    assert gallery.locator("img").count() == 1
+    gallery.locator("img").first.click()
+    wait_for_text(page, "settings", re.escape(PROMPT), 30)
+    assert f"seed: {SEED}" in page.locator("#settings").inner_text()
+
+    # Bad input: a message on the page, in one line, never a traceback; nothing new is written.
+    page.get_by_role("tab", name="Generate").click()
+    fill_number(page, "steps", 0)
+    page.locator("#start").click()
+    wait_for_text(page, "message", r"Error: steps must be at least 1", 30)
+    time.sleep(1)  # the message stays (a watcher with nothing to watch leaves the page alone)
+    assert "steps must be at least 1" in page.locator("#message").inner_text()
+    assert image_src(page, "final") is not None
+    fill_number(page, "steps", 4)
+    fill_number(page, "width", 66)  # not a multiple of the shapes VQGAN's factor 4: found by the run
+    page.locator("#start").click()
+    message = wait_for_text(page, "message", r"Error: .*size", 120)
+    assert "\n" not in message.strip()
+    assert "Traceback" not in page.content()
+    assert list(outputs.glob("*/*/final.png")) == finals
