@@ -10,6 +10,11 @@ What the data does, and why:
 - A share of the images goes through the shapes VQGAN first, so the CLIP judges the VQGAN's
   reconstructions (what it sees during generation) as well as clean drawings.
 - Horizontal flips, small shifts and per-image noise, as the cutouts of a generation add.
+- Optionally (adversarial_eps > 0) a share of every batch is replaced by PGD images that raise
+  the contrastive loss (vqclip/shapes/adversarial.py): a robust CLIP's gradients look more like
+  shapes, and CLIP-guided generation follows those gradients.
+- Optionally (init_from) training starts from existing weights, to fine-tune rather than start
+  from scratch; the learning rate is then finetune_lr.
 """
 
 from __future__ import annotations
@@ -23,8 +28,9 @@ import torch.nn.functional as F
 from tqdm.auto import trange
 
 from ..atomic import atomic_open, atomic_write_text
+from ..errors import UserError
 from ..outputs import write_json
-from . import world
+from . import adversarial, world
 from .training import bf16_fast, load_checkpoint, save_checkpoint, warmup_cosine
 
 MEAN, STD = (0.5, 0.5, 0.5), (0.25, 0.25, 0.25)
@@ -44,6 +50,12 @@ class ClipRecipe:
     eval_images: int = 256
     seed: int = 0
     bf16: bool = True
+    adversarial_eps: float = 0.0  # PGD ball radius in pixel space ([0, 1]); 0 = no adversarial training
+    adversarial_norm: str = "l2"  # "l2" (eps: length of the change of one image) or "linf" (per channel)
+    adversarial_steps: int = 2
+    adversarial_fraction: float = 0.5  # share of each batch replaced by its PGD images
+    init_from: str | None = None  # a folder with clip.safetensors (as this recipe writes) to fine-tune
+    finetune_lr: float = 3e-4  # the peak learning rate when starting from init_from
     model_cfg: dict = field(default_factory=lambda: {
         "embed_dim": 64,
         "vision_cfg": {"image_size": 64, "layers": [1, 1, 1, 1], "width": 16, "head_width": 32},
@@ -55,6 +67,23 @@ def build_model(recipe: ClipRecipe):
     import open_clip
 
     return open_clip.CLIP(**recipe.model_cfg)
+
+
+def load_initial_weights(model, folder: str | Path) -> None:
+    """Start from the weights in folder/clip.safetensors (fp16 on disk, fp32 in the model)."""
+    from ..models.checkpoint import load_state_dict
+
+    path = Path(folder).expanduser() / "clip.safetensors"
+    if not path.is_file():
+        raise UserError(f"init_from: {path} does not exist (give a folder that holds clip.safetensors)")
+    state = load_state_dict(path)
+    expected = model.state_dict()
+    wrong = sorted(set(state) ^ set(expected)) + sorted(
+        k for k in set(state) & set(expected) if state[k].shape != expected[k].shape)
+    if wrong:
+        raise UserError(f"init_from: {path} does not fit this recipe's model_cfg (e.g. {wrong[0]}); "
+                        "give weights trained with the same model_cfg")
+    model.load_state_dict({k: v.to(expected[k].dtype) for k, v in state.items()})
 
 
 def augment(images: torch.Tensor, noise: float, generator: torch.Generator) -> torch.Tensor:
@@ -119,10 +148,14 @@ def train(out: Path, recipe: ClipRecipe, vqgan=None, *, resume: bool = False, pr
     torch.manual_seed(recipe.seed)
     generator = torch.Generator().manual_seed(recipe.seed)
     rng = world.make_rng(recipe.seed)
+    adversarial.check_settings(recipe.adversarial_eps, recipe.adversarial_steps, recipe.adversarial_norm)
     model = build_model(recipe).train()
+    if recipe.init_from:
+        load_initial_weights(model, recipe.init_from)
+    lr = recipe.finetune_lr if recipe.init_from else recipe.lr
     tokenizer = open_clip.SimpleTokenizer(context_length=recipe.model_cfg["text_cfg"]["context_length"])
     loss_fn = open_clip.ClipLoss()
-    optimizer = torch.optim.AdamW(model.parameters(), lr=recipe.lr, weight_decay=recipe.weight_decay)
+    optimizer = torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=recipe.weight_decay)
     schedule = torch.optim.lr_scheduler.LambdaLR(optimizer, warmup_cosine(recipe.warmup, recipe.steps))
     state_path, start = out / "train_state.pt", 0
     if resume and state_path.exists():
@@ -132,8 +165,13 @@ def train(out: Path, recipe: ClipRecipe, vqgan=None, *, resume: bool = False, pr
     for step in bar:
         images, captions = training_batch(rng, recipe, generator, vqgan)
         with torch.autocast("cpu", dtype=torch.bfloat16, enabled=autocast):
-            image_features = model.encode_image(normalize(images), normalize=True)
             text_features = model.encode_text(tokenizer(captions), normalize=True)
+        images = adversarial.adversarial_batch(
+            model, images, text_features, loss_fn, normalize, eps=recipe.adversarial_eps,
+            steps=recipe.adversarial_steps, norm=recipe.adversarial_norm,
+            fraction=recipe.adversarial_fraction, autocast=autocast, generator=generator)
+        with torch.autocast("cpu", dtype=torch.bfloat16, enabled=autocast):
+            image_features = model.encode_image(normalize(images), normalize=True)
         loss = loss_fn(image_features.float(), text_features.float(), model.logit_scale.exp())
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
