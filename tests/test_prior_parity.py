@@ -1,7 +1,7 @@
 """Parity with min-dalle (the reference DALL-E mini port): the same random state dicts give the same numbers.
 
-Only `min_dalle.models` is used, imported through prior_files (the package's __init__ switches
-autograd off for the whole process; the helper switches it back).
+Only `min_dalle.models` is used, imported through prior_files without running the package's
+__init__ (which imports min_dalle.min_dalle, and that switches autograd off for the whole process).
 min-dalle's decoder is fixed to 256 image tokens (16×16) and its encoder to a batch of 2 (the
 unconditional and the conditional row), so the tests use those shapes with small widths.
 """
@@ -13,7 +13,7 @@ import torch
 
 from prior_files import min_dalle_models as _import_min_dalle
 
-min_dalle_models = _import_min_dalle()  # keeps autograd on (see prior_files.py)
+min_dalle_models = _import_min_dalle()  # never runs min_dalle.min_dalle (see prior_files.py)
 from vqclip.models.vqgan import load_min_dalle_detokenizer  # noqa: E402
 from vqclip.prior.model import BartPrior, PriorConfig, attention_mask  # noqa: E402
 
