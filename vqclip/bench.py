@@ -25,7 +25,7 @@ import time
 
 import torch
 
-from .cutouts import build_augmentations, crop_and_resize, make_cutouts
+from .cutouts import build_augmentations, crop_and_resize, make_cutouts, sample_cutout_boxes
 from .errors import UserError, unknown_choice
 from .precision import autocast, resolve_precision
 from .prompts import EmbeddingPrompt
@@ -129,7 +129,7 @@ class _Path:
             if self.batched:
                 cutouts = make_cutouts(image, member.input_size, cutn, noise_fac=0)
             else:  # the classic scripts: one crop and one resize per cutout
-                boxes = _boxes(image, member.input_size, cutn)
+                boxes = sample_cutout_boxes(*image.shape[-2:], member.input_size, cutn)
                 cutouts = crop_and_resize(image.float(), boxes, member.input_size)
             clock.lap("cutouts")
             cutouts = augment(cutouts)
@@ -144,12 +144,6 @@ class _Path:
             z.copy_(torch.maximum(torch.minimum(z, self.fp32_vqgan.z_max), self.fp32_vqgan.z_min))
         clock.lap("optimizer")
         return clock.laps
-
-
-def _boxes(image: torch.Tensor, cut_size: int, cutn: int) -> torch.Tensor:
-    from .cutouts import sample_cutout_boxes
-
-    return sample_cutout_boxes(*image.shape[-2:], cut_size, cutn)
 
 
 class _StageClock:

@@ -8,6 +8,7 @@ with a callback that writes progress, logs and state, then rank the candidates a
 
 from __future__ import annotations
 
+import json
 import secrets
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -81,6 +82,14 @@ def load_models(config: DictConfig, device: torch.device | None = None) -> Model
             raise UserError("init.mode=prior needs init.prior: a prior name (vqclip models list) or a folder")
         prior = load_prior(config.init.prior, device, progress=not config.quiet)
     return Models(vqgan, clip, device, prior=prior)
+
+
+def models_key(config: DictConfig) -> str:
+    """What `load_models` reads from a config: runs whose keys agree can share loaded models."""
+    plain = to_dict(config)
+    prior = plain["init"]["prior"] if plain["init"]["mode"] == "prior" else None
+    return json.dumps({"vqgan": plain["vqgan"], "clip": plain["clip"], "device": plain["device"], "prior": prior},
+                      sort_keys=True)
 
 
 def build_timeline(config: DictConfig) -> PromptTimeline | None:

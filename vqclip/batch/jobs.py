@@ -10,7 +10,6 @@ model settings load them once per worker.
 from __future__ import annotations
 
 import contextlib
-import json
 import time
 import traceback
 from collections import OrderedDict
@@ -186,13 +185,10 @@ def config_for_job(preset: str, overrides: dict, folder: Path, device: str | Non
 
 
 def model_key(config) -> str:
-    """What load_models reads: the networks, the device, and the prior when the init samples one."""
-    from ..config import to_dict
+    """The model cache's key: what load_models reads (vqclip.generate.models_key)."""
+    from ..generate import models_key
 
-    plain = to_dict(config)
-    prior = plain["init"]["prior"] if plain["init"]["mode"] == "prior" else None
-    return json.dumps({"vqgan": plain["vqgan"], "clip": plain["clip"], "device": plain["device"], "prior": prior},
-                      sort_keys=True)
+    return models_key(config)
 
 
 def _title(config: dict) -> str:

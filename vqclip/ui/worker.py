@@ -11,7 +11,6 @@ about Gradio; the page polls `Job.wait_for_change`.
 from __future__ import annotations
 
 import itertools
-import json
 import logging
 import threading
 from collections import deque
@@ -21,7 +20,6 @@ from pathlib import Path
 from omegaconf import DictConfig
 from PIL import Image
 
-from ..config import to_dict
 from ..errors import UserError
 
 log = logging.getLogger(__name__)
@@ -112,12 +110,6 @@ def to_preview_image(image) -> Image.Image:
 
     x = torch.nan_to_num(image[0].detach().float(), nan=0.0).clamp(0, 1)
     return Image.fromarray((x * 255).round().to(torch.uint8).permute(1, 2, 0).cpu().numpy())
-
-
-def models_key(config: DictConfig) -> str:
-    """Jobs whose configs agree on this share loaded models."""
-    plain = to_dict(config)
-    return json.dumps({"vqgan": plain["vqgan"], "clip": plain["clip"], "device": plain["device"]}, sort_keys=True)
 
 
 class Worker:
@@ -218,7 +210,7 @@ class Worker:
         return run(job.config, models=models, callback=on_step)
 
     def _load_models(self, config: DictConfig):
-        from ..generate import load_models
+        from ..generate import load_models, models_key
 
         key = models_key(config)
         if key != self._models_key:
