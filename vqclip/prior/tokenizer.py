@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import json
 import re
-from functools import lru_cache
 from pathlib import Path
 
 import torch
@@ -36,11 +35,12 @@ def pad_rows(rows: list[list[int]], length: int, pad: int) -> torch.Tensor:
     return out
 
 
-@lru_cache(maxsize=1)
 def _clip_bpe():
-    from open_clip.tokenizer import SimpleTokenizer
+    from open_clip.tokenizer import DEFAULT_CONTEXT_LENGTH
 
-    return SimpleTokenizer()
+    from ..models.clip import shared_bpe
+
+    return shared_bpe(DEFAULT_CONTEXT_LENGTH)
 
 
 def clip_bpe_ids(text: str) -> list[int]:
