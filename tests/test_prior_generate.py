@@ -7,6 +7,7 @@ import json
 
 import pytest
 import torch
+import yaml
 from PIL import Image
 
 from vqclip.cli import main
@@ -179,3 +180,15 @@ def test_shapes_eval_starts_from_the_shipped_prior(tmp_path, capsys):
     assert "mode: prior" in run_config and "prior: shapes" in run_config
     report = json.loads((tmp_path / "eval" / "eval.json").read_text())
     assert report["summary"]["images"] == 1
+
+
+def test_shapes_eval_random_start_drops_the_presets_pull(tmp_path, capsys):
+    """`--init random` is plain CLIP guidance: the `shapes` preset's init.weight (a pull toward the
+    prior's start) would otherwise hold the image near random codes."""
+    prompts = tmp_path / "prompts.txt"
+    prompts.write_text("a red circle on a blue background\n")
+    assert main(["shapes", "eval", "--prompts", str(prompts), "--init", "random", "--out", str(tmp_path / "eval"),
+                 "steps=1", "cutn=2"]) == 0
+    run_config = yaml.safe_load((tmp_path / "eval" / "000-seed0" / "config.yaml").read_text())
+    assert run_config["init"]["mode"] == "random" and run_config["init"]["weight"] == 0
+    assert build_config("shapes", {}, [])["init"]["weight"] > 0  # the preset itself keeps its anchor

@@ -57,7 +57,7 @@ def test_form_builds_the_config_the_command_line_would(tmp_path):
     assert (config.lr, config.init.weight, config.outputs_root) == (0.2, 0.5, str(tmp_path))
     assert list(config.image_prompts) == ["/x/ref.png:0.5"]
     assert config.vqgan.name == "shapes"
-    assert form_defaults("shapes") == {"steps": 50, "width": 64, "height": 64, "seed": None, "cutn": 16}
+    assert form_defaults("shapes") == {"steps": 30, "width": 64, "height": 64, "seed": None, "cutn": 16}
 
 
 @pytest.mark.parametrize("changes, message", [

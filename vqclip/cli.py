@@ -160,8 +160,9 @@ def shapes_command(argv: list[str]) -> int:
     grade.add_argument("--seeds", type=int, default=1, help="seeds per prompt")
     grade.add_argument("-p", "--preset", default="shapes")
     grade.add_argument("--out", default="outputs/shapes-eval", help="folder for the images and eval.json")
-    grade.add_argument("--init", choices=["random", "prior"], help="where each run starts (sets init.mode; "
-                       "prior: the shipped shapes prior unless init.prior=... says otherwise)")
+    grade.add_argument("--init", choices=["random", "prior"], help="where each run starts (random: random codes "
+                       "with no pull toward them, init.weight=0; prior: the shipped shapes prior unless "
+                       "init.prior=... says otherwise)")
     grade.add_argument("overrides", nargs="*", help="key=value, e.g. steps=50 init.mode=random")
     args = parser.parse_args(argv)
     if args.action == "eval":
@@ -207,7 +208,9 @@ def _shapes_eval(args) -> int:
         raise UserError(f"--seeds must be at least 1, not {args.seeds}")
     prompts = evaluate.read_prompts(args.prompts) if args.prompts else evaluate.default_prompts()
     out = Path(args.out)
-    init = [f"init.mode={args.init}"] + (["init.prior=shapes"] if args.init == "prior" else []) if args.init else []
+    # random: plain CLIP guidance from random codes, without the preset's pull toward the (prior's) start
+    starts = {"prior": ["init.mode=prior", "init.prior=shapes"], "random": ["init.mode=random", "init.weight=0"]}
+    init = starts[args.init] if args.init else []
     report = evaluate.evaluate(prompts, args.seeds, preset=args.preset, out=out, dotlist=init + args.overrides)
     print(evaluate.format_table(report))
     write_json(out / "eval.json", report)
