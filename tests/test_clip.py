@@ -245,3 +245,19 @@ def test_vit_b_32_with_random_weights():
     image = clip.encode_image(torch.rand(1, 3, 224, 224))
     text = clip.encode_text(["a painting of a lighthouse"])
     assert image.shape == text.shape == (1, 512)
+
+
+def test_the_default_bpe_tokenizer_is_built_once_and_encodes_as_open_clip_does():
+    """Building open_clip's BPE costs 0.4 s; the CLIP and the prior share one (only the context length differs)."""
+    from open_clip.tokenizer import SimpleTokenizer
+
+    from vqclip.models.clip import shared_bpe
+    from vqclip.prior.tokenizer import clip_bpe_ids
+
+    short, long = shared_bpe(16), shared_bpe(77)
+    assert short is shared_bpe(16) and short.bpe_ranks is long.bpe_ranks
+    assert (short.context_length, long.context_length) == (16, 77)
+    fresh = SimpleTokenizer(context_length=16)
+    text = ["an orange triangle on a purple background, at the top left"]
+    assert torch.equal(short(text), fresh(text))
+    assert clip_bpe_ids(text[0]) == fresh.encode(text[0])
