@@ -382,8 +382,9 @@ def _tokenizer(arch: str, model_cfg: dict, builtin: bool):
     if text_cfg.get("hf_tokenizer_name"):
         return HFTokenizer(text_cfg["hf_tokenizer_name"], context_length=context_length,
                            tokenizer_mode=text_cfg.get("tokenizer_mode"), **kwargs)
-    return shared_bpe(context_length) if not kwargs else open_clip.SimpleTokenizer(context_length=context_length,
-                                                                                   **kwargs)
+    if kwargs:
+        return open_clip.SimpleTokenizer(context_length=context_length, **kwargs)
+    return shared_bpe(context_length)
 
 
 @lru_cache(maxsize=None)
