@@ -9,7 +9,7 @@ import torch
 
 from vqclip.errors import UserError
 from vqclip.prior import data as prior_data
-from vqclip.prior.model import BartPrior, GridPositions, PriorConfig
+from vqclip.prior.model import BartPrior, PriorConfig
 from vqclip.prior.sample import SampleSettings, filter_logits, sample_tokens
 from vqclip.prior.tokenizer import BEGIN, END, PAD, UNKNOWN, BartBpeTokenizer, ClipBpeTokenizer, clip_bpe_ids
 from vqclip.prior.train import TrainConfig, train
@@ -123,37 +123,6 @@ def test_training_lowers_the_loss_writes_a_prior_and_resumes_exactly(tmp_path, w
     straight = load_prior(tmp_path / "straight").model.state_dict()
     again = load_prior(state_dir).model.state_dict()
     assert all(torch.equal(straight[k], again[k]) for k in straight)  # seeded: the same run twice
-
-
-def test_grid_positions_fold_into_min_dalles_table_without_changing_the_logits():
-    torch.manual_seed(0)
-    config = PriorConfig(text_vocab=20, text_length=6, image_vocab=12, codebook_size=12, grid=[3, 4], width=16,
-                         heads=2, glu=24, encoder_layers=1, decoder_layers=1)
-    model = BartPrior(config).eval()
-    plain_keys = set(model.state_dict())
-    model.decoder.embed_positions = GridPositions(config.grid, config.width)
-    text, image = torch.randint(2, 20, (2, 6)), torch.randint(0, 12, (2, 12))
-    with torch.no_grad():
-        factored = model(text, image)
-        model.decoder.embed_positions = model.decoder.embed_positions.table()
-        folded = model(text, image)
-    assert torch.allclose(factored, folded, atol=1e-6)
-    assert set(model.state_dict()) == plain_keys  # min-dalle's layout: decoder.embed_positions.weight
-
-
-def test_trained_positions_are_rows_plus_columns_unless_switched_off(tmp_path, world_data):
-    def rank_of_position_table(folder):
-        table = load_prior(folder).model.decoder.embed_positions.weight.float().view(16, 16, -1)
-        # row r, column c = R_r + C_c exactly when every table[r, c] − table[r, 0] − table[0, c] + table[0, 0] is 0
-        interaction = table - table[:, :1] - table[:1, :] + table[:1, :1]
-        return interaction.abs().max().item()
-
-    short = {**TINY, "steps": 5, "eval_every": 5}
-    train(world_data, tmp_path / "grid", TrainConfig(**short), progress=False, log=lambda _: None)
-    train(world_data, tmp_path / "table", TrainConfig(**short, grid_positions=False), progress=False,
-          log=lambda _: None)
-    assert rank_of_position_table(tmp_path / "grid") < 0.02  # fp16 rounding of the saved table
-    assert rank_of_position_table(tmp_path / "table") > 0.5
 
 
 def test_resume_after_a_stop_gives_the_same_weights(tmp_path, world_data):

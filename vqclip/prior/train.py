@@ -23,7 +23,7 @@ from ..errors import UserError
 from ..outputs import write_json
 from ..shapes.training import bf16_fast, load_checkpoint, save_checkpoint, warmup_cosine
 from .data import PriorData
-from .model import BartPrior, GridPositions, PriorConfig
+from .model import BartPrior, PriorConfig
 from .tokenizer import ClipBpeTokenizer, pad_rows
 from .weights import save_prior
 
@@ -50,7 +50,6 @@ class TrainConfig:
     decoder_layers: int = 4
     text_length: int = 24
     prune_vocab: bool = True  # keep only the BPE ids the captions use (see tokenizer.py)
-    grid_positions: bool = True  # positions learned as row + column (model.GridPositions), saved as one table
 
 
 def text_rows(tokenizer, data: PriorData, length: int) -> torch.Tensor:
@@ -60,14 +59,11 @@ def text_rows(tokenizer, data: PriorData, length: int) -> torch.Tensor:
 def make_model(config: TrainConfig, data: PriorData, tokenizer) -> BartPrior:
     rows, columns = data.image_tokens.shape[1:]
     codebook = int(data.vqgan["codebook_size"])
-    model = BartPrior(PriorConfig(
+    return BartPrior(PriorConfig(
         text_vocab=tokenizer.vocab_size, text_length=config.text_length, image_vocab=codebook,
         codebook_size=codebook, grid=[int(rows), int(columns)], width=config.width, heads=config.heads,
         glu=config.glu, encoder_layers=config.encoder_layers, decoder_layers=config.decoder_layers,
         pad_token=tokenizer.pad))
-    if config.grid_positions:
-        model.decoder.embed_positions = GridPositions(model.config.grid, config.width)
-    return model
 
 
 def autocast(device: torch.device, enabled: bool):
@@ -154,8 +150,6 @@ def train(data: PriorData, out: str | Path, config: TrainConfig, *, held_out: Pr
             save_checkpoint(state_path, done, model, optimizer, schedule, rng, generator, history=history)
     bar.close()
     model.eval()
-    if config.grid_positions:  # min-dalle's layout: one learned vector per position
-        model.decoder.embed_positions = model.decoder.embed_positions.table()
     metrics = {"steps": config.steps, "held_out_loss": history[-1]["held_out_loss"] if history else None,
                "history": history, "parameters": sum(p.numel() for p in model.parameters()),
                "tokens_per_second": round(tokens_per_step * (config.steps - start) / seconds) if seconds else None,
