@@ -10,7 +10,7 @@ import torch
 from vqclip.errors import UserError
 from vqclip.prior import data as prior_data
 from vqclip.prior.model import BartPrior, PriorConfig
-from vqclip.prior.sample import SampleSettings, filter_logits, sample_tokens
+from vqclip.prior.sample import SampleSettings, clip_views, filter_logits, rank_by_clip, sample_tokens
 from vqclip.prior.tokenizer import BEGIN, END, PAD, UNKNOWN, BartBpeTokenizer, ClipBpeTokenizer, clip_bpe_ids
 from vqclip.prior.train import TrainConfig, train
 from vqclip.prior.weights import LoadedPrior, load_prior
@@ -153,6 +153,31 @@ def test_resume_after_a_stop_gives_the_same_weights(tmp_path, world_data):
 
 
 # -- sampling ------------------------------------------------------------------------------------
+def test_clip_views_are_the_image_mirrored_and_shifted_each_way():
+    image = torch.zeros(1, 3, 20, 20)
+    image[..., 10, 5] = 1.0
+    views = clip_views(image)  # shift: 5 % of 20 px = 1 px
+    bright = [tuple(torch.nonzero(view[0]).flatten().tolist()) for view in views]
+    assert bright == [(10, 5), (10, 14), (10, 4), (10, 6), (9, 5), (11, 5)]
+    assert torch.equal(clip_views(torch.ones(2, 3, 8, 8)), torch.ones(12, 3, 8, 8))  # borders replicated
+
+
+def test_rank_by_clip_scores_each_image_by_its_worst_view():
+    from types import SimpleNamespace
+
+    def centre_brightness(images):  # a "CLIP" that sees only the centre pixel
+        centre = images[:, 0, images.shape[-2] // 2, images.shape[-1] // 2]
+        return torch.stack([centre, torch.zeros_like(centre)], -1)
+
+    member = SimpleNamespace(weight=2.0, encode_text=lambda texts: torch.tensor([[1.0, 0.0]]),
+                             encode_image=centre_brightness)
+    dot, block = torch.zeros(1, 3, 40, 40), torch.zeros(1, 3, 40, 40)
+    dot[..., 20, 20] = 1.0  # bright only in the one alignment it was drawn in
+    block[..., 15:26, 15:26] = 0.8  # a little less bright, in every view
+    scores = rank_by_clip(SimpleNamespace(members=[member]), torch.cat([dot, block]), "a bright centre")
+    assert scores == pytest.approx([0.0, 1.6])
+
+
 def test_filter_logits_top_k_and_top_p():
     logits = torch.tensor([[4.0, 3.0, 2.0, 1.0]])
     assert torch.isinf(filter_logits(logits, 2, 1.0)).tolist() == [[False, False, True, True]]

