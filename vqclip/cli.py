@@ -154,9 +154,6 @@ def shapes_command(argv: list[str]) -> int:
                        "(e.g. vqclip/shapes/weights) instead of starting from scratch")
     train.add_argument("--adversarial-eps", type=float, metavar="EPS", help="clip: PGD adversarial training "
                        "with this L2 radius in pixel space (e.g. 2.0; default 0: off)")
-    train.add_argument("--generation-negatives", type=int, metavar="N", help="clip, with --init-from: each step, "
-                       "advance N generation chains through the VQGAN and train the CLIP to rank their images "
-                       "below the drawings (e.g. 16; default 0: off)")
     train.add_argument("--quiet", action="store_true")
     grade = sub.add_parser("eval", help="generate prompts and grade the images by their pixels")
     grade.add_argument("--prompts", help="a text file, one prompt per line (default: 8 colours × 3 shapes)")
@@ -182,17 +179,12 @@ def shapes_command(argv: list[str]) -> int:
               "prior": train_prior.PriorRecipe}[args.model]()
     recipe.steps = args.steps if args.steps is not None else recipe.steps
     recipe.seed = args.seed if args.seed is not None else recipe.seed
-    clip_only = args.init_from or args.adversarial_eps is not None or args.generation_negatives is not None
-    if clip_only and args.model != "clip":
-        raise UserError("--init-from, --adversarial-eps and --generation-negatives apply to the clip recipe only")
-    if args.generation_negatives is not None and args.generation_negatives < 0:
-        raise UserError(f"--generation-negatives must be 0 or more, not {args.generation_negatives}")
+    if (args.init_from or args.adversarial_eps is not None) and args.model != "clip":
+        raise UserError("--init-from and --adversarial-eps apply to the clip recipe only")
     if args.init_from:
         recipe.init_from = args.init_from
     if args.adversarial_eps is not None:
         recipe.adversarial_eps = args.adversarial_eps
-    if args.generation_negatives is not None:
-        recipe.generation_negatives = args.generation_negatives
     extra = {}
     if args.model in ("clip", "prior"):
         extra["vqgan"] = _shapes_vqgan(args.vqgan)

@@ -15,9 +15,6 @@ What the data does, and why:
   shapes, and CLIP-guided generation follows those gradients.
 - Optionally (init_from) training starts from existing weights, to fine-tune rather than start
   from scratch; the learning rate is then finetune_lr.
-- Optionally (generation_negatives > 0, with init_from) each batch also holds what CLIP guidance
-  through the VQGAN has made of some captions so far (vqclip/shapes/generation_negatives.py), as
-  extra choices no caption matches, so the CLIP learns to rate those textures below the drawings.
 """
 
 from __future__ import annotations
@@ -33,7 +30,7 @@ from tqdm.auto import trange
 from ..atomic import atomic_open, atomic_write_text
 from ..errors import UserError
 from ..outputs import write_json
-from . import adversarial, generation_negatives, world
+from . import adversarial, world
 from .training import bf16_fast, load_checkpoint, save_checkpoint, warmup_cosine
 
 MEAN, STD = (0.5, 0.5, 0.5), (0.25, 0.25, 0.25)
@@ -59,12 +56,6 @@ class ClipRecipe:
     adversarial_fraction: float = 0.5  # share of each batch replaced by its PGD images
     init_from: str | None = None  # a folder with clip.safetensors (as this recipe writes) to fine-tune
     finetune_lr: float = 3e-4  # the peak learning rate when starting from init_from
-    generation_negatives: int = 0  # chains advanced per step whose images join the batch as negatives; 0 = off
-    generation_pool: int = 64  # chains in the pool (each advanced every pool / generation_negatives steps)
-    generation_chain_steps: int = 2  # guidance steps per chain each time it is advanced
-    generation_lifetime: int = 40  # guidance steps after which a chain restarts from random codes
-    generation_cutn: int = 4  # cutouts per chain and guidance step
-    generation_lr: float = 0.1  # the chains' Adam step, as a run's lr
     model_cfg: dict = field(default_factory=lambda: {
         "embed_dim": 64,
         "vision_cfg": {"image_size": 64, "layers": [1, 1, 1, 1], "width": 16, "head_width": 32},
@@ -158,18 +149,9 @@ def train(out: Path, recipe: ClipRecipe, vqgan=None, *, resume: bool = False, pr
     generator = torch.Generator().manual_seed(recipe.seed)
     rng = world.make_rng(recipe.seed)
     adversarial.check_settings(recipe.adversarial_eps, recipe.adversarial_steps, recipe.adversarial_norm)
-    if recipe.generation_negatives and not (recipe.init_from and vqgan is not None):
-        raise UserError("generation negatives fine-tune a trained CLIP through the shapes VQGAN: "
-                        "give --init-from DIR (e.g. vqclip/shapes/weights)")
-    # With generation negatives BatchNorm keeps the trained CLIP's statistics of drawings: the
-    # textures are choices to rank low, not images whose statistics the CLIP should adopt.
-    model = build_model(recipe).train(not recipe.generation_negatives)
+    model = build_model(recipe).train()
     if recipe.init_from:
         load_initial_weights(model, recipe.init_from)
-    pool = None
-    if recipe.generation_negatives:
-        pool = generation_negatives.ChainPool(vqgan, recipe.generation_pool, lifetime=recipe.generation_lifetime,
-                                              rng=rng, generator=generator)
     lr = recipe.finetune_lr if recipe.init_from else recipe.lr
     tokenizer = open_clip.SimpleTokenizer(context_length=recipe.model_cfg["text_cfg"]["context_length"])
     loss_fn = open_clip.ClipLoss()
@@ -177,23 +159,11 @@ def train(out: Path, recipe: ClipRecipe, vqgan=None, *, resume: bool = False, pr
     schedule = torch.optim.lr_scheduler.LambdaLR(optimizer, warmup_cosine(recipe.warmup, recipe.steps))
     state_path, start = out / "train_state.pt", 0
     if resume and state_path.exists():
-        state = load_checkpoint(state_path, model, optimizer, schedule, rng, generator)
-        start = state["step"]
-        if pool is not None:
-            pool.load_state_dict(state["chains"])
+        start = load_checkpoint(state_path, model, optimizer, schedule, rng, generator)["step"]
     autocast = recipe.bf16 and bf16_fast()
     bar = trange(start, recipe.steps, disable=not progress, desc="clip", unit="step")
     for step in bar:
         images, captions = training_batch(rng, recipe, generator, vqgan)
-        negatives = images[:0]
-        if pool is not None:
-            chains = pool.take(recipe.generation_negatives)
-            pool.advance(chains, model, tokenizer, normalize, steps=recipe.generation_chain_steps,
-                         cutn=recipe.generation_cutn, lr=recipe.generation_lr)
-            drawings, chain_captions = pool.drawings(chains)
-            images = torch.cat([images, augment(drawings, recipe.noise, generator)])
-            captions = captions + chain_captions
-            negatives = augment(pool.images(chains), recipe.noise, generator)
         with torch.autocast("cpu", dtype=torch.bfloat16, enabled=autocast):
             text_features = model.encode_text(tokenizer(captions), normalize=True)
         images = adversarial.adversarial_batch(
@@ -201,10 +171,8 @@ def train(out: Path, recipe: ClipRecipe, vqgan=None, *, resume: bool = False, pr
             steps=recipe.adversarial_steps, norm=recipe.adversarial_norm,
             fraction=recipe.adversarial_fraction, autocast=autocast, generator=generator)
         with torch.autocast("cpu", dtype=torch.bfloat16, enabled=autocast):
-            features = model.encode_image(normalize(torch.cat([images, negatives])), normalize=True).float()
-        image_features, negative_features = features[:len(images)], features[len(images):]
-        loss = generation_negatives.contrastive_loss(image_features, text_features.float(), negative_features,
-                                                     model.logit_scale.exp())
+            image_features = model.encode_image(normalize(images), normalize=True)
+        loss = loss_fn(image_features.float(), text_features.float(), model.logit_scale.exp())
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         optimizer.step()
@@ -213,8 +181,7 @@ def train(out: Path, recipe: ClipRecipe, vqgan=None, *, resume: bool = False, pr
             model.logit_scale.clamp_(0, 4.6052)  # at most 100, as in CLIP
         bar.set_postfix(loss=f"{loss.item():.3f}", refresh=False)
         if (step + 1) % recipe.checkpoint_every == 0 or step + 1 == recipe.steps:
-            chains = {"chains": pool.state_dict()} if pool is not None else {}
-            save_checkpoint(state_path, step + 1, model, optimizer, schedule, rng, generator, **chains)
+            save_checkpoint(state_path, step + 1, model, optimizer, schedule, rng, generator)
     model.eval()
     export(model, recipe, out)
     metrics = evaluate(model, tokenizer, recipe.eval_images, vqgan)
