@@ -192,3 +192,18 @@ def test_shapes_eval_random_start_drops_the_presets_pull(tmp_path, capsys):
     run_config = yaml.safe_load((tmp_path / "eval" / "000-seed0" / "config.yaml").read_text())
     assert run_config["init"]["mode"] == "random" and run_config["init"]["weight"] == 0
     assert build_config("shapes", {}, [])["init"]["weight"] > 0  # the preset itself keeps its anchor
+
+
+def test_shapes_eval_scores_each_image_against_a_drawing_of_its_caption(tmp_path, capsys):
+    """The reference that separates a stuck optimisation from a fooled CLIP: the shipped CLIP scores
+    a drawing of the caption (seen through the VQGAN) far above one step from random codes."""
+    prompts = tmp_path / "prompts.txt"
+    prompts.write_text("a red circle on a blue background\na circle\n")
+    assert main(["shapes", "eval", "--prompts", str(prompts), "--init", "random", "--out", str(tmp_path / "eval"),
+                 "steps=1", "cutn=2"]) == 0
+    report = json.loads((tmp_path / "eval" / "eval.json").read_text())
+    drawn, open_caption = report["rows"]
+    assert drawn["drawing_score"] > 0.8 > drawn["clip_score"]  # the shipped CLIP rates drawings at 0.85-0.91
+    assert open_caption["drawing_score"] is None  # "a circle" names no colours to draw
+    assert report["summary"]["below_drawing"] == 1.0
+    assert "the CLIP scores 1 of 1 images below a drawing of their caption" in capsys.readouterr().out

@@ -50,19 +50,49 @@ def evaluate(prompts: list[str], seeds: int, *, preset: str = "shapes", out: Pat
                             list(dotlist))
 
     models = load_models(config("x", 0, out))  # checks the settings before any work, loads once
-    rows, started = [], time.perf_counter()
+    rows, seconds = [], 0.0
     for index, prompt in enumerate(prompts):
         asked = world.parse_caption(prompt)
+        reference = drawing_score(models, config(prompt, 0, out), asked)
         for seed in range(seeds):
+            started = time.perf_counter()
             result = run(config(prompt, seed, out / f"{index:03d}-seed{seed}"), models=models)
+            seconds += time.perf_counter() - started
             verdict = judge.judge(result.images[0])
             scores = judge.score_against(verdict, asked)
             rows.append({"prompt": prompt, "seed": seed, "colour": verdict.colour, "shape": verdict.shape,
                          "background": verdict.background, **{f"{k}_ok": v for k, v in scores.items()},
+                         "clip_score": round(result.scores[0], 4), "drawing_score": reference,
                          "image": str(result.final_path)})
-    seconds = (time.perf_counter() - started) / max(len(rows), 1)
     summary = {key: _rate(rows, f"{key}_ok") for key in ("colour", "shape", "background")}
-    return {"summary": {**summary, "images": len(rows), "seconds_per_image": round(seconds, 2)}, "rows": rows}
+    below = [row["clip_score"] < row["drawing_score"] for row in rows if row["drawing_score"] is not None]
+    summary["below_drawing"] = round(sum(below) / len(below), 4) if below else None
+    return {"summary": {**summary, "images": len(rows), "seconds_per_image": round(seconds / max(len(rows), 1), 2)},
+            "rows": rows}
+
+
+def drawing_score(models, config, asked: dict) -> float | None:
+    """The CLIP score a run reports (whole image, no cutouts), given to a drawing of the caption
+    seen through the run's VQGAN; None where the caption or the VQGAN leaves no drawing to make.
+
+    It tells two failures apart. An image that scores below it is one the CLIP itself ranks under
+    a drawing of its caption: the optimisation stopped short of a better image (a local optimum).
+    An image that scores above it and is still judged wrong has fooled the CLIP.
+    """
+    import torch
+
+    from ..generate import build_timeline
+    from ..objective import Objective
+
+    scene = world.scene_for(asked)
+    square = config.size != "auto" and config.size[0] == config.size[1]  # the world draws squares
+    if scene is None or not square or models.vqgan.encoder is None:
+        return None
+    picture = world.to_tensor(world.draw(scene, size=int(config.size[0])))[None].to(models.device)
+    with torch.no_grad():
+        seen = models.vqgan.decode(models.vqgan.quantize(models.vqgan.encode(picture)))
+    scorer = Objective(models.clip, build_timeline(config), cutn=1, cut_pow=1.0, cut_mode="classic", noise_fac=0.0)
+    return round(scorer.scores(seen, step=0)[0], 4)
 
 
 def _rate(rows: list[dict], key: str) -> float | None:
@@ -80,6 +110,11 @@ def format_table(report: dict) -> str:
     s = report["summary"]
     lines.append(f"colour {_pct(s['colour'])}  shape {_pct(s['shape'])}  background {_pct(s['background'])}  "
                  f"({s['images']} images, {s['seconds_per_image']} s each)")
+    references = [row for row in report["rows"] if row["drawing_score"] is not None]
+    if references:
+        below = sum(row["clip_score"] < row["drawing_score"] for row in references)
+        lines.append(f"the CLIP scores {below} of {len(references)} images below a drawing of their caption: "
+                     "there the optimisation stopped short of an image the CLIP prefers")
     return "\n".join(lines)
 
 

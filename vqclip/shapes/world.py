@@ -242,6 +242,21 @@ def parse_caption(text: str) -> dict:
     }
 
 
+def scene_for(asked: dict) -> Scene | None:
+    """A scene that draws what a parsed caption asks for (centred and middling unless its size and
+    position words say otherwise), or None where the caption leaves the colour, shape or
+    background open or asks for an invisible shape."""
+    shape, colour, background = asked["shape"], asked["colour"], asked["background"]
+    if None in (shape, colour, background) or colour == background:
+        return None
+    size = {"small": 0.4, "large": 0.65}.get(asked.get("size"), 0.5)
+    position = asked.get("position") or "centre"
+    edge = size / 2  # a shape's centre this far from an edge touches it: as far as a word can ask
+    x = edge if "left" in position else 1 - edge if "right" in position else 0.5
+    y = edge if "top" in position else 1 - edge if "bottom" in position else 0.5
+    return Scene(shape, colour, background, size, x, y)
+
+
 # ---------------------------------------------------------------------------- data streams
 
 def captioned_scenes(rng: random.Random) -> Iterator[tuple[Scene, str]]:
