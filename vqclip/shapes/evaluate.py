@@ -65,8 +65,8 @@ def evaluate(prompts: list[str], seeds: int, *, preset: str = "shapes", out: Pat
                          "clip_score": round(result.scores[0], 4), "drawing_score": reference,
                          "image": str(result.final_path)})
     summary = {key: _rate(rows, f"{key}_ok") for key in ("colour", "shape", "background")}
-    below = [row["clip_score"] < row["drawing_score"] for row in rows if row["drawing_score"] is not None]
-    summary["below_drawing"] = round(sum(below) / len(below), 4) if below else None
+    below, references = _below_drawing(rows)
+    summary["below_drawing"] = round(below / references, 4) if references else None
     return {"summary": {**summary, "images": len(rows), "seconds_per_image": round(seconds / max(len(rows), 1), 2)},
             "rows": rows}
 
@@ -95,6 +95,12 @@ def drawing_score(models, config, asked: dict) -> float | None:
     return round(scorer.scores(seen, step=0)[0], 4)
 
 
+def _below_drawing(rows: list[dict]) -> tuple[int, int]:
+    """How many images score below the drawing of their caption, of how many have one."""
+    references = [row for row in rows if row["drawing_score"] is not None]
+    return sum(row["clip_score"] < row["drawing_score"] for row in references), len(references)
+
+
 def _rate(rows: list[dict], key: str) -> float | None:
     graded = [row[key] for row in rows if row[key] is not None]
     return round(sum(graded) / len(graded), 4) if graded else None
@@ -110,10 +116,9 @@ def format_table(report: dict) -> str:
     s = report["summary"]
     lines.append(f"colour {_pct(s['colour'])}  shape {_pct(s['shape'])}  background {_pct(s['background'])}  "
                  f"({s['images']} images, {s['seconds_per_image']} s each)")
-    references = [row for row in report["rows"] if row["drawing_score"] is not None]
+    below, references = _below_drawing(report["rows"])
     if references:
-        below = sum(row["clip_score"] < row["drawing_score"] for row in references)
-        lines.append(f"the CLIP scores {below} of {len(references)} images below a drawing of their caption: "
+        lines.append(f"the CLIP scores {below} of {references} images below a drawing of their caption: "
                      "there the optimisation stopped short of an image the CLIP prefers")
     return "\n".join(lines)
 
