@@ -16,7 +16,7 @@ from vqclip.shapes.train_clip import ClipRecipe, export, build_model, train
 
 def tiny_recipe(**changes) -> ClipRecipe:
     recipe = ClipRecipe(steps=2, contrast_groups=2, random_images=4, checkpoint_every=2, eval_images=8,
-                        recon_fraction=0.0, bf16=False)
+                        recon_fraction=0.0, bf16=False, robustness_eps=[2.0])
     for key, value in changes.items():
         setattr(recipe, key, value)
     return recipe
@@ -83,6 +83,7 @@ def test_recipe_fine_tunes_with_pgd(tmp_path):
     recipe = tiny_recipe(init_from=str(start), adversarial_eps=1.0, adversarial_steps=2)
     metrics = train(tmp_path / "robust", recipe, progress=False)
     assert set(metrics["clean"]) == {"colour", "shape", "background"}
+    assert set(metrics["pgd_l2_2"]) == {"colour", "shape", "background"}  # robustness is measured, not assumed
     assert json.loads((tmp_path / "robust" / "clip-metrics.json").read_text())["recipe"]["adversarial_eps"] == 1.0
     clip = load_clip({"name": str(tmp_path / "robust" / "clip.json"),
                       "pretrained": str(tmp_path / "robust" / "clip.safetensors")})
@@ -95,6 +96,28 @@ def test_recipe_fine_tunes_with_pgd(tmp_path):
     reference = initial.state_dict()
     key = "visual.conv1.weight"
     assert torch.allclose(still[key], reference[key].half().float(), atol=1e-3)
+
+
+def test_zero_shot_under_attack_measures_robustness():
+    """The shipped CLIP is right on every clean drawing; an L2 attack of radius 4 takes most of them.
+
+    The figure a robust CLIP would have to raise, so it must fall under attack and not at eps 0."""
+    import open_clip
+
+    from vqclip.shapes import world
+    from vqclip.shapes.train_clip import load_initial_weights, zero_shot
+
+    model = build_model(ClipRecipe()).eval()
+    load_initial_weights(model, "vqclip/shapes/weights")
+    tokenizer = open_clip.SimpleTokenizer(context_length=24)
+    samples = world.held_out(24)
+    images = torch.stack([world.to_tensor(image) for image, _, _ in samples])
+    scenes = [scene for _, _, scene in samples]
+    clean = zero_shot(model, tokenizer, images, scenes)
+    assert zero_shot(model, tokenizer, images, scenes, attack_eps=0.0) == clean
+    attacked = zero_shot(model, tokenizer, images, scenes, attack_eps=4.0)
+    assert clean["shape"] == 1.0 and attacked["shape"] <= 0.6, attacked
+    assert torch.equal(images, torch.stack([world.to_tensor(image) for image, _, _ in samples]))  # not in place
 
 
 def test_init_from_a_folder_without_weights_is_one_line_error(tmp_path):
@@ -118,8 +141,9 @@ def test_cli_flags(tmp_path, capsys, monkeypatch):
     monkeypatch.setattr(recipe_module, "ClipRecipe", lambda: tiny_recipe())
     monkeypatch.setattr(recipe_module, "train", recording_train)
     assert main(["shapes", "train", "clip", "--steps", "1", "--out", str(tmp_path / "out"), "--quiet",
-                 "--init-from", str(start), "--adversarial-eps", "0.5"]) == 0
+                 "--init-from", str(start), "--adversarial-eps", "0.5", "--noise", "0.3"]) == 0
     assert seen["recipe"].init_from == str(start) and seen["recipe"].adversarial_eps == 0.5
+    assert seen["recipe"].noise == 0.3
     assert "clean" in json.loads(capsys.readouterr().out.strip().splitlines()[-1])
     assert main(["shapes", "train", "vqgan", "--steps", "1", "--out", str(tmp_path / "v"),
                  "--init-from", str(start)]) == 2

@@ -66,7 +66,8 @@ def test_clip_recipe_smoke_export_and_load(tmp_path):
     from vqclip.models.clip import load_clip
     from vqclip.shapes.train_clip import ClipRecipe, train as train_clip
 
-    recipe = ClipRecipe(steps=3, contrast_groups=2, random_images=4, checkpoint_every=2, eval_images=8)
+    recipe = ClipRecipe(steps=3, contrast_groups=2, random_images=4, checkpoint_every=2, eval_images=8,
+                        robustness_eps=[])
     vqgan_dir = tmp_path / "vqgan"
     train(vqgan_dir, small_recipe(steps=1), progress=False)
     vqgan = load_vqgan(vqgan_dir / "vqgan.yaml", vqgan_dir / "vqgan.safetensors")
