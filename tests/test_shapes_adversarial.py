@@ -147,3 +147,5 @@ def test_cli_flags(tmp_path, capsys, monkeypatch):
     assert "clean" in json.loads(capsys.readouterr().out.strip().splitlines()[-1])
     assert main(["shapes", "train", "vqgan", "--steps", "1", "--out", str(tmp_path / "v"),
                  "--init-from", str(start)]) == 2
+    assert main(["shapes", "train", "clip", "--steps", "1", "--out", str(tmp_path / "n"), "--noise", "2"]) == 2
+    assert "--noise must be between 0 and 1" in capsys.readouterr().err
