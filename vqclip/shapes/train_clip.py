@@ -49,8 +49,8 @@ class ClipRecipe:
     checkpoint_every: int = 100
     eval_images: int = 256
     # Zero-shot accuracy is also measured under L2 PGD of these radii (pixel space [0, 1]): a CLIP
-    # trained "adversarially" is only robust if this says so (measured: 200 steps of 2-step PGD
-    # fine-tuning at eps 4 left 3 % of shapes right under an attack of eps 4; the shipped CLIP 35 %).
+    # trained "adversarially" is only robust if this says so (measured on 256 drawings: 200 steps of
+    # 2-step PGD fine-tuning at eps 4 left 3.9 % of shapes right at eps 4; the shipped CLIP 40.6 %).
     robustness_eps: list[float] = field(default_factory=lambda: [1.0, 2.0, 4.0])
     seed: int = 0
     bf16: bool = True
