@@ -10,7 +10,7 @@ from PIL import Image
 
 from model_files import write_tiny_preset
 from vqclip.cli import main
-from vqclip.generate import generate
+from vqclip.generation import generate
 from vqclip.outputs import read_jsonl, read_metadata
 
 

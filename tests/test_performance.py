@@ -14,7 +14,7 @@ from vqclip.cli import main
 from vqclip.config import build_config
 from vqclip.cutouts import make_cutouts
 from vqclip.errors import UserError
-from vqclip.generate import generate, load_models
+from vqclip.generation import generate, load_models
 from vqclip.memory import LiveTensorMemory, MemoryModel, auto_size, largest_side, measure_peak_bytes, SAFETY
 from vqclip.models.vqgan import build_vqgan
 from vqclip.precision import autocast, resolve_precision

@@ -13,7 +13,7 @@ from PIL import Image
 from vqclip.cli import main
 from vqclip.config import build_config
 from vqclip.errors import UserError
-from vqclip.generate import generate
+from vqclip.generation import generate
 from vqclip.prior.train import TrainConfig, train
 from vqclip.prior.weights import load_prior
 
@@ -35,7 +35,7 @@ def tiny_prior_dir(tmp_path_factory):
 
 
 def test_init_mode_prior_starts_from_the_best_sample(tmp_path, tiny_prior_dir):
-    from vqclip.generate import load_models
+    from vqclip.generation import load_models
     from vqclip.init import initial_z
     from vqclip.prior.sample import prior_tokens
 
@@ -150,7 +150,7 @@ def test_min_dalle_files_load_and_drive_the_dalle_mini_preset(tmp_path):
                                          "clip": {"models": [{"name": str(clip_config), "pretrained": str(clip_weights)}]},
                                          "init": {"prior": str(tmp_path / "min-dalle"), "prior_candidates": 2}})
     assert config.init.mode == "prior"
-    from vqclip.generate import run
+    from vqclip.generation import run
 
     result = run(config)
     assert result.images.shape == (1, 3, 32, 32)

@@ -16,7 +16,7 @@ from PIL import Image
 from model_files import write_tiny_preset
 from vqclip.cli import main
 from vqclip.errors import UserError
-from vqclip.generate import generate, resume
+from vqclip.generation import generate, resume
 from vqclip.outputs import read_jsonl
 
 STEPS = 10

@@ -38,7 +38,7 @@ def test_shipped_vqgan_reconstructs_held_out_drawings(vqgan, held_out):
 def test_shipped_clip_zero_shot_on_drawings_and_reconstructions(vqgan, held_out):
     import open_clip
 
-    from vqclip.generate import load_models
+    from vqclip.generation import load_models
     from vqclip.config import build_config
     from vqclip.shapes.train_clip import zero_shot
 
@@ -59,7 +59,7 @@ def test_end_to_end_generation_on_the_embedded_world(tmp_path):
     """The README's first command, seeded: colour and background judged right by the pixels.
 
     (Shapes are not yet drawn reliably by plain CLIP guidance; the README says so.)"""
-    from vqclip.generate import generate
+    from vqclip.generation import generate
 
     for prompt in ("a green circle on a blue background", "a black circle on a red background"):
         result = generate(prompt, preset="shapes", seed=0, quiet=True, run_dir=str(tmp_path / prompt[:7]))

@@ -39,7 +39,7 @@ def pixels(path) -> np.ndarray:
 
 def reference_pixels(config) -> np.ndarray:
     """The same settings through the Python API, into a folder of their own."""
-    from vqclip.generate import run
+    from vqclip.generation import run
 
     config = config.copy()
     config.outputs_root = config.outputs_root + "-reference"

@@ -16,7 +16,7 @@ TINY = {"steps": 3, "seed": 5, "quiet": True, "cutn": 4}
 def load_shapes_models():
     """The shapes world's VQGAN and CLIP on the CPU (a test module wraps this as its fixture)."""
     from vqclip.config import build_config
-    from vqclip.generate import load_models
+    from vqclip.generation import load_models
 
     return load_models(build_config("shapes-morph"), torch.device("cpu"))
 

@@ -4,21 +4,12 @@ Importing this package loads nothing heavy and runs nothing: `vqclip.generate` a
 imported on first use.
 """
 
+from .lazy import lazy_getattr
+
 __version__ = "0.1.0"
 
-_LAZY = {"generate": "generate", "run": "generate", "resume": "generate", "load_models": "generate",
-         "GenerationResult": "run_files",
-         "build_config": "config"}
-_SUBPACKAGES = ("batch", "video")
-
-
-def __getattr__(name: str):
-    if name in _LAZY:
-        import importlib
-
-        return getattr(importlib.import_module(f".{_LAZY[name]}", __name__), name)
-    if name in _SUBPACKAGES:  # `import vqclip; vqclip.batch.run(...)` without importing vqclip.batch first
-        import importlib
-
-        return importlib.import_module(f".{name}", __name__)
-    raise AttributeError(f"module 'vqclip' has no attribute {name!r}")
+__getattr__ = lazy_getattr(__name__, {
+    "generate": "generation", "run": "generation", "resume": "generation", "load_models": "generation",
+    "GenerationResult": "run_files", "build_config": "config",
+    "batch": "batch", "video": "video",  # `import vqclip; vqclip.batch.run(...)` without importing vqclip.batch
+})

@@ -35,7 +35,7 @@ STAGES = ("decode", "cutouts", "augment", "clip", "backward", "optimizer")
 
 def random_models(vqgan_name: str, clip_name: str, device: torch.device):
     """The named architectures with random weights (bundled models load their shipped weights)."""
-    from .generate import Models
+    from .generation import Models
     from .models.clip import ClipEnsemble, load_clip
     from .models.registry import BUNDLED_CLIPS, VQGANS, resolve_clip
     from .models.vqgan import build_min_dalle_detokenizer, build_vqgan, vqgan_spec_from_model_config
@@ -65,7 +65,7 @@ def bench(vqgan: str = "imagenet_f16_16384", clip: str = "ViT-B-32", size: int =
           steps: int = 3, device: str = "auto", precision: str = "auto", augmentations: str = "classic",
           warmup: int = 1, seed: int = 0, progress=None) -> dict:
     """Seconds per step (median after `warmup`), stage split, peak memory, FLOP rate; fast vs baseline."""
-    from .generate import pick_device
+    from .generation import pick_device
 
     if size < 1 or cutn < 1 or steps < 1 or warmup < 0:
         raise UserError(f"bench needs size, cutn and steps ≥ 1 (got size {size}, cutn {cutn}, steps {steps})")

@@ -55,7 +55,7 @@ def generate_parser() -> Parser:
 
 @command("generate")
 def generate_command(argv: list[str]) -> int:
-    from .generate import generate_from_cli
+    from .generation import generate_from_cli
 
     args = generate_parser().parse_intermixed_args(argv)
     prompts = [a for a in args.prompts if not _is_override(a)]
@@ -122,7 +122,7 @@ def _check_models(preset: str | None, overrides: list[str]) -> int:
     import torch
 
     from .config import build_config
-    from .generate import load_models
+    from .generation import load_models
 
     config = build_config(preset or "default", dotlist=overrides)
     models = load_models(config, torch.device("cpu"))

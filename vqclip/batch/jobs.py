@@ -164,7 +164,7 @@ def resolve_generate(settings: dict) -> dict:
 
 
 def run_generate(settings: dict, folder: Path, cache: ModelCache, device: str | None) -> JobOutput:
-    from ..generate import load_models, run
+    from ..generation import load_models, run
 
     preset, overrides = generate_config_layers(settings)
     config = config_for_job(preset, overrides, folder, device)
@@ -185,8 +185,8 @@ def config_for_job(preset: str, overrides: dict, folder: Path, device: str | Non
 
 
 def model_key(config) -> str:
-    """The model cache's key: what load_models reads (vqclip.generate.models_key)."""
-    from ..generate import models_key
+    """The model cache's key: what load_models reads (vqclip.generation.models_key)."""
+    from ..generation import models_key
 
     return models_key(config)
 

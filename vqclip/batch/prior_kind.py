@@ -67,7 +67,7 @@ def resolve_prior_sample(settings: dict) -> dict:
 
 def run_prior_sample(settings: dict, folder: Path, cache: ModelCache, device: str | None) -> JobOutput:
     from ..config import to_dict
-    from ..generate import load_models
+    from ..generation import load_models
     from ..outputs import environment_info, save_png
     from ..prior.sample import sample_images
 

@@ -84,7 +84,7 @@ def resolve_video(settings: dict) -> dict:
 
 
 def run_video(settings: dict, folder: Path, cache: ModelCache, device: str | None) -> JobOutput:
-    from ..generate import load_models
+    from ..generation import load_models
     from ..video.jobs import make_video
 
     command, inputs, video_format, preset, overrides = video_layers(settings)

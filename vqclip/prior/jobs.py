@@ -33,7 +33,7 @@ def vqgan_description(config, vqgan) -> dict:
 
 def build_data_job(source: str, out: str, config, *, size: int, batch_size: int = 32, resume: bool = False,
                    progress: bool = True) -> prior_data.PriorData:
-    from ..generate import pick_device
+    from ..generation import pick_device
 
     device = pick_device(config.device)
     vqgan = load_vqgan(config, device)
@@ -87,7 +87,7 @@ def sample_job(prompt: str, out: str, config, options: dict, prior_spec: str | N
 
     `options` are SampleSettings fields; those left None take the prior's recommended values."""
     from ..config import to_dict
-    from ..generate import pick_device
+    from ..generation import pick_device
     from ..models.clip import load_clip_ensemble
     from ..models.registry import resolve_clip
     from ..outputs import environment_info, save_png

@@ -43,7 +43,7 @@ def evaluate(prompts: list[str], seeds: int, *, preset: str = "shapes", out: Pat
     `dotlist` holds `key=value` settings applied to every run (e.g. steps=50, init.mode=random).
     """
     from ..config import build_config
-    from ..generate import load_models, run
+    from ..generation import load_models, run
 
     def config(prompt: str, seed: int, run_dir: Path):
         return build_config(preset, {"prompts": [prompt], "seed": seed, "quiet": True, "run_dir": str(run_dir)},
@@ -81,7 +81,7 @@ def drawing_score(models, config, asked: dict) -> float | None:
     """
     import torch
 
-    from ..generate import build_timeline
+    from ..generation import build_timeline
     from ..objective import Objective
 
     scene = world.scene_for(asked)

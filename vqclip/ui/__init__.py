@@ -5,13 +5,8 @@ gallery.py reads past runs from the outputs folder; forms.py turns the form into
 Importing this package imports nothing heavy: `vqclip.ui.serve` loads Gradio on first use.
 """
 
-_LAZY = {"serve": "app", "build_app": "app", "Workers": "worker", "Job": "worker", "find_runs": "gallery",
-         "config_from_form": "forms", "Form": "forms"}
+from ..lazy import lazy_getattr
 
-
-def __getattr__(name: str):
-    if name in _LAZY:
-        import importlib
-
-        return getattr(importlib.import_module(f".{_LAZY[name]}", __name__), name)
-    raise AttributeError(f"module 'vqclip.ui' has no attribute {name!r}")
+__getattr__ = lazy_getattr(__name__, {
+    "serve": "app", "build_app": "app", "Workers": "worker", "Job": "worker", "find_runs": "gallery",
+    "config_from_form": "forms", "Form": "forms"})

@@ -192,7 +192,7 @@ class Worker:
                    steps_done=result.steps_done)
 
     def _execute(self, job: Job):
-        from ..generate import resume, run
+        from ..generation import resume, run
 
         models = self._load_models(job.config)
         if job.kind in VIDEO_KINDS:
@@ -210,7 +210,7 @@ class Worker:
         return run(job.config, models=models, callback=on_step)
 
     def _load_models(self, config: DictConfig):
-        from ..generate import load_models, models_key
+        from ..generation import load_models, models_key
 
         key = models_key(config)
         if key != self._models_key:
@@ -245,7 +245,7 @@ class Workers:
         self._lock = threading.Lock()
 
     def submit(self, job: Job) -> Job:
-        from ..generate import pick_device
+        from ..generation import pick_device
 
         device = str(pick_device(job.config.device))
         with self._lock:

@@ -9,14 +9,9 @@
 Importing this package loads nothing heavy; the functions are imported on first use.
 """
 
-_LAZY = {"animate": "jobs", "interpolate": "jobs", "restyle": "jobs", "resume": "jobs", "VideoResult": "jobs",
-         "read_frames": "frames", "write_video": "frames", "read_settings": "frames",
-         "parse_schedule": "schedule", "lerp": "interpolation", "slerp": "interpolation"}
+from ..lazy import lazy_getattr
 
-
-def __getattr__(name: str):
-    if name in _LAZY:
-        import importlib
-
-        return getattr(importlib.import_module(f".{_LAZY[name]}", __name__), name)
-    raise AttributeError(f"module 'vqclip.video' has no attribute {name!r}")
+__getattr__ = lazy_getattr(__name__, {
+    "animate": "jobs", "interpolate": "jobs", "restyle": "jobs", "resume": "jobs", "VideoResult": "jobs",
+    "read_frames": "frames", "write_video": "frames", "read_settings": "frames",
+    "parse_schedule": "schedule", "lerp": "interpolation", "slerp": "interpolation"})

@@ -87,7 +87,7 @@ def check_inputs(kind: str, inputs: list[str], config: DictConfig) -> tuple[int,
 
 def make_video(kind: str, inputs: list[str], config: DictConfig, models=None) -> VideoResult:
     """Check, load, create the run folder, make the frames, write the video."""
-    from ..generate import load_models
+    from ..generation import load_models
 
     check_video_config(config)
     size = check_inputs(kind, inputs, config)
@@ -100,7 +100,7 @@ def make_video(kind: str, inputs: list[str], config: DictConfig, models=None) ->
 
 def resume(run_dir: str | Path, models=None, overrides: dict | None = None) -> VideoResult:
     """Continue a killed video run from its last finished frame (same frames as never stopping)."""
-    from ..generate import load_models
+    from ..generation import load_models
 
     job = load_job(run_dir, overrides)
     check_video_config(job.config)

@@ -135,7 +135,7 @@ def optimise_frame(config: DictConfig, models, work_dir: Path, *, z0: torch.Tens
     The frame gets its own run folder (config, log, state) under the video's, so its steps are
     logged like any run's; returns the optimised latent (1 × C × h × w, on the models' device).
     """
-    from ..generate import run
+    from ..generation import run
 
     work_dir.mkdir(parents=True, exist_ok=True)
     frame_changes: dict[str, Any] = {"steps": steps, "seed": seed % 2**31, "run_dir": str(work_dir),
