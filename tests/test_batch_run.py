@@ -235,3 +235,51 @@ def test_ctrl_c_stops_the_batch_and_resume_continues(custom_kinds, tmp_path, cap
         assert [r["job"] for r in read_jsonl(tmp_path / "out" / "summary.jsonl")] == [0, 1, 2]
     finally:
         del job_kinds.KINDS["stop-here"]
+
+
+def test_prior_sample_job_draws_what_vqclip_prior_sample_draws(tmp_path, monkeypatch):
+    """The same prompt and seed through `vqclip prior sample`'s job function and through a batch job:
+    the same images and scores, because both take the prior's recommended settings (prior.json)."""
+    from vqclip.config import build_config
+    from vqclip.prior.jobs import sample_job
+
+    monkeypatch.setattr(runner, "WORKER_CACHE", ModelCache())
+    prompt = "a green triangle on a white background"
+    config = build_config("shapes", {"quiet": True})
+    cli_files = sample_job(prompt, str(tmp_path / "cli" / "sample.png"), config,
+                           {"count": 2, "seed": 3, "temperature": None, "top_k": None, "top_p": None,
+                            "supercondition": None}, "shapes")
+    job = {"kind": "prior-sample", "prompt": prompt, "preset": "shapes", "prior": "shapes", "num": 2, "seed": 3}
+    [result] = list(vqclip.batch.run([job], tmp_path / "batch", threads=1, contact_sheet=False))
+    assert result.status == "ok", result.error
+    assert [p.name for p in result.files] == [p.name for p in cli_files]
+    for ours, theirs in zip(result.files, cli_files):  # pixels, scores and settings: the same bytes
+        assert ours.read_bytes() == theirs.read_bytes()
+    assert result.score == read_metadata(cli_files[0])["score"] > 0.5  # a triangle that CLIP recognises
+    # the shipped prior recommends temperature 0.7, top-k 16, supercondition 2 (vqclip/shapes/weights/prior.json)
+    used = read_metadata(result.files[0])["sample"]
+    assert (used["temperature"], used["top_k"], used["supercondition"], used["count"], used["seed"]) == (
+        0.7, 16, 2.0, 2, 3)
+    assert read_metadata(cli_files[0])["sample"] == used
+
+
+def test_prior_sample_hash_follows_the_priors_recommendation(tiny_prior_folder):
+    """What --resume hashes holds the settings the job will sample with: the prior's recommendation,
+    under the job's own keys; editing prior.json's recommendation makes a finished job unfinished."""
+    import json
+
+    from vqclip.batch.spec import Job
+    from vqclip.batch.summary import config_hash
+
+    description = json.loads((tiny_prior_folder / "prior.json").read_text())
+    description["sample"] = {"temperature": 0.5, "top_k": 8}
+    (tiny_prior_folder / "prior.json").write_text(json.dumps(description))
+    settings = {"prompt": "a red circle", "preset": "shapes", "prior": str(tiny_prior_folder), "top_k": 4}
+    resolved = job_kinds.KINDS["prior-sample"].resolve(settings)["sample"]
+    assert (resolved["temperature"], resolved["top_k"], resolved["top_p"], resolved["supercondition"]) == (
+        0.5, 4, 1.0, 4.0)
+    job = Job(0, settings, "prior-sample", "jobs[0]")
+    before = config_hash(job)
+    description["sample"]["temperature"] = 0.9
+    (tiny_prior_folder / "prior.json").write_text(json.dumps(description))
+    assert config_hash(job) != before

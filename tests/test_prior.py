@@ -246,3 +246,16 @@ def test_a_priors_recommended_sampling_settings_fill_what_is_not_given():
     assert (settings.count, settings.top_k, settings.temperature, settings.top_p) == (3, 16, 0.7, 0.5)
     assert settings.supercondition == SampleSettings().supercondition
     assert settings_for(prior, temperature=1.5).temperature == 1.5
+    assert settings_for(prior.info, count=3) == settings_for(prior, count=3)  # the info alone (a batch's hash)
+    with pytest.raises(UserError, match="temperature"):
+        settings_for(prior, temperature=0.0)
+
+
+def test_prior_info_reads_prior_json_without_the_weights(tmp_path):
+    from vqclip.prior.weights import prior_info
+
+    assert prior_info("shapes")["sample"] == {"supercondition": 2.0, "top_k": 16, "temperature": 0.7}
+    assert prior_info("min-dalle-mini") == {}  # min-dalle's files carry no recommendation: nothing fetched
+    assert prior_info(tmp_path / "nowhere") == {}  # loading it is what reports a missing folder
+    (tmp_path / "prior.json").write_text('{"model": {}, "tokenizer": {}, "sample": {"top_k": 3}}')
+    assert prior_info(tmp_path) == {"sample": {"top_k": 3}}

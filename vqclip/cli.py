@@ -435,7 +435,8 @@ def prior_command(argv: list[str]) -> int:
     sample = sub.add_parser("sample", help="draw images for a prompt, ranked by CLIP")
     sample.add_argument("prompt")
     sample.add_argument("-o", "--out", required=True, help="the best image; with --num N also OUT-0..N-1")
-    sample.add_argument("--num", type=int, default=8, help="samples to draw and rank")
+    sample.add_argument("--num", type=int, help="samples to draw and rank (default: the prior's recommendation, "
+                        "else 8)")
     sample.add_argument("--prior", help="a prior name (vqclip models list) or folder (default: the preset's init.prior)")
     sample.add_argument("--seed", type=int, default=0)
     sample.add_argument("--temperature", type=float, help="default: the prior's recommendation, else 1")

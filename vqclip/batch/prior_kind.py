@@ -24,19 +24,21 @@ SAMPLE_KEYS = {"num": ("count", int), "seed": ("seed", int), "temperature": ("te
 
 
 def prior_layers(settings: dict):
-    """(prompt, sample settings, preset, config overrides) from a prior-sample job's settings."""
+    """(prompt, the sampling settings the job gives, preset, config overrides) from a job's settings.
+
+    The sampling settings are the job's own keys only (SampleSettings field names): the prior's
+    recommendation fills the rest through `settings_for`, as for `vqclip prior sample`."""
     from ..prior.sample import SampleSettings
 
     settings = dict(settings)
-    values = {}
+    explicit = {}
     for key, (field_name, kind) in SAMPLE_KEYS.items():
         if key in settings:
             value = settings.pop(key)
             if isinstance(value, bool) or not isinstance(value, (int, float)) or (kind is int and value != int(value)):
                 raise UserError(f"{key} must be {'a whole number' if kind is int else 'a number'}, not {value!r}")
-            values[field_name] = kind(value)
-    sample = SampleSettings(**values)
-    sample.check()
+            explicit[field_name] = kind(value)
+    SampleSettings(**explicit).check()  # refuse out-of-range values before the batch starts
     prior = settings.pop("prior", None)
     preset, overrides = generate_config_layers(settings)
     prompts = overrides.get("prompts") or []
@@ -47,7 +49,7 @@ def prior_layers(settings: dict):
         raise UserError(f"init must be a group of settings, not {init!r}")
     # init.mode=prior makes load_models load the prior beside the VQGAN and CLIP (one cache entry).
     overrides["init"] = {**init, "mode": "prior", **({"prior": str(prior)} if prior is not None else {})}
-    return prompts[0], sample, preset, overrides
+    return prompts[0], explicit, preset, overrides
 
 
 def check_prior_sample(settings: dict) -> None:
@@ -57,35 +59,38 @@ def check_prior_sample(settings: dict) -> None:
 
 
 def resolve_prior_sample(settings: dict) -> dict:
+    """What the hash covers: the settings the job will sample with (the prior's recommendation read
+    from its prior.json, under the job's keys), the models, the prompt."""
     from ..config import build_config, to_dict
+    from ..prior.sample import settings_for
+    from ..prior.weights import prior_info
 
-    prompt, sample, preset, overrides = prior_layers(settings)
+    prompt, explicit, preset, overrides = prior_layers(settings)
     config = to_dict(build_config(preset, overrides))
+    spec = chosen_prior(config["init"]["prior"])
+    sample = settings_for(prior_info(spec), **explicit)
     return {"prompt": prompt, "sample": dataclasses.asdict(sample), "vqgan": config["vqgan"],
-            "clip": config["clip"], "prior": config["init"]["prior"], "precision": config.get("precision")}
+            "clip": config["clip"], "prior": spec, "precision": config.get("precision")}
+
+
+def chosen_prior(spec: str | None) -> str:
+    if not spec:
+        raise UserError("no prior chosen: set prior: NAME|FOLDER, or use a preset that sets init.prior")
+    return str(spec)
 
 
 def run_prior_sample(settings: dict, folder: Path, cache: ModelCache, device: str | None) -> JobOutput:
     from ..config import to_dict
     from ..generation import load_models
-    from ..outputs import environment_info, save_png
-    from ..prior.sample import sample_images
+    from ..prior.jobs import write_samples
 
-    prompt, sample, preset, overrides = prior_layers(settings)
+    prompt, explicit, preset, overrides = prior_layers(settings)
     config = config_for_job(preset, overrides, folder, device)
-    if not config.init.prior:
-        raise UserError("no prior chosen: set prior: NAME|FOLDER, or use a preset that sets init.prior")
+    spec = chosen_prior(config.init.prior)
     models = cache.get(model_key(config), lambda: load_models(config))
-    result = sample_images(models.prior, models.vqgan, prompt, sample, clip=models.clip)
-    metadata = {"prompt": prompt, "prior": str(config.init.prior), "sample": dataclasses.asdict(sample),
-                "vqgan": to_dict(config)["vqgan"], "environment": environment_info()}
-    files = [folder / "sample.png"]
-    save_png(files[0], result.images[0], {**metadata, "rank": 0, "score": result.scores[0]})
-    if len(result.images) > 1:
-        for rank, (image, score) in enumerate(zip(result.images, result.scores)):
-            files.append(folder / f"sample-{rank}.png")
-            save_png(files[-1], image, {**metadata, "rank": rank, "score": score})
-    return JobOutput(files, result.scores[0], {"prompt": prompt, "preset": preset, "seed": sample.seed})
+    files, scores, used = write_samples(prompt, folder / "sample.png", models.prior, models.vqgan, models.clip, explicit,
+                                  {"prior": spec, "vqgan": to_dict(config)["vqgan"]})
+    return JobOutput(files, scores[0], {"prompt": prompt, "preset": preset, "seed": used.seed})
 
 
 register_kind("prior-sample", run_prior_sample, check=check_prior_sample, resolve=resolve_prior_sample)

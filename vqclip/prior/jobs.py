@@ -13,7 +13,7 @@ import yaml
 
 from ..errors import UserError
 from . import data as prior_data
-from .sample import sample_images, settings_for
+from .sample import SampleSettings, sample_images, settings_for
 from .train import TrainConfig, train
 from .weights import load_prior
 
@@ -82,15 +82,13 @@ def train_job(data_path: str, out: str, settings: list[str], *, held_out: str | 
 
 
 def sample_job(prompt: str, out: str, config, options: dict, prior_spec: str | None) -> list[Path]:
-    """Sample `options["count"]` images, rank them by the config's CLIP, write OUT (the best) and,
-    for several, OUT's stem + -0, -1, ... in rank order. Returns the paths written.
+    """`vqclip prior sample`: load the prior, the config's VQGAN and CLIP, then `write_samples`.
 
     `options` are SampleSettings fields; those left None take the prior's recommended values."""
     from ..config import to_dict
     from ..generation import pick_device
     from ..models.clip import load_clip_ensemble
     from ..models.registry import resolve_clip
-    from ..outputs import environment_info, save_png
 
     prior_spec = prior_spec or config.init.prior
     if not prior_spec:
@@ -102,10 +100,23 @@ def sample_job(prompt: str, out: str, config, options: dict, prior_spec: str | N
     unknown = prior.tokenizer.unknown_words(prompt)
     if unknown:
         print(f"vqclip: warning: the prior never saw {', '.join(unknown)}: it reads them as an unknown word")
+    return write_samples(prompt, out, prior, vqgan, clip, options,
+                         {"prior": str(prior_spec), "vqgan": to_dict(config)["vqgan"]})[0]
+
+
+def write_samples(prompt: str, out: str | Path, prior, vqgan, clip, options: dict,
+                  about: dict) -> tuple[list[Path], list[float], SampleSettings]:
+    """Sample with `settings_for(prior, **options)`, rank by CLIP, write OUT (the best) and, for
+    several, OUT's stem + -0, -1, ... in rank order, each PNG with `about` and the settings used.
+    Returns the paths written, the scores best first and the settings used.
+
+    Shared by `vqclip prior sample` and the prior-sample batch job, so that one prompt and seed
+    give the same images both ways."""
+    from ..outputs import environment_info, save_png
+
     settings = settings_for(prior, **options)
     result = sample_images(prior, vqgan, prompt, settings, clip=clip)
-    metadata = {"prompt": prompt, "prior": str(prior_spec), "sample": dataclasses.asdict(settings),
-                "vqgan": to_dict(config)["vqgan"], "environment": environment_info()}
+    metadata = {"prompt": prompt, **about, "sample": dataclasses.asdict(settings), "environment": environment_info()}
     out = Path(out)
     written = [out]
     save_png(out, result.images[0], {**metadata, "rank": 0, "score": result.scores[0]})
@@ -114,4 +125,4 @@ def sample_job(prompt: str, out: str, config, options: dict, prior_spec: str | N
             path = out.with_name(f"{out.stem}-{rank}{out.suffix or '.png'}")
             save_png(path, image, {**metadata, "rank": rank, "score": score})
             written.append(path)
-    return written
+    return written, result.scores, settings

@@ -41,12 +41,19 @@ class SampleSettings:
             raise UserError(f"the supercondition factor must be 0 or more, not {self.supercondition}")
 
 
-def settings_for(prior: LoadedPrior, **explicit) -> SampleSettings:
-    """SampleSettings: the defaults ← the prior's own recommendation (prior.json "sample") ← `explicit`
-    (None values are ignored, so command-line flags left out fall through to the prior's choice)."""
+def settings_for(prior: LoadedPrior | dict, **explicit) -> SampleSettings:
+    """The one place sampling settings are built (`vqclip prior sample`, prior-sample batch jobs,
+    init.mode=prior): the defaults ← the prior's own recommendation (prior.json "sample") ← `explicit`
+    (None values are ignored, so flags and keys left out fall through to the prior's choice).
+
+    `prior` is the loaded prior or just its info (`weights.prior_info`), for a batch job's hash,
+    which is taken before any model is loaded. The result is checked (UserError if out of range)."""
+    info = prior.info if isinstance(prior, LoadedPrior) else prior
     known = {f for f in SampleSettings.__dataclass_fields__}
-    recommended = {k: v for k, v in dict(prior.info.get("sample") or {}).items() if k in known}
-    return SampleSettings(**{**recommended, **{k: v for k, v in explicit.items() if v is not None}})
+    recommended = {k: v for k, v in dict(info.get("sample") or {}).items() if k in known}
+    settings = SampleSettings(**{**recommended, **{k: v for k, v in explicit.items() if v is not None}})
+    settings.check()
+    return settings
 
 
 @dataclass

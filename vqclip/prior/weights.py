@@ -76,16 +76,50 @@ def load_prior(spec: str | Path, device: str | torch.device = "cpu", *, progress
 
 
 def _load_vqclip_prior(folder: Path, device) -> LoadedPrior:
+    description = _read_description(folder / "prior.json")
     try:
-        description = json.loads((folder / "prior.json").read_text(encoding="utf-8"))
         config = config_from_dict(description["model"])
         tokenizer = tokenizer_from_dict(description["tokenizer"])
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError, KeyError, TypeError) as exc:
+    except (KeyError, TypeError) as exc:
         raise UserError(f"{folder / 'prior.json'} is not a vqclip prior description: {exc}") from None
     state = load_state_dict(folder / "prior.safetensors")
     model = _finish(_meta_prior(config), state, str(folder), device)
-    info = {k: v for k, v in description.items() if k not in ("model", "tokenizer")}
-    return LoadedPrior(model, tokenizer, info)
+    return LoadedPrior(model, tokenizer, _info(description))
+
+
+def _read_description(path: Path) -> dict:
+    try:
+        description = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise UserError(f"{path} is not a vqclip prior description: {exc}") from None
+    if not isinstance(description, dict):
+        raise UserError(f"{path} is not a vqclip prior description: not a JSON object")
+    return description
+
+
+def _info(description: dict) -> dict:
+    return {k: v for k, v in description.items() if k not in ("model", "tokenizer")}
+
+
+def prior_info(spec: str | Path) -> dict:
+    """A prior's `info` (LoadedPrior.info: the VQGAN it was trained with, its recommended sampling)
+    from prior.json alone, without loading or downloading the weights: what a batch job's hash needs.
+
+    {} where there is no prior.json to read (min-dalle's files, or a folder that is not there: loading
+    it is what reports that)."""
+    from ..models.registry import PRIORS, fetch, model_dir
+
+    spec = str(spec)
+    if spec in PRIORS:
+        listed = [file for file in PRIORS[spec] if file.filename == "prior.json"]
+        if not listed:  # min-dalle's priors
+            return {}
+        path = fetch(listed[0], model_dir(spec), progress=False)  # bundled, or one small file
+    else:
+        path = Path(spec) / "prior.json"
+        if not path.is_file():
+            return {}
+    return _info(_read_description(path))
 
 
 def _meta_prior(config: PriorConfig) -> BartPrior:
