@@ -49,6 +49,7 @@ def generate_parser() -> Parser:
     parser.add_argument("--from", dest="from_image", help="run again with the settings stored in a vqclip PNG")
     parser.add_argument("--resume", dest="resume_dir", metavar="RUN_DIR",
                         help="continue a run from its folder's state.pt (same result as never stopping)")
+    parser.add_argument("--threads", type=int, help="CPU threads for torch (default: the cores free now)")
     parser.add_argument("--quiet", action="store_true", help="no progress bar")
     return parser
 
@@ -62,7 +63,7 @@ def generate_command(argv: list[str]) -> int:
     dotlist = [a for a in args.prompts if _is_override(a)]
     overrides = {key: value for key, value in {
         "steps": args.steps, "size": args.size, "seed": args.seed, "output": args.output,
-        "batch_size": args.batch, "run_dir": args.run_dir, "quiet": args.quiet or None,
+        "batch_size": args.batch, "run_dir": args.run_dir, "quiet": args.quiet or None, "threads": args.threads,
     }.items() if value is not None}
     if prompts:
         overrides["prompts"] = prompts
@@ -354,6 +355,7 @@ def video_parser(action: str) -> Parser:
     parser.add_argument("--size", type=int, nargs=2, metavar=("W", "H"))
     parser.add_argument("--seed", type=int)
     parser.add_argument("--steps-per-frame", type=int)
+    parser.add_argument("--threads", type=int, help="CPU threads for torch (default: the cores free now)")
     parser.add_argument("--run-dir", help="the run folder (default outputs/<date>/<NNNN>-<slug>/)")
     parser.add_argument("--resume", dest="resume_dir", metavar="RUN_DIR", help="continue a killed video run")
     parser.add_argument("--quiet", action="store_true", help="no progress bars")
@@ -402,7 +404,7 @@ def video_command(argv: list[str]) -> int:
         if value is not None}
     overrides = {key: value for key, value in {
         "size": args.size, "seed": args.seed, "output": args.output, "run_dir": args.run_dir,
-        "quiet": args.quiet or None, "video": video or None}.items() if value is not None}
+        "threads": args.threads, "quiet": args.quiet or None, "video": video or None}.items() if value is not None}
     if action == "animate":
         result = jobs.animate(items or None, preset=args.preset, dotlist=dotlist, **overrides)
     elif action == "interpolate":
@@ -508,8 +510,25 @@ def bench_command(argv: list[str]) -> int:
 
 
 # -- entry point -------------------------------------------------------------------------------
+def show_warnings() -> None:
+    """The library's warnings (vqclip.* loggers) as one 'vqclip: warning: ...' line each on stderr."""
+    import logging
+
+    class OneLine(logging.Formatter):
+        def format(self, record: logging.LogRecord) -> str:
+            return f"vqclip: {record.levelname.lower()}: {' '.join(record.getMessage().split())}"
+
+    logger = logging.getLogger("vqclip")
+    if not logger.handlers:
+        handler = logging.StreamHandler()
+        handler.setFormatter(OneLine())
+        logger.addHandler(handler)
+        logger.setLevel(logging.WARNING)
+
+
 def main(argv: list[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
+    show_warnings()
     name = argv[0] if argv and argv[0] in COMMANDS else "generate"
     if argv and argv[0] == name:
         argv = argv[1:]

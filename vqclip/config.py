@@ -101,6 +101,7 @@ class RunConfig:
     seed: Optional[int] = None  # null: a random seed, recorded with the outputs
     batch_size: int = 1  # candidates optimised together; the best by CLIP score is final.png
     device: str = "auto"  # auto | cpu | cuda | cuda:N | mps
+    threads: Optional[int] = None  # CPU threads for torch; null: the free cores now (vqclip/threads.py), recorded
     precision: str = "auto"  # the frozen networks' dtype: auto (bf16 where fast: CUDA, AVX512-BF16 CPUs) | fp32 | bf16 | fp16
     # Models.
     vqgan: VQGANConfig = field(default_factory=VQGANConfig)
@@ -131,7 +132,7 @@ class RunConfig:
     quiet: bool = False
 
 
-MAX_SIDE, MAX_CUTN, MAX_BATCH = 16384, 4096, 1024  # far beyond any device; they stop absurd allocations
+MAX_SIDE, MAX_CUTN, MAX_BATCH, MAX_THREADS = 16384, 4096, 1024, 1024  # far beyond any device; they stop absurd allocations
 
 CHOICES = {
     "init.mode": ("random", "image", "noise", "tokens", "latent", "prior"),
@@ -263,6 +264,8 @@ def validate(config: DictConfig) -> None:
         raise UserError(f"memory_budget_mb must be a positive number of megabytes, not {config.memory_budget_mb}")
     if config.size != "auto" and max(config.size) > MAX_SIDE:
         raise UserError(f"size {list(config.size)} is beyond {MAX_SIDE} px a side: no device holds that")
+    if config.threads is not None and not 1 <= config.threads <= MAX_THREADS:
+        raise UserError(f"threads must be between 1 and {MAX_THREADS}, not {config.threads}")
     for key, limit in (("cutn", MAX_CUTN), ("batch_size", MAX_BATCH)):
         if config[key] > limit:
             raise UserError(f"{key} {config[key]} is beyond {limit}")

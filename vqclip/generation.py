@@ -8,6 +8,7 @@ with a callback that writes progress, logs and state, then rank the candidates a
 
 from __future__ import annotations
 
+import copy
 import json
 import secrets
 from dataclasses import dataclass, field
@@ -25,6 +26,7 @@ from .objective import Objective
 from .optimize import NumericalError, Step, make_optimizer, make_scheduler, optimize
 from .precision import compute_copy, in_autocast, resolve_precision
 from .run_files import GenerationResult, RunWriter, restore_rng, seed_everything
+from .threads import run_threads
 from .prompts import PromptTimeline, parse_prompts, timeline_from_schedule, timeline_from_story
 
 
@@ -155,7 +157,18 @@ def resume(run_dir: str | Path, overrides: dict | None = None, dotlist: list[str
 
 def run(config: DictConfig, models: Models | None = None, callback=None,
         state: dict | None = None) -> GenerationResult:
-    """Generate with a resolved config (from `state`, when resuming). Writes the run folder."""
+    """Generate with a resolved config (from `state`, when resuming). Writes the run folder.
+
+    The caller's config is left as given; the one the run resolved (seed, size, threads) is in
+    the result and the run folder.
+    """
+    config = copy.deepcopy(config)
+    with run_threads(config.threads) as plan:
+        config.threads = plan.threads  # recorded: CPU results depend on it, --from and --resume repeat it
+        return _run(config, models, callback, state)
+
+
+def _run(config: DictConfig, models: Models | None, callback, state: dict | None) -> GenerationResult:
     if config.seed is None:
         config.seed = secrets.randbelow(2**31)  # recorded, so the run can be repeated
     timeline = build_timeline(config)

@@ -9,7 +9,6 @@ model settings load them once per worker.
 
 from __future__ import annotations
 
-import contextlib
 import time
 import traceback
 from collections import OrderedDict
@@ -18,6 +17,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from ..errors import UserError
+from ..threads import run_threads
 
 
 @dataclass
@@ -84,7 +84,7 @@ def execute(kind: str, settings: dict, folder: Path, cache: ModelCache | None = 
     started = time.perf_counter()
     record = {"status": "ok", "error": None, "score": None, "files": [], "caption": {}}
     try:
-        with torch_threads(threads):
+        with run_threads(threads):  # CPU results depend on the count: a batch can fix it
             output = KINDS[kind].run(settings, folder, cache or WORKER_CACHE, device)
         record.update(score=output.score, caption=output.caption,
                       files=[str(Path(p).resolve().relative_to(folder.resolve())) for p in output.files])
@@ -97,22 +97,6 @@ def execute(kind: str, settings: dict, folder: Path, cache: ModelCache | None = 
         atomic_write_text(folder / "error.txt", traceback.format_exc())
     record["seconds"] = round(time.perf_counter() - started, 3)
     return record
-
-
-@contextlib.contextmanager
-def torch_threads(threads: int | None):
-    """CPU results depend on the thread count (sums split differently): fix it for the job."""
-    if threads is None:
-        yield
-        return
-    import torch
-
-    previous = torch.get_num_threads()
-    torch.set_num_threads(threads)
-    try:
-        yield
-    finally:
-        torch.set_num_threads(previous)
 
 
 def _first_line(exc: Exception) -> str:

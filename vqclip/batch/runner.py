@@ -9,7 +9,6 @@ VQGAN and one CLIP loads them once per worker.
 from __future__ import annotations
 
 import multiprocessing
-import os
 import shutil
 from collections.abc import Iterable, Iterator
 from concurrent.futures import ProcessPoolExecutor, as_completed
@@ -17,6 +16,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from ..errors import UserError
+from ..threads import usable_cores
 from .jobs import WORKER_CACHE, execute
 from .spec import Job, jobs_from
 from .summary import append_record, config_hash, is_finished, read_summary, write_summary
@@ -187,7 +187,7 @@ def worker_devices(workers: int) -> list[str | None]:
 def _run_in_processes(pending: list[Job], out: Path, workers: int, threads: int | None):
     workers = min(workers, len(pending))
     # Processes share the CPU cores: each gets its share unless told otherwise.
-    threads = threads or max(1, (os.cpu_count() or 1) // workers)
+    threads = threads or max(1, usable_cores() // workers)
     context = multiprocessing.get_context("spawn")  # CUDA cannot be used in forked children
     devices = context.Queue()
     for device in worker_devices(workers):
