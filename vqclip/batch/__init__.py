@@ -3,10 +3,11 @@
 ```python
 import vqclip.batch
 
-for result in vqclip.batch.run({"defaults": {"preset": "shapes", "steps": 30},
-                                "grid": {"prompt": ["a red circle", "a blue square"], "seed": [1, 2]}},
-                               out="batch-out", workers=2):
-    print(result.job.name, result.status, result.score, result.files)
+if __name__ == "__main__":  # workers=2 starts processes that import this script again
+    for result in vqclip.batch.run({"defaults": {"preset": "shapes", "steps": 30},
+                                    "grid": {"prompt": ["a red circle", "a blue square"], "seed": [1, 2]}},
+                                   out="batch-out", workers=2):
+        print(result.job.name, result.status, result.score, result.files)
 ```
 """
 

@@ -8,8 +8,10 @@ VQGAN and one CLIP loads them once per worker.
 
 from __future__ import annotations
 
+import ast
 import multiprocessing
 import shutil
+import sys
 from collections.abc import Iterable, Iterator
 from concurrent.futures import ProcessPoolExecutor, as_completed
 from dataclasses import dataclass, field
@@ -81,9 +83,11 @@ def run(jobs, out: str | Path | None = None, *, workers: int = 1, ray: str | boo
         raise UserError(f"threads must be at least 1, not {threads}")
     if ray is not None and ray is not False and workers != 1:
         raise UserError("choose --workers or --ray, not both (on Ray every free GPU or CPU takes a job)")
+    if workers > 1 and not on_ray_asked(ray):
+        refuse_unguarded_script(workers)
     if out is not None and Path(out).exists() and not Path(out).is_dir():
         raise UserError(f"--out {out} is a file: give a folder for the batch")
-    on_ray = ray is not None and ray is not False
+    on_ray = on_ray_asked(ray)
     started_ray = False
     if on_ray:  # before any folder is made: an unreachable cluster leaves nothing behind
         from . import ray_tasks
@@ -99,6 +103,44 @@ def run(jobs, out: str | Path | None = None, *, workers: int = 1, ray: str | boo
     except OSError as exc:
         raise UserError(f"cannot create the batch folder {out}: {exc.strerror or exc}") from None
     return _run(jobs, out, workers, on_ray, started_ray, resume, threads, contact_sheet)
+
+
+def on_ray_asked(ray: str | bool | None) -> bool:
+    return ray is not None and ray is not False
+
+
+def refuse_unguarded_script(workers: int) -> None:
+    """Worker processes start by importing the caller's script again (Python's spawn start method, the
+    only one safe with CUDA and threads), which would start the batch again in every worker and
+    break the pool. A script must keep its batch under `if __name__ == "__main__":`; say so at once.
+    """
+    main = sys.modules.get("__main__")
+    path = getattr(main, "__file__", None)
+    if not path or not Path(path).is_file():  # python -c, a notebook, the REPL: nothing is imported again
+        return
+    frame = sys._getframe(1)
+    while frame is not None and not (frame.f_globals is main.__dict__ and frame.f_code.co_name == "<module>"):
+        frame = frame.f_back
+    if frame is None:  # not called while the script's top level runs
+        return
+    line = frame.f_lineno
+    try:
+        tree = ast.parse(Path(path).read_text(encoding="utf-8"))
+    except (OSError, SyntaxError, UnicodeDecodeError):
+        return
+    for node in ast.walk(tree):
+        if isinstance(node, ast.If) and _is_main_test(node.test) and node.lineno <= line <= node.end_lineno:
+            return
+    raise UserError(f"vqclip.batch.run(..., workers={workers}) starts worker processes that import "
+                    f"{Path(path).name} again: put the code that runs the batch under "
+                    "`if __name__ == \"__main__\":` (or use workers=1)")
+
+
+def _is_main_test(test: ast.expr) -> bool:
+    """`__name__ == "__main__"`, either way round."""
+    if not (isinstance(test, ast.Compare) and len(test.ops) == 1 and isinstance(test.ops[0], ast.Eq)):
+        return False
+    return {ast.unparse(test.left), ast.unparse(test.comparators[0])} == {"__name__", "'__main__'"}
 
 
 def _run(jobs: list[Job], out: Path, workers: int, on_ray: bool, started_ray: bool, resume: bool,
