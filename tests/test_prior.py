@@ -152,6 +152,17 @@ def test_resume_after_a_stop_gives_the_same_weights(tmp_path, world_data):
     assert all(torch.equal(a[k], b[k]) for k in a)
 
 
+def test_too_little_data_to_hold_out_names_the_settings_to_change(world_data):
+    with pytest.raises(UserError) as caught:
+        train(world_data, "unused", TrainConfig(**{**TINY, "eval_items": 256}), progress=False, log=lambda _: None)
+    assert str(caught.value) == ("40 training items are too few to hold out eval_items=256 (under half of them can "
+                                 "be held out): set eval_items=19 or lower, or pass a held-out data file with --held-out")
+    tiny = prior_data.PriorData(world_data.image_tokens[:2], world_data.captions[:2], world_data.text_bpe[:2],
+                                world_data.vqgan, world_data.sources[:2])
+    with pytest.raises(UserError, match=r"eval_items=1 \(under half of them can be held out\): pass a held-out"):
+        train(tiny, "unused", TrainConfig(**{**TINY, "eval_items": 1}), progress=False, log=lambda _: None)
+
+
 # -- sampling ------------------------------------------------------------------------------------
 def test_clip_views_are_the_image_mirrored_and_shifted_each_way():
     image = torch.zeros(1, 3, 20, 20)

@@ -52,6 +52,13 @@ class TrainConfig:
     prune_vocab: bool = True  # keep only the BPE ids the captions use (see tokenizer.py)
 
 
+def too_few_to_hold_out(items: int, eval_items: int) -> str:
+    most = (items - 1) // 2  # the held-out part must stay under half of the data
+    fix = f"set eval_items={most} or lower, or pass" if most >= 1 else "pass"
+    return (f"{items} training items are too few to hold out eval_items={eval_items} (under half of them "
+            f"can be held out): {fix} a held-out data file with --held-out")
+
+
 def text_rows(tokenizer, data: PriorData, length: int) -> torch.Tensor:
     return pad_rows([tokenizer.ids(row) for row in data.bpe_rows(slice(None))], length, tokenizer.pad)
 
@@ -91,7 +98,7 @@ def train(data: PriorData, out: str | Path, config: TrainConfig, *, held_out: Pr
     out, device = Path(out), torch.device(device)
     if held_out is None:
         if len(data.captions) <= 2 * config.eval_items:
-            raise UserError(f"{len(data.captions)} training items are too few to hold out {config.eval_items}")
+            raise UserError(too_few_to_hold_out(len(data.captions), config.eval_items))
         split = len(data.captions) - config.eval_items
         held_out = PriorData(data.image_tokens[split:], data.captions[split:], data.text_bpe[split:],
                              data.vqgan, data.sources[split:])
