@@ -27,11 +27,17 @@ def shapes_vqgan():
 
 
 @pytest.fixture(scope="module")
-def world_data(tmp_path_factory, shapes_vqgan):
+def world_data_file(tmp_path_factory, shapes_vqgan):
     from vqclip.shapes.train_prior import build_world_data
 
-    folder = tmp_path_factory.mktemp("prior-data")
-    return build_world_data(folder / "data.pt", shapes_vqgan, 40, 0, "train", resume=False, progress=False)
+    path = tmp_path_factory.mktemp("prior-data") / "data.pt"
+    build_world_data(path, shapes_vqgan, 40, 0, "train", resume=False, progress=False)
+    return path
+
+
+@pytest.fixture(scope="module")
+def world_data(world_data_file):
+    return prior_data.load_data(world_data_file)
 
 
 # -- tokenizers ----------------------------------------------------------------------------------
@@ -150,6 +156,51 @@ def test_resume_after_a_stop_gives_the_same_weights(tmp_path, world_data):
     train(world_data, stopped, TrainConfig(**TINY), resume=True, progress=False, log=lambda _: None)
     a, b = load_prior(straight).model.state_dict(), load_prior(stopped).model.state_dict()
     assert all(torch.equal(a[k], b[k]) for k in a)
+
+
+def test_resume_reads_the_settings_from_the_output_folder(tmp_path, world_data_file, capsys):
+    """`prior train --resume` continues the stored run: model settings need not be given again, the same
+    value is fine, another value is one line naming the key and both values, and steps may grow."""
+    from vqclip.cli import main
+
+    data, out = str(world_data_file), tmp_path / "prior"
+    first = {**TINY, "steps": 10, "width": 48, "glu": 40, "decoder_layers": 2}
+    assert main(["prior", "train", data, "--out", str(out), "--quiet", *[f"{k}={v}" for k, v in first.items()]]) == 0
+    ten_steps = load_prior(out).model.state_dict()
+    capsys.readouterr()
+    assert main(["prior", "train", data, "--out", str(out), "--quiet", "--resume", "width=64"]) == 2
+    assert capsys.readouterr().err == (f"vqclip: error: width=64 differs from width=48 stored in {out / 'train_state.pt'}: "
+                                       "leave width out to continue that run, or train into another --out\n")
+    assert main(["prior", "train", data, "--out", str(out), "--quiet", "--resume", "steps=5"]) == 2
+    assert "steps=5 is fewer than the 10" in capsys.readouterr().err
+
+    assert main(["prior", "train", data, "--out", str(out), "--quiet", "--resume", "steps=15", "width=48"]) == 0
+    metrics = json.loads((out / "prior-metrics.json").read_text())
+    assert {k: metrics["train"][k] for k in first} == {**first, "steps": 15}  # the first run's, steps raised
+    assert [h["step"] for h in metrics["history"]] == [10, 15]
+    prior = load_prior(out)
+    assert (prior.model.config.width, prior.model.config.glu, prior.model.config.decoder_layers) == (48, 40, 2)
+    assert not all(torch.equal(ten_steps[k], v) for k, v in prior.model.state_dict().items())  # trained on
+
+
+def test_raising_steps_on_resume_follows_the_longer_runs_schedule(tmp_path, world_data, monkeypatch):
+    """The cosine is rebuilt from `steps`: after a raise, each step's rate is the longer run's rate at that
+    step (the first step after the resume included), not the old schedule's (zero at its end)."""
+    from vqclip.shapes.training import warmup_cosine
+
+    rates = []
+    adamw_step = torch.optim.AdamW.step
+
+    def recording_step(self, *args, **kwargs):
+        rates.append(self.param_groups[0]["lr"])
+        return adamw_step(self, *args, **kwargs)
+
+    train(world_data, tmp_path, TrainConfig(**{**TINY, "steps": 10}), progress=False, log=lambda _: None)
+    monkeypatch.setattr(torch.optim.AdamW, "step", recording_step)
+    train(world_data, tmp_path, TrainConfig(**{**TINY, "steps": 15}), resume=True, progress=False, log=lambda _: None)
+    longer = warmup_cosine(TINY["warmup"], 15)
+    assert rates == pytest.approx([TINY["lr"] * longer(step) for step in range(10, 15)], rel=1e-12)
+    assert rates[0] == pytest.approx(0.25 * TINY["lr"])  # 2/3 of the way down the longer cosine, not the ended run's 0
 
 
 def test_too_little_data_to_hold_out_names_the_settings_to_change(world_data):

@@ -14,7 +14,7 @@ import yaml
 from ..errors import UserError
 from . import data as prior_data
 from .sample import SampleSettings, sample_images, settings_for
-from .train import TrainConfig, train
+from .train import TrainConfig, stored_config, train
 from .weights import load_prior
 
 
@@ -44,9 +44,10 @@ def build_data_job(source: str, out: str, config, *, size: int, batch_size: int 
                                  vqgan_description(config, vqgan), out, resume=resume, progress=progress)
 
 
-def train_config_from(settings: list[str]) -> TrainConfig:
-    """`key=value` strings (YAML values) → TrainConfig; unknown keys and wrong types are refused."""
-    config = TrainConfig()
+def train_config_from(settings: list[str], base: TrainConfig | None = None) -> TrainConfig:
+    """`key=value` strings (YAML values) over `base` (default: TrainConfig()) → TrainConfig;
+    unknown keys and wrong types are refused."""
+    config = dataclasses.replace(base) if base is not None else TrainConfig()
     known = {f.name: f for f in dataclasses.fields(TrainConfig)}
     for item in settings:
         key, eq, text = item.partition("=")
@@ -73,7 +74,9 @@ def train_config_from(settings: list[str]) -> TrainConfig:
 
 def train_job(data_path: str, out: str, settings: list[str], *, held_out: str | None = None, resume: bool = False,
               device: str = "cpu", progress: bool = True) -> dict:
-    config = train_config_from(settings)
+    # --resume continues the stored run: the keys left out are its settings, not the defaults
+    # (train() refuses a given key that disagrees with them)
+    config = train_config_from(settings, stored_config(out) if resume else None)
     data = prior_data.load_data(data_path)
     held = prior_data.load_data(held_out) if held_out else None
     if held is not None and held.vqgan != data.vqgan:

@@ -5,15 +5,15 @@ captions, so that the empty caption learns the unconditional distribution that
 superconditioning subtracts; (3) cross-entropy of every image token given the text and the
 tokens before it, under bf16 autocast where the device has fast bf16; (4) clip the gradient
 norm, AdamW step, warm-up + cosine learning rate; (5) every `eval_every` steps the held-out loss,
-every `checkpoint_every` steps the whole training state (atomically: `--resume` continues and
-ends with the same weights). The result is `prior.json` + `prior.safetensors` in the output folder.
+every `checkpoint_every` steps the whole training state and the settings (atomically: `--resume`
+reads the settings from there, continues and ends with the same weights). The result is `prior.json` + `prior.safetensors` in the output folder.
 """
 
 from __future__ import annotations
 
 import random
 import time
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, fields
 from pathlib import Path
 
 import torch
@@ -50,6 +50,37 @@ class TrainConfig:
     decoder_layers: int = 4
     text_length: int = 24
     prune_vocab: bool = True  # keep only the BPE ids the captions use (see tokenizer.py)
+
+
+# What --resume lets differ from the stored run: these change neither the model's sizes, nor the
+# data, nor the weights up to the step reached. `steps` may only grow: the cosine is stretched to the
+# new end, so from the resume step on the rate is what a run of that many steps has at that step.
+CHANGEABLE_ON_RESUME = ("steps", "eval_every", "checkpoint_every")
+
+
+def stored_config(out: str | Path) -> TrainConfig | None:
+    """The settings of the run whose state is in OUT/train_state.pt (None: no state, or one written
+    before the settings were stored in it)."""
+    path = Path(out) / "train_state.pt"
+    if not path.is_file():
+        return None
+    stored = torch.load(path, map_location="cpu", weights_only=True, mmap=True).get("train")
+    if stored is None:
+        return None
+    known = {f.name for f in fields(TrainConfig)}
+    return TrainConfig(**{k: v for k, v in stored.items() if k in known})
+
+
+def check_resumable(stored: TrainConfig, config: TrainConfig, where: Path) -> None:
+    """UserError naming the first setting that differs from the stored run's (`steps` may grow)."""
+    for key in (f.name for f in fields(TrainConfig)):
+        old, new = getattr(stored, key), getattr(config, key)
+        if key == "steps" and new < old:
+            raise UserError(f"steps={new} is fewer than the {old} that {where} trains toward: --resume can "
+                            "only raise steps")
+        if key not in CHANGEABLE_ON_RESUME and new != old:
+            raise UserError(f"{key}={new} differs from {key}={old} stored in {where}: leave {key} out to "
+                            "continue that run, or train into another --out")
 
 
 def too_few_to_hold_out(items: int, eval_items: int) -> str:
@@ -120,8 +151,20 @@ def train(data: PriorData, out: str | Path, config: TrainConfig, *, held_out: Pr
     rng, generator = random.Random(config.seed), torch.Generator().manual_seed(config.seed)
     state_path, start, history = out / "train_state.pt", 0, []
     if resume and state_path.is_file():
-        state = load_checkpoint(state_path, model, optimizer, schedule, rng, generator)
+        stored = stored_config(out)
+        if stored is not None:
+            check_resumable(stored, config, state_path)
+        try:
+            state = load_checkpoint(state_path, model, optimizer, schedule, rng, generator)
+        except RuntimeError as exc:  # a checkpoint from before the settings were stored in it, other sizes
+            raise UserError(f"{state_path} holds a model of other sizes than width={config.width}, heads="
+                            f"{config.heads}, glu={config.glu}, encoder_layers={config.encoder_layers}, "
+                            f"decoder_layers={config.decoder_layers}: give the first run's values") from exc
         start, history = int(state["step"]), list(state.get("history", []))
+        # The checkpoint does not hold the schedule's function (it is rebuilt from `steps`); once
+        # `steps` is raised the next step must take the stretched schedule's rate, not the old one's.
+        for group, rate, base in zip(optimizer.param_groups, schedule.lr_lambdas, schedule.base_lrs):
+            group["lr"] = base * rate(schedule.last_epoch)
     elif resume:
         log(f"no {state_path} yet: starting from step 0")
 
@@ -154,7 +197,8 @@ def train(data: PriorData, out: str | Path, config: TrainConfig, *, held_out: Pr
             log(f"step {done}: train loss {loss_value:.4f}, held-out loss {history[-1]['held_out_loss']:.4f}, "
                 f"{tokens_per_step * (done - start) / seconds:.0f} tokens/s")
         if done % config.checkpoint_every == 0 or done == config.steps:
-            save_checkpoint(state_path, done, model, optimizer, schedule, rng, generator, history=history)
+            save_checkpoint(state_path, done, model, optimizer, schedule, rng, generator, history=history,
+                            train=asdict(config))
     bar.close()
     model.eval()
     metrics = {"steps": config.steps, "held_out_loss": history[-1]["held_out_loss"] if history else None,
