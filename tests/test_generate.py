@@ -108,6 +108,18 @@ def test_prompt_timeline_and_weights(preset, tmp_path):
     assert result.losses[0]["losses"]["white background"] < 0  # a negative weight pushes away
 
 
+def test_story_splits_the_steps_evenly_unless_told(preset, tmp_path, caplog):
+    story = "a red circle ^ a blue square ^ a green triangle"
+    result = generate(story, preset=str(preset), steps=6, run_dir=str(tmp_path / "even"))
+    assert [set(record["losses"]) for record in result.losses] == \
+        [{"a red circle"}] * 2 + [{"a blue square"}] * 2 + [{"a green triangle"}] * 2
+    assert result.config["story_every"] == 2  # recorded: an extended run keeps the pace
+    with caplog.at_level("WARNING", logger="vqclip.generation"):
+        result = generate(story, preset=str(preset), steps=6, story_every=4, run_dir=str(tmp_path / "slow"))
+    assert {name for record in result.losses for name in record["losses"]} == {"a red circle", "a blue square"}
+    assert "story_every=4 with 6 steps shows only 2 of the 3 story phrases" in caplog.text
+
+
 def test_noise_prompt_flag(preset, tmp_path, capsys):
     code, _, err = run_cli(["--noise-prompt", "3:0.5", "-p", preset, "--run-dir", tmp_path, "--steps", 2], capsys)
     assert code == 0, err

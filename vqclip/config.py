@@ -88,7 +88,7 @@ class RunConfig:
     prompts: list[str] = field(default_factory=list)  # "text[:weight[:stop]]", "a | b" for several, "a ^ b" a story
     image_prompts: list[str] = field(default_factory=list)  # "PATH[:weight]"
     noise_prompts: list[str] = field(default_factory=list)  # "seed:weight"
-    story_every: int = 100  # story mode ("^"): steps per phrase
+    story_every: Optional[int] = None  # story mode ("^"): steps per phrase; null: the steps split evenly
     schedule: dict[int, str] = field(default_factory=dict)  # {step: prompt}: a timeline in a preset
     # The image.
     # [width, height], multiples of the VQGAN factor; or auto: the largest square (and cutn) that fits
@@ -253,7 +253,7 @@ def validate(config: DictConfig) -> None:
     positive = {"steps": config.steps, "batch_size": config.batch_size, "cutn": config.cutn,
                 "story_every": config.story_every, "init.prior_candidates": config.init.prior_candidates}
     for key, value in positive.items():
-        if value <= 0:
+        if value is not None and value <= 0:
             raise UserError(f"{key} must be at least 1, not {value}")
     if config.size != "auto" and not (OmegaConf.is_list(config.size) and len(config.size) == 2 and all(
             isinstance(side, int) and not isinstance(side, bool) and side > 0 for side in config.size)):

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import copy
 import json
+import logging
 import secrets
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -26,8 +27,10 @@ from .objective import Objective
 from .optimize import NumericalError, Step, make_optimizer, make_scheduler, optimize
 from .precision import compute_copy, in_autocast, resolve_precision
 from .run_files import GenerationResult, RunWriter, restore_rng, seed_everything
+from .prompts import PromptTimeline, parse_prompts, split_story, timeline_from_schedule, timeline_from_story
 from .threads import run_threads
-from .prompts import PromptTimeline, parse_prompts, timeline_from_schedule, timeline_from_story
+
+log = logging.getLogger(__name__)
 
 
 @dataclass
@@ -102,11 +105,26 @@ def build_timeline(config: DictConfig) -> PromptTimeline | None:
         return None
     # Prompts with "^" tell a story; the others hold for the whole run, beside each phrase.
     constant = tuple(spec for text in texts if "^" not in text for spec in parse_prompts(text))
-    story = [text for text in texts if "^" in text]
-    if not story:
+    if not any("^" in text for text in texts):
         return PromptTimeline([(0, constant)])
-    timeline = timeline_from_story(story, config.story_every)
+    phrases = story_phrases(config)
+    every = config.story_every or story_every_for(config.steps, len(phrases))
+    shown = min(len(phrases), -(-config.steps // every))
+    if 0 < shown < len(phrases):
+        log.warning("story_every=%d with %d steps shows only %d of the %d story phrases: raise steps, lower "
+                    "story_every, or leave it unset to split the steps evenly", every, config.steps, shown,
+                    len(phrases))
+    timeline = timeline_from_story(phrases, every)
     return PromptTimeline([(start, specs + constant) for start, specs in timeline.entries])
+
+
+def story_phrases(config: DictConfig) -> list[str]:
+    return [phrase for text in config.prompts if "^" in text for phrase in split_story(text)]
+
+
+def story_every_for(steps: int, phrases: int) -> int:
+    """story_every unset: the steps split evenly between the phrases (the last takes any remainder)."""
+    return max(1, steps // max(1, phrases))
 
 
 def generate(prompt: str | list[str] | None = None, *, preset: str | None = "default", models: Models | None = None,
@@ -171,6 +189,9 @@ def run(config: DictConfig, models: Models | None = None, callback=None,
 def _run(config: DictConfig, models: Models | None, callback, state: dict | None) -> GenerationResult:
     if config.seed is None:
         config.seed = secrets.randbelow(2**31)  # recorded, so the run can be repeated
+    if config.story_every is None and not config.schedule and story_phrases(config):
+        # recorded, so that a resumed or extended run keeps the story's pace
+        config.story_every = story_every_for(config.steps, len(story_phrases(config)))
     timeline = build_timeline(config)
     check_output_path(config.output)
     models = models or load_models(config)
@@ -260,33 +281,63 @@ CHECKPOINT_FROM_PIXELS = 512 * 512
 
 
 def _auto_size(config: DictConfig, models: Models, compute: Models, timeline, dtype) -> tuple[list[int], int]:
-    """size=auto: the largest square (and cutn) whose measured step fits the memory budget."""
-    from .memory import auto_size, free_memory_bytes, measure_peak_bytes
-    from .precision import autocast
+    """size=auto: the largest square (and cutn) whose predicted step fits the memory budget."""
+    from .memory import auto_size
 
-    budget = config.memory_budget_mb * 2**20 if config.memory_budget_mb else free_memory_bytes(models.device)
-    vqgan = models.vqgan
-
-    def measure(side: int, cutn: int) -> int:
-        objective = _objective(config, compute.clip, timeline, torch.Generator(models.device).manual_seed(0),
-                               cutn=cutn)
-        grid = side // vqgan.factor
-        z = vqgan.tokens_to_z(torch.zeros(config.batch_size, grid, grid, dtype=torch.long, device=models.device))
-        z.requires_grad_(True)
-        decode = _decoder(vqgan, compute.vqgan, config, (side, side))
-
-        def step():
-            with autocast(models.device, dtype):
-                image = decode(z)
-                loss = sum(objective(image, z, 0).values())
-            loss.backward()
-
-        return measure_peak_bytes(step, models.device)
-
-    side, cutn = auto_size(measure, vqgan.factor, budget, int(config.cutn))
+    budget = _memory_budget(config, models.device)
+    model_for_cutn = _memory_model(config, models, compute, timeline, dtype)
+    side, cutn = auto_size(model_for_cutn, models.vqgan.factor, budget, int(config.cutn))
     if not config.quiet:
-        print(f"size=auto: {side}×{side} with cutn {cutn} fits {budget / 2**20:.0f} MB", flush=True)
+        peak = model_for_cutn(cutn).predict(side, side)
+        print(f"size=auto: {side}×{side} with cutn {cutn} (predicted peak {peak / 2**20:.0f} MB) fits "
+              f"{budget / 2**20:.0f} MB", flush=True)
     return [side, side], cutn
+
+
+def _memory_budget(config: DictConfig, device: torch.device) -> float:
+    from .memory import free_memory_bytes
+
+    return config.memory_budget_mb * 2**20 if config.memory_budget_mb else free_memory_bytes(device)
+
+
+def _memory_model(config: DictConfig, models: Models, compute: Models, timeline, dtype):
+    """cutn → the step's MemoryModel (vqclip.memory), from probe steps at small sizes.
+
+    The decoder is probed once per checkpointing setting the run can use (auto switches at
+    CHECKPOINT_FROM_PIXELS), uncompiled (a compiled decoder needs no more); the objective
+    once per cutn asked.
+    """
+    from .memory import MemoryModel, fit_decoder_memory, fit_objective_memory, probe_decoder, probe_objective
+
+    vqgan, device = models.vqgan, models.device
+
+    def latent(side: int) -> torch.Tensor:
+        grid = side // vqgan.factor
+        return vqgan.tokens_to_z(torch.zeros(config.batch_size, grid, grid, dtype=torch.long, device=device))
+
+    def decoder(checkpoint: bool):
+        decode = in_autocast(lambda z: compute.vqgan.decode(vqgan.quantize(z), checkpoint=checkpoint), device, dtype)
+        return decode, fit_decoder_memory(lambda side: probe_decoder(decode, latent(side).requires_grad_(True)),
+                                          vqgan.factor)
+
+    checkpoint = config.checkpoint_decoder
+    decode, plain = decoder(bool(checkpoint))
+    checkpointed = decoder(True)[1] if checkpoint is None else None
+    checkpoint_from = CHECKPOINT_FROM_PIXELS if checkpoint is None else float("inf")
+
+    def for_cutn(cutn: int) -> MemoryModel:
+        def probe(side: int) -> tuple[int, int]:
+            generator = torch.Generator(device).manual_seed(0)
+            objective = _objective(config, compute.clip, timeline, generator, cutn=cutn)
+            z = latent(side)
+            with torch.no_grad():
+                image = decode(z)
+            return probe_objective(in_autocast(lambda image: sum(objective(image, z, 0).values()), device, dtype),
+                                   image)
+
+        return MemoryModel(plain, fit_objective_memory(probe, vqgan.factor), checkpointed, checkpoint_from)
+
+    return for_cutn
 
 
 def check_output_path(output: str | None) -> None:
