@@ -183,6 +183,18 @@ def test_resume_reads_the_settings_from_the_output_folder(tmp_path, world_data_f
     assert not all(torch.equal(ten_steps[k], v) for k, v in prior.model.state_dict().items())  # trained on
 
 
+def test_resuming_a_checkpoint_without_stored_settings_at_other_sizes_is_one_line(tmp_path, world_data):
+    """train_state.pt written before the settings were stored in it: other sizes are a UserError."""
+    train(world_data, tmp_path, TrainConfig(**{**TINY, "steps": 5}), progress=False, log=lambda _: None)
+    state = torch.load(tmp_path / "train_state.pt", weights_only=True)
+    del state["train"]
+    torch.save(state, tmp_path / "train_state.pt")
+    with pytest.raises(UserError, match="other sizes than width=64, heads=2, glu=48, encoder_layers=1, "
+                                        "decoder_layers=1: give the first run's values"):
+        train(world_data, tmp_path, TrainConfig(**{**TINY, "steps": 5, "width": 64}), resume=True, progress=False,
+              log=lambda _: None)
+
+
 def test_raising_steps_on_resume_follows_the_longer_runs_schedule(tmp_path, world_data, monkeypatch):
     """The cosine is rebuilt from `steps`: after a raise, each step's rate is the longer run's rate at that
     step (the first step after the resume included), not the old schedule's (zero at its end)."""
