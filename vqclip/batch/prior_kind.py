@@ -88,8 +88,9 @@ def run_prior_sample(settings: dict, folder: Path, cache: ModelCache, device: st
     config = config_for_job(preset, overrides, folder, device)
     spec = chosen_prior(config.init.prior)
     models = cache.get(model_key(config), lambda: load_models(config))
-    files, scores, used = write_samples(prompt, folder / "sample.png", models.prior, models.vqgan, models.clip, explicit,
-                                  {"prior": spec, "vqgan": to_dict(config)["vqgan"]})
+    about = {"prior": spec, "vqgan": to_dict(config)["vqgan"]}
+    files, scores, used = write_samples(prompt, folder / "sample.png", models.prior, models.vqgan, models.clip,
+                                        explicit, about)
     return JobOutput(files, scores[0], {"prompt": prompt, "preset": preset, "seed": used.seed})
 
 
