@@ -6,19 +6,26 @@ the same pixels as the same settings through `vqclip.run` (the page is only anot
 
 from __future__ import annotations
 
+import re
+import subprocess
+import sys
+import time
+from pathlib import Path
 
 import numpy as np
 import pytest
 from PIL import Image
 
 from vqclip.cli import main
-from vqclip.config import build_config
+from vqclip.config import build_config, read_yaml
 from vqclip.errors import UserError
+from vqclip.resources import data_dir
 from vqclip.ui import gallery
 from vqclip.ui.forms import Form, config_from_form, extra_lines, form_defaults
 from vqclip.ui.worker import CANCELLED, DONE, FAILED, STOPPED, Job, Workers
 
 STEPS = 6
+PRESETS = data_dir("presets")
 
 
 @pytest.fixture(scope="module")
@@ -48,14 +55,15 @@ def reference_pixels(config) -> np.ndarray:
 
 # -- the form ---------------------------------------------------------------------------------
 def test_form_builds_the_config_the_command_line_would(tmp_path):
+    reference = str(tmp_path / "uploads" / "ref.png")
     form = Form(prompts="a red circle:2\n\n fog:-0.5 ", preset="shapes", steps=30.0, width=32, height=48,
-                seed=7.0, cutn=8, image_prompts=["/x/ref.png"], image_prompt_weight=0.5,
+                seed=7.0, cutn=8, image_prompts=[reference], image_prompt_weight=0.5,
                 extra="# comment\nlr=0.2\ninit.weight=0.5")
-    config = config_from_form(form, str(tmp_path))
+    config = config_from_form(form, str(tmp_path / "outputs"), str(tmp_path / "uploads"))
     assert list(config.prompts) == ["a red circle:2", "fog:-0.5"]
     assert (config.steps, list(config.size), config.seed, config.cutn) == (30, [32, 48], 7, 8)
-    assert (config.lr, config.init.weight, config.outputs_root) == (0.2, 0.5, str(tmp_path))
-    assert list(config.image_prompts) == ["/x/ref.png:0.5"]
+    assert (config.lr, config.init.weight, config.outputs_root) == (0.2, 0.5, str(tmp_path / "outputs"))
+    assert list(config.image_prompts) == [f"{reference}:0.5"]
     assert config.vqgan.name == "shapes"
     assert form_defaults("shapes") == {"steps": 30, "width": 64, "height": 64, "seed": None, "cutn": 16}
 
@@ -189,3 +197,257 @@ def test_only_loopback_addresses_count_as_private():
 
     assert is_loopback("127.0.0.1") and is_loopback("localhost") and is_loopback("::1")
     assert not is_loopback("0.0.0.0") and not is_loopback("192.168.1.4") and not is_loopback("example.org")
+
+
+# -- what a page visitor may reach ------------------------------------------------------------
+# Anyone who opens the page runs jobs with the server's rights: its settings may name files only in
+# the outputs folder or the upload cache, never choose where to write, and beyond loopback it asks
+# for a login (vqclip/ui/access.py).
+OUTSIDE = "the page only takes files from the outputs folder or uploaded through the page"
+
+
+@pytest.fixture
+def folders(tmp_path):
+    """outputs/, uploads/ and a secret file outside both; outputs/link.png leads to the secret."""
+    outputs, uploads = tmp_path / "outputs", tmp_path / "uploads"
+    outputs.mkdir()
+    uploads.mkdir()
+    secret = tmp_path / "secret" / "file.png"
+    secret.parent.mkdir()
+    secret.write_bytes(b"not for visitors")
+    (outputs / "link.png").symlink_to(secret)
+    return outputs, uploads, secret
+
+
+def form_with(extra: str, **fields) -> Form:
+    return Form(prompts="a red circle", preset="shapes", extra=extra, **fields)
+
+
+@pytest.mark.parametrize("line, key", [
+    ("vqgan.checkpoint={secret}", "vqgan.checkpoint"),
+    ("vqgan.config={secret}", "vqgan.config"),
+    ("init.image={secret}", "init.image"),
+    ("init.latent={secret}", "init.latent"),
+    ("init.tokens={secret}", "init.tokens"),
+    ("init.prior={secret_dir}", "init.prior"),
+    ("augmentations={secret}", "augmentations"),
+    ("image_prompts=['{secret}:0.5']", "image_prompts"),
+    ("clip.models=[{{name: '{secret}.json'}}]", "clip.models[0].name"),
+    ("clip.models=[{{name: shapes, pretrained: '{secret}'}}]", "clip.models[0].pretrained"),
+    ("init.image={outputs}/../secret/file.png", "init.image"),  # .. leads out of the outputs folder
+    ("init.image={outputs}/link.png", "init.image"),  # so does a symlink in it
+    ("vqgan.checkpoint=/etc/passwd", "vqgan.checkpoint"),
+])
+def test_the_page_refuses_files_outside_outputs_and_uploads(folders, line, key):
+    outputs, uploads, secret = folders
+    line = line.format(secret=secret, secret_dir=secret.parent, outputs=outputs)
+    with pytest.raises(UserError) as caught:
+        config_from_form(form_with(line), str(outputs), str(uploads))
+    assert str(caught.value).startswith(f"{key} ") and OUTSIDE in str(caught.value)
+
+
+@pytest.mark.parametrize("line", ["run_dir={outside}", "outputs_root={outside}", "output={outside}/x.png",
+                                  "run_dir={outputs}/mine"])
+def test_the_page_never_chooses_where_to_write(folders, tmp_path, line):
+    outputs, uploads, _ = folders
+    with pytest.raises(UserError, match="cannot be set from the page") as caught:
+        config_from_form(form_with(line.format(outside=tmp_path / "x", outputs=outputs)), str(outputs), str(uploads))
+    assert str(caught.value).split()[0] == line.split("=")[0]
+
+
+def test_the_page_takes_registry_names_and_files_in_outputs_or_uploads(folders):
+    outputs, uploads, _ = folders
+    lines = [f"init.image={outputs}/2026-01-01/0001-a/../0002-b/final.png", f"image_prompts=['{uploads}/h/ref.png:0.5']",
+             f"augmentations={outputs}/mine.yaml", "vqgan.name=shapes", "init.prior=shapes",
+             "clip.models=[{name: shapes, weight: 1.0}, {name: ViT-B-32, pretrained: openai}]"]
+    config = config_from_form(form_with("\n".join(lines)), str(outputs), str(uploads))
+    assert config.init.image == f"{outputs}/2026-01-01/0001-a/../0002-b/final.png"
+    assert list(config.image_prompts) == [f"{uploads}/h/ref.png:0.5"]
+    assert (config.augmentations, config.vqgan.name, config.init.prior) == (f"{outputs}/mine.yaml", "shapes", "shapes")
+    assert [(m.name, m.pretrained) for m in config.clip.models] == [("shapes", None), ("ViT-B-32", "openai")]
+    assert config_from_form(form_with("augmentations=classic"), str(outputs)).augmentations == "classic"
+    with pytest.raises(UserError, match="image_prompts"):  # without an upload folder, uploads are outside
+        config_from_form(form_with(lines[1]), str(outputs))
+    with pytest.raises(UserError, match="unknown preset"):  # a preset file is a path too
+        config_from_form(Form(prompts="a red circle", preset=str(PRESETS / "shapes.yaml")), str(outputs))
+
+
+def test_the_gallery_skips_images_that_lead_out_of_the_outputs_folder(folders, tmp_path):
+    from vqclip.outputs import save_png
+
+    outputs, _, _ = folders
+    black = np.zeros((8, 8, 3), np.uint8)
+    for folder, prompt in ((outputs / "2026-01-01" / "0001-inside", "inside"), (tmp_path / "elsewhere" / "0001-x", "out")):
+        folder.mkdir(parents=True)
+        save_png(folder / "final.png", black, {"config": {"prompts": [prompt], "seed": 1, "steps": 3}, "step": 3})
+    (outputs / "2026-01-02" / "0002-link").mkdir(parents=True)
+    (outputs / "2026-01-02" / "0002-link" / "final.png").symlink_to(tmp_path / "elsewhere" / "0001-x" / "final.png")
+    (outputs / "2026-01-03").symlink_to(tmp_path / "elsewhere", target_is_directory=True)
+    assert [run.prompts for run in gallery.find_runs(outputs)] == [["inside"]]
+
+
+def test_video_keys_and_presets_from_the_page_stay_in_the_outputs_folder(folders):
+    pytest.importorskip("vqclip.video")
+    from vqclip.ui.video_tab import video_config
+
+    outputs, _, secret = folders
+    with pytest.raises(UserError, match=re.escape(f"key 2 '{secret}': {OUTSIDE}")):
+        video_config("interpolate", "shapes-morph", ["a red circle", str(secret)], 1, 1, str(outputs))
+    with pytest.raises(UserError, match="unknown preset"):
+        video_config("animate", str(PRESETS / "shapes-zoom.yaml"), ["a red circle"], 1, 1, str(outputs))
+    inside = outputs / "key.png"
+    inside.write_bytes(b"")
+    config = video_config("interpolate", "shapes-morph", ["a red circle", str(inside)], 1, 1, str(outputs))
+    assert config.outputs_root == str(outputs)
+
+
+# -- the served page, through gradio_client -----------------------------------------------------
+def start_form(client, extra: str = "", init_image=None):
+    """Press Start with 3 steps on the shapes preset; (message, status) as the page shows them."""
+    return client.predict("a red circle", "shapes", 3, 64, 64, 1, 4, init_image, [], 1.0, extra, api_name="/start")
+
+
+@pytest.fixture(scope="module")
+def page(tmp_path_factory):
+    """`vqclip ui` in this process on a free loopback port, with its own upload folder."""
+    pytest.importorskip("gradio_client", reason="the ui extra (gradio) is not installed")
+    from gradio_client import Client
+    from ui_files import free_port
+
+    from vqclip.ui.app import serve
+
+    root = tmp_path_factory.mktemp("page")
+    with pytest.MonkeyPatch.context() as env:
+        env.setenv("GRADIO_TEMP_DIR", str(root / "uploads"))  # Gradio's upload folder (read at launch)
+        env.setenv("GRADIO_ANALYTICS_ENABLED", "False")
+        port = free_port()
+        app, pool = serve("127.0.0.1", port, outputs_root=root / "outputs", preview_every=1, block=False)
+        try:
+            url = f"http://127.0.0.1:{port}/"
+            yield url, root / "outputs", root / "uploads", Client(url, verbose=False, download_files=False)
+        finally:
+            app.close()
+            pool.close(timeout=60)
+
+
+def fetch_status(url: str) -> tuple[int, bytes]:
+    import urllib.error
+    import urllib.request
+
+    try:
+        with urllib.request.urlopen(url, timeout=30) as answer:
+            return answer.status, answer.read()
+    except urllib.error.HTTPError as exc:
+        return exc.code, b""
+
+
+def test_served_page_refuses_run_dir_and_writes_nothing_there(page, tmp_path):
+    _, outputs, _, client = page
+    target = tmp_path / "x"
+    assert start_form(client, f"run_dir={target}") == (
+        "Error: run_dir cannot be set from the page: the server writes every run under its outputs folder", "")
+    refusal = f"Error: vqgan.checkpoint '/etc/passwd': {OUTSIDE} (use the command line for other files)"
+    assert start_form(client, "vqgan.checkpoint=/etc/passwd") == (refusal, "")
+    time.sleep(1)  # a job would have made its folder by now; none was submitted
+    assert not target.exists() and not list(outputs.glob("*/*"))
+
+
+def test_served_page_runs_from_an_uploaded_init_image(page, tmp_path):
+    from gradio_client import handle_file
+
+    _, outputs, uploads, client = page
+    red = tmp_path / "red.png"
+    Image.new("RGB", (64, 64), (200, 30, 30)).save(red)
+    assert start_form(client, init_image=handle_file(str(red))) == ("", "waiting")
+    status = client.predict(api_name="/watch")[1]  # the job started by this client's Start
+    assert status.startswith("done: 3 steps · "), status
+    run_dir = Path(status.split(" · ")[1]).parent
+    init = read_yaml(run_dir / "config.yaml")["init"]
+    uploaded = Path(init["image"])
+    assert init["mode"] == "image" and uploaded.resolve().is_relative_to(uploads.resolve())
+    assert uploaded.read_bytes() == red.read_bytes() and run_dir.parent.parent == outputs
+
+
+def test_served_file_route_gives_the_outputs_folder_and_nothing_else(page, tmp_path):
+    url, outputs, _, _ = page
+    mine = outputs / "note.txt"
+    mine.write_text("a run's file")
+    secret = tmp_path / "secret.txt"
+    secret.write_text("not for visitors")
+    (outputs / "link.txt").symlink_to(secret)
+    route = url + "gradio_api/file="
+    assert fetch_status(route + str(mine)) == (200, b"a run's file")
+    for path in (secret, outputs / "link.txt", f"{outputs}/../{secret.parent.name}/secret.txt", "/etc/passwd"):
+        assert fetch_status(route + str(path))[0] == 403, path
+
+
+def test_a_login_is_asked_for_when_given(tmp_path, monkeypatch):
+    pytest.importorskip("gradio_client", reason="the ui extra (gradio) is not installed")
+    from gradio_client import Client
+    from gradio_client.exceptions import AuthenticationError
+    from ui_files import free_port
+
+    from vqclip.ui.app import serve
+
+    monkeypatch.setenv("GRADIO_ANALYTICS_ENABLED", "False")
+    port = free_port()
+    app, pool = serve("127.0.0.1", port, auth=[("ann", "s3cret")], outputs_root=tmp_path / "outputs", block=False)
+    try:
+        url = f"http://127.0.0.1:{port}/"
+        (tmp_path / "outputs" / "note.txt").write_text("a run's file")
+        with pytest.raises(AuthenticationError):
+            Client(url, verbose=False)
+        with pytest.raises(ValueError, match="Could not login"):
+            Client(url, verbose=False, auth=("ann", "wrong"))
+        assert fetch_status(f"{url}gradio_api/file={tmp_path / 'outputs' / 'note.txt'}")[0] == 401
+        client = Client(url, verbose=False, auth=("ann", "s3cret"), download_files=False)
+        assert client.predict("shapes", api_name="/fill_from_preset") == (30, 64, 64, None, 16, "")
+    finally:
+        app.close()
+        pool.close(timeout=60)
+
+
+# -- logins on the command line -----------------------------------------------------------------
+@pytest.mark.parametrize("argv, message", [
+    (["--host", "0.0.0.0"], "--host 0.0.0.0 lets other machines open the page"),
+    (["--host", "192.168.1.4", "--auth", "ann"], "--auth must be USER:PASS"),
+    (["--auth", ":pw"], "--auth must be USER:PASS"),
+    (["--auth", "ann:"], "--auth must be USER:PASS"),
+    (["--host", "0.0.0.0", "--auth", "ann:pw", "--no-auth"], "contradict each other"),
+    (["--auth", "ann:pw", "--auth", "ann:other"], "user 'ann' is given more than once"),
+    (["--auth-file", "{missing}"], "cannot read --auth-file"),
+    (["--auth-file", "{bad}"], "--auth-file {bad} line 2 must be USER:PASS"),
+    (["--auth-file", "{empty}"], "holds no USER:PASS line"),
+])
+def test_ui_command_refuses_a_network_page_without_a_login_in_one_line(argv, message, capsys, tmp_path):
+    files = {"missing": tmp_path / "missing.txt", "bad": tmp_path / "bad.txt", "empty": tmp_path / "empty.txt"}
+    files["bad"].write_text("# who may log in\nann s3cret\n")
+    files["empty"].write_text("# nobody yet\n\n")
+    argv = [arg.format(**files) for arg in argv]
+    assert main(["ui", *argv, "--outputs", str(tmp_path / "outputs")]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("vqclip: error: ") and err.count("\n") == 1 and message.format(**files) in err
+    assert "s3cret" not in err and not (tmp_path / "outputs").exists()  # no password echoed, nothing started
+
+
+def test_ui_command_exits_2_beyond_loopback_without_a_login(tmp_path):
+    command = [sys.executable, "-c", "import sys; from vqclip.cli import main; sys.exit(main())", "ui",
+               "--host", "0.0.0.0", "--outputs", str(tmp_path / "outputs")]
+    done = subprocess.run(command, capture_output=True, text=True, timeout=120, check=False)
+    assert done.returncode == 2 and done.stdout == ""
+    assert done.stderr.count("\n") == 1 and "add --auth USER:PASS (or --auth-file FILE), or --no-auth" in done.stderr
+
+
+def test_ui_command_hands_the_logins_to_the_server(monkeypatch, capsys, tmp_path):
+    import vqclip.ui.app
+
+    calls = []
+    monkeypatch.setattr(vqclip.ui.app, "serve", lambda host, port, **options: calls.append((host, options)))
+    users = tmp_path / "users.txt"
+    users.write_text("# who may log in\nann:s3cret\n\nbob:pa:ss\n")
+    assert main(["ui", "--host", "0.0.0.0", "--auth", "cy:pw", "--auth-file", str(users)]) == 0
+    assert calls[-1][1]["auth"] == [("cy", "pw"), ("ann", "s3cret"), ("bob", "pa:ss")]
+    assert capsys.readouterr().err == ""
+    assert main(["ui", "--host", "0.0.0.0", "--no-auth"]) == 0
+    assert calls[-1][1]["auth"] == [] and calls[-1][1]["no_auth"] is True
+    assert "without a login (--no-auth)" in capsys.readouterr().err

@@ -272,23 +272,42 @@ def info_command(argv: list[str]) -> int:
 @command("ui")
 def ui_command(argv: list[str]) -> int:
     parser = Parser(prog="vqclip ui", description="A web page to generate with a live preview "
-                    "(needs the extra: pip install 'vqclip[ui]'). Ctrl-C stops it.")
+                    "(needs the extra: pip install 'vqclip[ui]'). Ctrl-C stops it.",
+                    epilog="Whoever opens the page runs jobs here, so the page takes file paths (init.image=, "
+                    "vqgan.checkpoint=, ...) only from the outputs folder or its own uploads, and the server alone "
+                    "chooses where runs are written (run_dir, outputs_root, output). Listening beyond this machine "
+                    "needs a login (--auth, --auth-file) or --no-auth on purpose; the login crosses the network "
+                    "unencrypted (plain HTTP): on an untrusted network put HTTPS or an SSH tunnel in front. "
+                    "Example: vqclip ui --host 0.0.0.0 --auth-file ui-users.txt")
     parser.add_argument("--host", default="127.0.0.1",
-                        help="address to listen on (default 127.0.0.1: this machine only)")
+                        help="address to listen on (default 127.0.0.1: this machine only; any other address, "
+                        "such as 0.0.0.0, needs --auth, --auth-file or --no-auth)")
     parser.add_argument("--port", type=int, default=7860)
     parser.add_argument("-p", "--preset", default="shapes", help="the preset the form starts with")
     parser.add_argument("--outputs", default="outputs", help="where runs are written and the gallery reads them")
     parser.add_argument("--preview-every", type=int, default=5, help="steps between preview images")
+    parser.add_argument("--auth", action="append", default=[], metavar="USER:PASS",
+                        help="ask for this login (repeat for more users); other users of this machine can see it "
+                        "in the process list: prefer --auth-file")
+    parser.add_argument("--auth-file", metavar="FILE", help="ask for a login from this file of USER:PASS lines "
+                        "(blank lines and # comments skipped)")
+    parser.add_argument("--no-auth", action="store_true",
+                        help="listen beyond this machine without a login: anyone who can reach the address can "
+                        "run jobs here")
     args = parser.parse_args(argv)
     if args.preview_every <= 0:
         raise UserError(f"--preview-every must be at least 1, not {args.preview_every}")
 
-    from .ui.app import is_loopback, serve
+    from .ui.access import check_listening, is_loopback, read_logins
+    from .ui.app import serve
 
-    if not is_loopback(args.host):
-        print(f"vqclip ui: listening on {args.host}: anyone who can reach this address can run jobs here",
-              file=sys.stderr)
-    serve(args.host, args.port, preset=args.preset, outputs_root=args.outputs, preview_every=args.preview_every)
+    logins = read_logins(args.auth, args.auth_file)
+    check_listening(args.host, logins, args.no_auth)  # before Gradio loads: a refusal is instant
+    if args.no_auth and not is_loopback(args.host):
+        print(f"vqclip ui: listening on {args.host} without a login (--no-auth): anyone who can reach this address "
+              "can run jobs here", file=sys.stderr)
+    serve(args.host, args.port, auth=logins, no_auth=args.no_auth, preset=args.preset, outputs_root=args.outputs,
+          preview_every=args.preview_every)
     return 0
 
 

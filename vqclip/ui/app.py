@@ -6,15 +6,17 @@ settings, run again or continue with one click. *Video* (when vqclip.video is in
 and interpolate, in video_tab.py. Runs go to `Workers` (one per device, queued), so
 a handler only submits or watches and the page never waits on a run. Bad input comes back as a
 message on the page (one line, the same text the command line prints), never a traceback.
+Whoever opens the page is not trusted with the server's files (access.py): its settings may name
+files under the outputs folder or its own uploads only, and beyond loopback it asks for a login.
 """
 
-import ipaddress
 import logging
 from pathlib import Path
 
 from ..config import preset_names, read_yaml
 from ..errors import UserError
 from . import gallery
+from .access import check_listening, is_loopback
 from .forms import Form, config_from_form, form_defaults
 from .worker import DONE, FAILED, QUEUED, RUNNING, STOPPED, Job, Workers
 
@@ -77,11 +79,20 @@ def continue_job(run_dir: str | Path, steps: int | None, preview_every: int) -> 
     return Job(config, resume_dir=run_dir, preview_every=preview_every)
 
 
+def upload_folder() -> str:
+    """Where Gradio keeps what the page uploads: the one place outside the outputs folder whose
+    files the page may name."""
+    from gradio.utils import get_upload_folder
+
+    return get_upload_folder()
+
+
 def build_app(workers: Workers, *, preset: str = "shapes", outputs_root: str | Path = "outputs",
               preview_every: int = 5):
     """The Gradio Blocks of the page; `serve()` launches it."""
     gr = import_gradio()
     outputs_root = str(outputs_root)
+    uploads = upload_folder()
     names = preset_names()
     if preset not in names:
         raise UserError(f"unknown preset {preset!r}; valid choices: {', '.join(names)}")
@@ -152,7 +163,7 @@ def build_app(workers: Workers, *, preset: str = "shapes", outputs_root: str | P
 
         def submit(*values):
             try:
-                config = config_from_form(Form(*values), outputs_root)
+                config = config_from_form(Form(*values), outputs_root, uploads)
                 job = workers.submit(Job(config, preview_every=preview_every))
             except UserError as exc:
                 return None, error_message(str(exc)), ""
@@ -228,8 +239,9 @@ def build_app(workers: Workers, *, preset: str = "shapes", outputs_root: str | P
         watch_outputs = [preview, status, final, message, past, gallery_paths, last_run]
         fast = dict(concurrency_limit=None, show_progress="hidden")  # runs queue in Workers, not here
         preset_box.change(fill_from_preset, preset_box, [steps, width, height, seed, cutn, message], **fast)
-        start_button.click(submit, form_inputs, [job_id, message, status], **fast) \
-            .then(watch, job_id, watch_outputs, **fast)
+        # Named API endpoints: what gradio_client callers (and the tests) use to drive the page.
+        start_button.click(submit, form_inputs, [job_id, message, status], api_name="start", **fast) \
+            .then(watch, job_id, watch_outputs, api_name="watch", **fast)
         stop_button.click(stop, job_id, message, **fast)
         continue_button.click(continue_last, [last_run, steps], [job_id, message, status], **fast) \
             .then(watch, job_id, watch_outputs, **fast)
@@ -258,22 +270,17 @@ def video_available() -> bool:
         return False
 
 
-def is_loopback(host: str) -> bool:
-    if host == "localhost":
-        return True
-    try:
-        return ipaddress.ip_address(host).is_loopback
-    except ValueError:
-        return False
-
-
-def serve(host: str = "127.0.0.1", port: int = 7860, *, preset: str = "shapes", outputs_root: str | Path = "outputs",
+def serve(host: str = "127.0.0.1", port: int = 7860, *, auth: list[tuple[str, str]] | None = None,
+          no_auth: bool = False, preset: str = "shapes", outputs_root: str | Path = "outputs",
           preview_every: int = 5, block: bool = True):
     """Start the page on host:port (loopback unless asked otherwise; never a public share link).
 
+    auth: (user, password) pairs the page asks for; beyond loopback it is required unless
+    no_auth=True says on purpose that anyone who can reach the address may use the page.
     block=False returns (app, workers) with the server running in the background; call
     `app.close()` and `workers.close()` to stop it.
     """
+    check_listening(host, auth, no_auth)
     import_gradio()
     if not 0 < port < 65536:
         raise UserError(f"--port must be between 1 and 65535, not {port}")
@@ -282,7 +289,10 @@ def serve(host: str = "127.0.0.1", port: int = 7860, *, preset: str = "shapes", 
     app.queue(default_concurrency_limit=None)
     Path(outputs_root).mkdir(parents=True, exist_ok=True)
     try:
+        # Gradio's file route then serves the outputs folder and its upload cache (and an examples
+        # cache in the working directory, unused here), nothing else; files reach it resolved.
         app.launch(server_name=host, server_port=port, share=False, inbrowser=False, show_error=False,
+                   auth=list(auth) if auth else None,
                    prevent_thread_lock=True, allowed_paths=[str(Path(outputs_root).resolve())],
                    ssr_mode=False, footer_links=[], css=CSS, quiet=True)
     except OSError as exc:

@@ -2,7 +2,9 @@
 
 Precedence as on the command line: defaults ← preset ← the form's fields ← its `key=value`
 lines. The form's numbers arrive as floats or None from the browser; a value that is not a
-whole number is bad input, reported as one line, like every other mistake.
+whole number is bad input, reported as one line, like every other mistake. Unlike the command
+line, the page names shipped presets only and files only under the outputs folder or its own
+uploads (access.py): whoever opens the page is not trusted with the server's files.
 """
 
 from __future__ import annotations
@@ -13,6 +15,7 @@ from omegaconf import DictConfig
 
 from ..config import build_config
 from ..errors import UserError
+from .access import check_page_config, shipped_preset
 
 
 @dataclass
@@ -71,13 +74,17 @@ def whole_number(name: str, value, minimum: int | None = None) -> int | None:
     return int(number)
 
 
-def config_from_form(form: Form, outputs_root: str) -> DictConfig:
-    """The resolved config for a new run, or a UserError naming the field that is wrong."""
+def config_from_form(form: Form, outputs_root: str, upload_root: str | None = None) -> DictConfig:
+    """The resolved config for a new run, or a UserError naming the field that is wrong.
+
+    Files must lie under outputs_root or upload_root (Gradio's upload cache; None: no uploads).
+    """
     prompts = prompt_lines(form.prompts)
     if not prompts and not form.image_prompts:
         raise UserError("type a prompt first (one per line, e.g. a red circle on a blue background)")
     if not form.preset:
         raise UserError("choose a preset")
+    shipped_preset(form.preset)
     overrides: dict = {"prompts": prompts, "outputs_root": str(outputs_root), "quiet": True}
     steps = whole_number("steps", form.steps, 1)
     width, height = whole_number("width", form.width, 1), whole_number("height", form.height, 1)
@@ -98,4 +105,6 @@ def config_from_form(form: Form, outputs_root: str) -> DictConfig:
     if form.image_prompts:
         weight = form.image_prompt_weight if form.image_prompt_weight is not None else 1.0
         overrides["image_prompts"] = [f"{path}:{float(weight)}" for path in form.image_prompts]
-    return build_config(form.preset, overrides, extra_lines(form.extra))
+    config = build_config(form.preset, overrides, extra_lines(form.extra))
+    check_page_config(config, outputs_root, upload_root)
+    return config

@@ -42,11 +42,16 @@ class PastRun:
 
 
 def find_runs(outputs_root: str | Path, limit: int = 60) -> list[PastRun]:
-    """The newest `limit` runs under outputs_root (newest first, by final.png's modification time)."""
+    """The newest `limit` runs under outputs_root (newest first, by final.png's modification time).
+
+    An image that is a symlink (or lies in a linked folder) leading out of outputs_root is skipped:
+    the page shows its visitors the outputs folder and nothing else.
+    """
     root = Path(outputs_root)
     if not root.is_dir():
         return []
-    images = [path for path in root.glob("*/*/final.png") if path.is_file()]
+    inside = root.resolve()
+    images = [path for path in root.glob("*/*/final.png") if path.is_file() and path.resolve().is_relative_to(inside)]
     images.sort(key=_mtime, reverse=True)
     runs = []
     for image in images:

@@ -1,13 +1,16 @@
 """The page's Video tab: `vqclip.video.animate` and `interpolate` through the same per-device queue.
 
 A video shows no live preview (vqclip.video has no per-frame callback yet) and runs to its end;
-the page shows a GIF of its frames, written beside the run's video.
+the page shows a GIF of its frames, written beside the run's video. As on the Generate tab, the
+page names shipped presets only, and an interpolation key that is a file must lie in the outputs
+folder (access.py).
 """
 
 from pathlib import Path
 
 from ..config import build_config, preset_names
 from ..errors import UserError
+from .access import check_page_config, check_page_path, shipped_preset
 from .forms import prompt_lines, whole_number
 from .worker import DONE, FAILED, QUEUED, Job, Workers
 
@@ -21,6 +24,11 @@ def video_config(kind: str, preset: str, lines: list[str], count, seed, outputs_
                         "give at least two keys, one per line (prompts or image files)")
     if kind == "interpolate" and len(lines) < 2:
         raise UserError("give at least two keys, one per line (prompts or image files)")
+    shipped_preset(preset)
+    if kind == "interpolate":
+        for number, key in enumerate(lines, 1):
+            if Path(key).exists():  # a key that names no file is a prompt (vqclip.video.interpolation)
+                check_page_path(f"key {number}", key, [Path(outputs_root).resolve()])
     overrides: dict = {"outputs_root": outputs_root, "quiet": True}
     if kind == "animate":
         overrides["prompts"] = lines
@@ -30,7 +38,9 @@ def video_config(kind: str, preset: str, lines: list[str], count, seed, outputs_
     seed = whole_number("seed", seed, 0)
     if seed is not None:
         overrides["seed"] = seed
-    return build_config(preset, overrides)
+    config = build_config(preset, overrides)
+    check_page_config(config, outputs_root, None)
+    return config
 
 
 def video_status(job: Job, position: int) -> str:
@@ -97,5 +107,5 @@ def build_video_tab(gr, workers: Workers, outputs_root: str):
 
     fast = dict(concurrency_limit=None, show_progress="hidden")
     kind.change(pick_preset, kind, preset, **fast)
-    make.click(submit, [kind, lines, preset, count, seed], [job_id, message, status], **fast) \
-        .then(watch, job_id, [status, shown, message], **fast)
+    make.click(submit, [kind, lines, preset, count, seed], [job_id, message, status], api_name="video_start", **fast) \
+        .then(watch, job_id, [status, shown, message], api_name="video_watch", **fast)
