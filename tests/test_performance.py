@@ -15,7 +15,7 @@ from vqclip.config import build_config
 from vqclip.cutouts import make_cutouts
 from vqclip.errors import UserError
 from vqclip.generation import generate, load_models
-from vqclip.memory import LiveTensorMemory, MemoryModel, auto_size, largest_side, measure_peak_bytes, SAFETY
+from vqclip.memory import LiveTensorMemory, auto_size, largest_side, measure_peak_bytes, SAFETY
 from vqclip.models.vqgan import build_vqgan
 from vqclip.precision import autocast, resolve_precision
 from vqclip.prompts import EmbeddingPrompt
@@ -120,21 +120,32 @@ def test_live_tensor_memory_counts_what_lives_and_forgets_what_is_freed():
     assert counter.current == 2**20 and kept.numel()
 
 
+class Polynomial:
+    """A stand-in memory model: fixed + per_pixel · pixels + per_pixel² · pixels²."""
+
+    def __init__(self, fixed, per_pixel, per_pixel2=0.0):
+        self.fixed, self.per_pixel, self.per_pixel2 = fixed, per_pixel, per_pixel2
+
+    def predict(self, width, height):
+        pixels = width * height
+        return self.fixed + self.per_pixel * pixels + self.per_pixel2 * pixels**2
+
+
 def test_largest_side_respects_the_budget():
-    model = MemoryModel(fixed=10e6, per_pixel=1000.0)
+    model = Polynomial(fixed=10e6, per_pixel=1000.0, per_pixel2=1e-3)
     side = largest_side(model, 16, budget=200e6)
     assert side % 16 == 0 and model.predict(side, side) <= SAFETY * 200e6
     assert model.predict(side + 16, side + 16) > SAFETY * 200e6  # and it is the largest such side
 
 
 def test_auto_size_halves_cutn_when_even_the_smallest_size_does_not_fit():
-    def measure(side, cutn):  # a step whose fixed part grows with cutn
-        return cutn * 4e6 + side * side * 100
+    def model_for_cutn(cutn):  # a step whose fixed part grows with cutn
+        return Polynomial(fixed=cutn * 4e6, per_pixel=100.0)
 
-    side, cutn = auto_size(measure, 16, budget=40e6, cutn=32)
-    assert cutn < 32 and side >= 64 and measure(side, cutn) <= 40e6
+    side, cutn = auto_size(model_for_cutn, 16, budget=40e6, cutn=32)
+    assert cutn < 32 and side >= 64 and model_for_cutn(cutn).predict(side, side) <= 40e6
     with pytest.raises(UserError, match="size=auto"):
-        auto_size(measure, 16, budget=1e6, cutn=4)
+        auto_size(model_for_cutn, 16, budget=1e6, cutn=4)
 
 
 @pytest.mark.parametrize("budget_mb", [40, 90])
