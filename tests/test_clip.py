@@ -261,3 +261,20 @@ def test_the_default_bpe_tokenizer_is_built_once_and_encodes_as_open_clip_does()
     text = ["an orange triangle on a purple background, at the top left"]
     assert torch.equal(short(text), fresh(text))
     assert clip_bpe_ids(text[0]) == fresh.encode(text[0])
+
+
+def test_an_unreachable_hub_fails_at_once_with_one_line(monkeypatch):
+    import socket
+
+    tried = []
+
+    def no_route(address, timeout=None):
+        tried.append((address, timeout))
+        raise TimeoutError("timed out")
+
+    monkeypatch.setattr(socket, "create_connection", no_route)
+    monkeypatch.setattr("vqclip.models.clip._cached_weights", lambda tag_cfg: None)
+    with pytest.raises(UserError, match=r"cannot reach huggingface\.co to fetch the 'openai' weights of CLIP model "
+                       r"ViT-B-32 \(TimeoutError\); download https://huggingface\.co/timm/"):
+        load_clip({"name": "ViT-B-32", "pretrained": "openai"})
+    assert tried == [(("huggingface.co", 443), 5.0)]  # one short attempt, not the hub's minute of retries

@@ -81,6 +81,24 @@ def test_from_image_runs_again_with_the_same_pixels(preset, tmp_path, capsys):
     assert code == 0 and json.loads(out)["config"]["cut_pow"] == 0.5
 
 
+def test_output_suffix_names_the_format(preset, tmp_path, capsys):
+    code, out, err = run_cli(["a purple circle", "-p", preset, "--run-dir", tmp_path / "first",
+                              "-o", tmp_path / "out.jpg"], capsys)
+    assert code == 0, err
+    assert out.strip() == str(tmp_path / "out.jpg")
+    assert err.strip() == f"vqclip: the run folder (for --resume) is {tmp_path / 'first'}"
+    assert Image.open(tmp_path / "out.jpg").format == "JPEG"
+    assert read_metadata(tmp_path / "out.jpg")["config"]["prompts"] == ["a purple circle"]
+    code, _, err = run_cli(["--from", tmp_path / "out.jpg", "--run-dir", tmp_path / "again"], capsys)
+    assert code == 0, err
+    assert Image.open(tmp_path / "again" / "final.png").tobytes() == Image.open(tmp_path / "first" / "final.png").tobytes()
+    code, _, err = run_cli(["a purple circle", "-p", preset, "--run-dir", tmp_path / "bmp", "-o", tmp_path / "x.bmp"],
+                           capsys)
+    assert code == 2 and err.strip() == f"vqclip: error: {tmp_path / 'x.bmp'}: vqclip writes .png or .jpg/.jpeg " \
+        "images, not .bmp files"
+    assert not (tmp_path / "bmp").exists()
+
+
 def test_batch_candidates_are_ranked(preset, tmp_path):
     result = generate("a yellow square", preset=str(preset), batch_size=3, run_dir=str(tmp_path))
     assert result.images.shape == (3, 3, 32, 32) and len(result.scores) == 3
@@ -231,3 +249,9 @@ def test_lr_schedules(preset, tmp_path, schedule, expected_last_lr):
 @pytest.mark.parametrize("name", ["AdamW", "sgd", "RMSprop", "Adagrad", "NAdam", "RAdam", "Adamax"])
 def test_every_optimizer_by_name(preset, tmp_path, name):
     assert generate("x", preset=str(preset), steps=1, optimizer=name, run_dir=str(tmp_path)).steps_done == 1
+
+
+def test_a_prompt_that_is_a_config_key_is_a_warning(preset, tmp_path, capsys):
+    code, _, err = run_cli(["a red circle", "cutn", "-p", preset, "--steps", 1, "--run-dir", tmp_path], capsys)
+    assert code == 0
+    assert err.splitlines() == ["vqclip: warning: the prompt 'cutn' is also a config key: to set it, write cutn=VALUE"]

@@ -99,6 +99,9 @@ def test_damaged_state_falls_back_to_the_previous_one(preset, reference, tmp_pat
 
 
 def test_resume_errors_are_one_line(tmp_path, capsys):
+    assert main(["--resume", str(tmp_path / "gone")]) == 2
+    assert capsys.readouterr().err == f"vqclip: error: {tmp_path / 'gone'} does not exist: a run stopped before " \
+        "its folder was made has nothing to resume; start it again\n"
     assert main(["--resume", str(tmp_path)]) == 2
     assert "not a vqclip run folder" in capsys.readouterr().err
     (tmp_path / "config.yaml").write_text("steps: 3\n")
@@ -113,3 +116,14 @@ def test_resume_can_extend_a_finished_run(preset, tmp_path):
     result = resume(run_dir, {"steps": 6})
     assert result.steps_done == 6
     assert [r["step"] for r in read_jsonl(run_dir / "log.jsonl")] == [1, 2, 3, 4, 5, 6]
+
+
+def test_resume_past_the_asked_steps_says_there_is_nothing_to_do(preset, tmp_path, capsys):
+    run_dir = tmp_path / "run"
+    generate("a red circle", preset=str(preset), run_dir=str(run_dir), steps=4)
+    before = (run_dir / "final.png").read_bytes()
+    assert main(["--resume", str(run_dir), "--steps", "3"]) == 0
+    assert capsys.readouterr().err.splitlines() == [
+        f"vqclip: warning: {run_dir} has done 4 steps, and 3 were asked: nothing to continue (give --steps above 4 "
+        "to extend it)"]
+    assert (run_dir / "final.png").read_bytes() == before

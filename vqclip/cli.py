@@ -61,6 +61,7 @@ def generate_command(argv: list[str]) -> int:
     args = generate_parser().parse_intermixed_args(argv)
     prompts = [a for a in args.prompts if not _is_override(a)]
     dotlist = [a for a in args.prompts if _is_override(a)]
+    warn_key_like_prompts(prompts)
     overrides = {key: value for key, value in {
         "steps": args.steps, "size": args.size, "seed": args.seed, "output": args.output,
         "batch_size": args.batch, "run_dir": args.run_dir, "quiet": args.quiet or None, "threads": args.threads,
@@ -76,7 +77,22 @@ def generate_command(argv: list[str]) -> int:
     result = generate_from_cli(preset=args.preset, overrides=overrides, dotlist=dotlist,
                                from_image=args.from_image, resume_dir=args.resume_dir)
     print(result.final_path)
+    if result.run_dir not in result.final_path.parents:  # -o: say where the rest of the run is
+        print(f"vqclip: the run folder (for --resume) is {result.run_dir}", file=sys.stderr)
     return 0
+
+
+def warn_key_like_prompts(prompts: list[str]) -> None:
+    """A bare `cutn` is drawn as the word "cutn": likely a key=value that lost its value."""
+    words = [text for text in prompts if _is_override(f"{text}=")]
+    if words:
+        import logging
+
+        from .config import key_names
+
+        for word in set(words) & key_names():
+            logging.getLogger("vqclip.cli").warning("the prompt %r is also a config key: to set it, write %s=VALUE",
+                                                    word, word)
 
 
 def _is_override(arg: str) -> bool:
@@ -533,15 +549,13 @@ def show_warnings() -> None:
     """The library's warnings (vqclip.* loggers) as one 'vqclip: warning: ...' line each on stderr."""
     import logging
 
-    class OneLine(logging.Formatter):
-        def format(self, record: logging.LogRecord) -> str:
-            return f"vqclip: {record.levelname.lower()}: {' '.join(record.getMessage().split())}"
+    class OneLine(logging.Handler):
+        def emit(self, record: logging.LogRecord) -> None:  # sys.stderr as it is now, not when made
+            print(f"vqclip: {record.levelname.lower()}: {' '.join(record.getMessage().split())}", file=sys.stderr)
 
     logger = logging.getLogger("vqclip")
-    if not logger.handlers:
-        handler = logging.StreamHandler()
-        handler.setFormatter(OneLine())
-        logger.addHandler(handler)
+    if not any(type(handler).__name__ == "OneLine" for handler in logger.handlers):
+        logger.addHandler(OneLine(logging.WARNING))
         logger.setLevel(logging.WARNING)
 
 

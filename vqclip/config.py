@@ -145,6 +145,20 @@ CHOICES = {
 }
 
 
+def key_names() -> set[str]:
+    """Every config key, dotted ("cutn", "init.weight", "video.zoom")."""
+    def walk(node: DictConfig, prefix: str) -> set[str]:
+        names = set()
+        for key in node.keys():
+            names.add(prefix + str(key))
+            child = node._get_node(key)
+            if isinstance(child, DictConfig) and child._metadata.object_type not in (None, dict):
+                names |= walk(child, f"{prefix}{key}.")
+        return names
+
+    return walk(OmegaConf.structured(RunConfig), "")
+
+
 def preset_names() -> list[str]:
     return list(named_yaml_files("presets"))
 

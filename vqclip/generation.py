@@ -164,13 +164,34 @@ def resume(run_dir: str | Path, overrides: dict | None = None, dotlist: list[str
     extend the run (`steps`); other changes are allowed but make it a different run.
     """
     run_dir = Path(run_dir)
+    if not run_dir.exists():
+        raise UserError(f"{run_dir} does not exist: a run stopped before its folder was made has nothing to "
+                        "resume; start it again")
     if not (run_dir / "config.yaml").is_file():
         raise UserError(f"{run_dir} is not a vqclip run folder (no config.yaml): give the folder of a run")
     stored = read_yaml(run_dir / "config.yaml")
     stored["run_dir"] = str(run_dir)
     config = build_config(None, {**stored, **(overrides or {})}, dotlist)
     state = outputs.load_state_or_previous(run_dir / "state.pt")
+    finished = _finished_result(run_dir, state, config.steps)
+    if finished is not None:
+        log.warning("%s has done %d steps, and %d were asked: nothing to continue (give --steps above %d to "
+                    "extend it)", run_dir, finished.steps_done, config.steps, finished.steps_done)
+        return finished
     return run(config, models=models, callback=callback, state=state)
+
+
+def _finished_result(run_dir: Path, state: dict, steps: int) -> GenerationResult | None:
+    """The run as its folder holds it, when it has done `steps` or more and wrote its final image then."""
+    done, final = int(state["step"]), run_dir / "final.png"
+    if done < steps or not final.is_file():
+        return None
+    metadata = outputs.read_metadata(final)
+    if metadata.get("step") != done:  # stopped after its last state, before final.png: finish it
+        return None
+    return GenerationResult(images=outputs.load_image(final, what="final image"), z=state["z"],
+                            scores=[metadata.get("score")], config=metadata.get("config", {}), run_dir=run_dir,
+                            final_path=final, steps_done=done)
 
 
 def run(config: DictConfig, models: Models | None = None, callback=None,
@@ -347,6 +368,7 @@ def check_output_path(output: str | None) -> None:
     path = Path(output)
     if path.is_dir():
         raise UserError(f"-o {output} is a folder: give a file name such as {path / 'image.png'}")
+    outputs.image_format(path)
     for parent in path.parents:
         if parent.exists():
             if not parent.is_dir():

@@ -237,8 +237,30 @@ def save_png(path: str | os.PathLike, image: Any, metadata: dict) -> None:
         pil.save(f, format="PNG", pnginfo=info)
 
 
+IMAGE_FORMATS = {"": "PNG", ".png": "PNG", ".jpg": "JPEG", ".jpeg": "JPEG"}  # what an output file may be
+
+
+def image_format(path: str | os.PathLike) -> str:
+    """The format an output's suffix names (no suffix: PNG); any other suffix is refused."""
+    suffix = Path(path).suffix.lower()
+    if suffix not in IMAGE_FORMATS:
+        raise UserError(f"{path}: vqclip writes .png or .jpg/.jpeg images, not {suffix} files")
+    return IMAGE_FORMATS[suffix]
+
+
+def save_image(path: str | os.PathLike, image: Any, metadata: dict) -> None:
+    """Write the format the suffix names: a PNG (save_png), or a JPEG (quality 95) whose comment
+    holds the same settings, so `vqclip info` and `--from` read either."""
+    if image_format(path) == "PNG":
+        save_png(path, image, metadata)
+        return
+    comment = f"{METADATA_KEY} {_json_line(metadata)}".encode("utf-8")
+    with atomic_open(path, "wb") as f:
+        _to_pil(image).convert("RGB").save(f, format="JPEG", quality=95, comment=comment)
+
+
 def read_metadata(path: str | os.PathLike) -> dict:
-    """The settings stored in a vqclip PNG by save_png."""
+    """The settings stored in a vqclip image by save_png or save_image."""
     try:
         with Image.open(path) as img:
             # save_png puts the chunk before the pixels, so img.info has it without decoding;
@@ -246,6 +268,9 @@ def read_metadata(path: str | os.PathLike) -> dict:
             text = img.info.get(METADATA_KEY)
             if text is None and img.format == "PNG":
                 text = img.text.get(METADATA_KEY)
+            comment = img.info.get("comment", b"")
+            if text is None and isinstance(comment, bytes) and comment.startswith(f"{METADATA_KEY} ".encode()):
+                text = comment[len(METADATA_KEY) + 1:].decode("utf-8", errors="replace")
     except _PIL_ERRORS as e:
         raise UserError(f"cannot read image {path}: {e}") from e
     if text is None:

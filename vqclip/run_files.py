@@ -103,7 +103,7 @@ class RunWriter:
             for rank, (image, score) in enumerate(zip(images, scores)):
                 outputs.save_png(self.run_dir / f"candidate-{rank}.png", image, {**metadata, "score": score})
         if self.config.output:
-            outputs.save_png(self.config.output, images[0], {**metadata, "score": scores[0]})
+            outputs.save_image(self.config.output, images[0], {**metadata, "score": scores[0]})
         return GenerationResult(images=images.cpu(), z=z.cpu(), scores=scores, losses=self.history,
                                 config=to_dict(self.config), run_dir=self.run_dir,
                                 final_path=Path(self.config.output) if self.config.output else final,

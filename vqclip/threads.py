@@ -37,6 +37,7 @@ class ThreadPlan:
     reason: str  # why this count, for the log and the warning
     busy: int = 0  # threads other processes kept busy when the plan was made
     cores: int = 1  # the cores this process may use
+    chosen: bool = False  # by the policy from the free cores (not asked for, not the environment's)
 
 
 def cgroup_cpu_quota(root: str = "/sys/fs/cgroup") -> float | None:
@@ -109,7 +110,7 @@ def plan_threads(asked: int | None = None, *, cores: int, busy: int, environ=os.
         return ThreadPlan(current, f"torch.set_num_threads({current}) by the caller", busy, cores)
     free = max(1, cores - busy)
     reason = f"{free} of {cores} cores" + (f" ({busy} busy with other work)" if busy else "")
-    return ThreadPlan(free, reason, busy, cores)
+    return ThreadPlan(free, reason, busy, cores, chosen=True)
 
 
 def set_torch_threads(count: int) -> None:
@@ -137,7 +138,7 @@ def run_threads(asked: int | None = None):
 
     plan = plan_threads(asked, cores=usable_cores(), busy=busy_elsewhere(), current=torch.get_num_threads(),
                         default=affinity_cores())
-    if plan.busy >= plan.cores and asked is None:
+    if plan.chosen and plan.busy >= plan.cores:
         log.warning("%d threads of other work are busy on the %d core(s) this run may use: it takes 1 thread "
                     "and may run several times slower than alone (set threads= to choose)", plan.busy, plan.cores)
     previous, previous_ours = torch.get_num_threads(), _SET_BY_US

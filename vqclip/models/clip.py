@@ -230,7 +230,9 @@ def _resolve_weights(arch: str, pretrained: str | None, builtin: bool) -> tuple[
     if builtin and open_clip.is_pretrained_cfg(arch, pretrained):
         tag_cfg = open_clip.get_pretrained_cfg(arch, pretrained)
         try:
-            return Path(open_clip.download_pretrained(tag_cfg)), tag_cfg
+            return _cached_weights(tag_cfg) or _download_weights(arch, pretrained, tag_cfg), tag_cfg
+        except UserError:
+            raise
         except Exception as exc:  # offline, hub down, no huggingface_hub: all mean "fetch it yourself"
             raise UserError(
                 f"cannot fetch the {pretrained!r} weights of CLIP model {arch} ({type(exc).__name__}); "
@@ -242,6 +244,47 @@ def _resolve_weights(arch: str, pretrained: str | None, builtin: bool) -> tuple[
     if not tags:
         raise UserError(f"pretrained {pretrained!r}: no such file, and CLIP model {arch} has no pretrained tags")
     raise UserError(f"{unknown_choice(f'pretrained tag of {arch}', pretrained, tags)}; or give a weight file")
+
+
+CONNECT_TIMEOUT = 5.0  # seconds: without a network the hub's own retries take about a minute to give up
+
+
+def _cached_weights(tag_cfg: dict) -> Path | None:
+    """The tag's weights where open_clip keeps them (the Hugging Face cache or ~/.cache/clip), or None."""
+    repo, filename = os.path.split(tag_cfg.get("hf_hub", ""))
+    if repo:
+        try:
+            from huggingface_hub import try_to_load_from_cache
+        except ImportError:
+            return None
+        names = [filename] if filename else ["open_clip_model.safetensors", "open_clip_pytorch_model.bin"]
+        for name in names:
+            cached = try_to_load_from_cache(repo, name)
+            if isinstance(cached, str):
+                return Path(cached)
+        return None
+    url = tag_cfg.get("url", "")
+    cached = Path("~/.cache/clip").expanduser() / os.path.basename(url)
+    return cached if url and cached.is_file() else None
+
+
+def _download_weights(arch: str, pretrained: str, tag_cfg: dict) -> Path:
+    """Fetch with open_clip once a short connection attempt shows the host can be reached."""
+    import socket
+    from urllib.parse import urlparse
+
+    import open_clip
+
+    url = _tag_url(tag_cfg)
+    host = urlparse(url).hostname
+    if host:
+        try:
+            socket.create_connection((host, 443), timeout=CONNECT_TIMEOUT).close()
+        except OSError as exc:
+            raise UserError(f"cannot reach {host} to fetch the {pretrained!r} weights of CLIP model {arch} "
+                            f"({exc.strerror or type(exc).__name__}); download {url} and give its path as "
+                            "pretrained") from None
+    return Path(open_clip.download_pretrained(tag_cfg))
 
 
 def _tag_url(tag_cfg: dict) -> str:
