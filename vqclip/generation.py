@@ -8,10 +8,13 @@ with a callback that writes progress, logs and state, then rank the candidates a
 
 from __future__ import annotations
 
+import contextlib
 import copy
 import json
 import logging
 import secrets
+import shutil
+import traceback
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -225,8 +228,10 @@ def _run(config: DictConfig, models: Models | None, callback, state: dict | None
     generator = seed_everything(config.seed)
 
     if state is None:
-        z = initial_z(config.init, models.vqgan, size, config.batch_size, generator, models.device,
-                      prior=models.prior, clip=models.clip, text=_prior_text(timeline))
+        with _advice_on_out_of_memory(config, models, compute, timeline, dtype, size,
+                                      "while making the initial latent"):
+            z = initial_z(config.init, models.vqgan, size, config.batch_size, generator, models.device,
+                          prior=models.prior, clip=models.clip, text=_prior_text(timeline))
         anchor = None
         if config.init.weight:
             anchor = z.detach().clone() if config.init.anchor == "z0" else torch.zeros_like(z)
@@ -246,6 +251,7 @@ def _run(config: DictConfig, models: Models | None, callback, state: dict | None
             scheduler.load_state_dict(state["scheduler"])
         restore_rng(state["rng"], generator)
 
+    created = not (config.run_dir and Path(config.run_dir).exists())  # a folder the user had is never removed
     run_dir = outputs.prepare_run_dir(config.run_dir) if config.run_dir else \
         outputs.new_run_dir(config.outputs_root, _title(config))
     outputs.write_yaml(run_dir / "config.yaml", to_dict(config))
@@ -262,19 +268,67 @@ def _run(config: DictConfig, models: Models | None, callback, state: dict | None
             return callback(info) if callback is not None else None
 
         try:
-            steps_done = optimize(z, in_autocast(_decoder(vqgan, compute.vqgan, config, size), models.device, dtype),
-                                  in_autocast(objective, models.device, dtype),
-                                  steps=config.steps, optimizer=optimizer, scheduler=scheduler,
-                                  z_min=vqgan.z_min, z_max=vqgan.z_max, start_step=start_step,
-                                  callback=on_step, disable=True if config.quiet else None)
+            with _removed_without_a_step(run_dir if created else None, writer), \
+                    _advice_on_out_of_memory(config, models, compute, timeline, dtype, size, "while optimising"):
+                steps_done = optimize(z, in_autocast(_decoder(vqgan, compute.vqgan, config, size), models.device, dtype),
+                                      in_autocast(objective, models.device, dtype),
+                                      steps=config.steps, optimizer=optimizer, scheduler=scheduler,
+                                      z_min=vqgan.z_min, z_max=vqgan.z_max, start_step=start_step,
+                                      callback=on_step, disable=True if config.quiet else None)
         except NumericalError:
             writer.save_last_good()
             raise
-        except (torch.OutOfMemoryError, MemoryError):
-            raise UserError(f"out of memory on {models.device} at size {size[0]}×{size[1]} with cutn "
-                            f"{config.cutn} and batch {config.batch_size}: try a smaller --size, cutn or "
-                            "--batch") from None
     return writer.finish(z.detach(), vqgan, objective, steps_done)
+
+
+@contextlib.contextmanager
+def _removed_without_a_step(run_dir: Path | None, writer: RunWriter):
+    """A run folder this run created is removed when the run fails before its first step: it
+    holds nothing a user could want (config.yaml and an empty log), and resuming it cannot work."""
+    try:
+        yield
+    except BaseException:
+        if run_dir is not None and writer.last_good is None:
+            shutil.rmtree(run_dir, ignore_errors=True)
+        raise
+
+
+@contextlib.contextmanager
+def _advice_on_out_of_memory(config: DictConfig, models: Models, compute: Models, timeline, dtype,
+                             size: tuple[int, int], doing: str):
+    """An allocation failure (CUDA's OutOfMemoryError, the CPU allocator's RuntimeError) becomes a
+    one-line UserError that says which size fits, predicted by the memory model of size=auto."""
+    from .memory import is_out_of_memory
+
+    try:
+        yield
+    except (RuntimeError, MemoryError) as error:
+        if not is_out_of_memory(error):
+            raise
+        traceback.clear_frames(error.__traceback__)  # free the failed step's tensors before the probes
+        raise _out_of_memory_error(config, models, compute, timeline, dtype, size, doing) from None
+
+
+def _out_of_memory_error(config: DictConfig, models: Models, compute: Models, timeline, dtype,
+                         size: tuple[int, int], doing: str) -> UserError:
+    from .memory import is_out_of_memory, largest_size_like
+
+    what = (f"out of memory on {models.device} {doing} at size {size[0]}×{size[1]} with cutn {config.cutn} "
+            f"and batch {config.batch_size}")
+    budget = _memory_budget(config, models.device)
+    try:
+        model = _memory_model(config, models, compute, timeline, dtype)(int(config.cutn))
+    except (RuntimeError, MemoryError) as error:
+        if not is_out_of_memory(error):
+            raise
+        return UserError(f"{what}; not even small probe steps fit: free memory, or try a smaller cutn, --batch "
+                         "or VQGAN")
+    fits = largest_size_like(model, size, models.vqgan.factor, budget)
+    available = f"the {budget / 2**20:.0f} MB available"
+    if fits is None:
+        return UserError(f"{what}: no smaller size of this shape fits {available}; try a smaller cutn or --batch")
+    return UserError(f"{what}: {fits[0]}×{fits[1]} should fit {available} (--size {fits[0]} {fits[1]}, or "
+                     "size=auto), or try a smaller cutn or --batch")
 
 
 def _objective(config: DictConfig, clip, timeline, generator: torch.Generator, anchor=None,
