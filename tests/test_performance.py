@@ -68,6 +68,20 @@ def test_precision_names_fail_loudly():
         resolve_precision("fp8", torch.device("cpu"))
 
 
+@pytest.mark.parametrize("fast", [True, False])
+def test_training_takes_bf16_where_precision_finds_it_fast(monkeypatch, fast):
+    """The shapes recipes and the prior ask vqclip.precision (no choice of their own): bf16 only where
+    fast_bf16 says so (a GPU that emulates bf16 trains in fp32), and never with bf16=False."""
+    from vqclip import precision
+
+    monkeypatch.setattr(precision, "fast_bf16", lambda device: fast)
+    x = torch.ones(2, 2)
+    with precision.training_autocast(torch.device("cpu")):
+        assert (x @ x).dtype == (torch.bfloat16 if fast else torch.float32)
+    with precision.training_autocast(torch.device("cpu"), enabled=False):
+        assert (x @ x).dtype == torch.float32
+
+
 def test_a_generation_in_bf16_and_in_fp32_both_run(tmp_path):
     (tmp_path / "models").mkdir()
     preset = write_tiny_preset(tmp_path / "models")
@@ -136,6 +150,16 @@ def test_largest_side_respects_the_budget():
     side = largest_side(model, 16, budget=200e6)
     assert side % 16 == 0 and model.predict(side, side) <= SAFETY * 200e6
     assert model.predict(side + 16, side + 16) > SAFETY * 200e6  # and it is the largest such side
+
+
+def test_largest_side_looks_past_a_size_that_needs_more_than_larger_ones():
+    class Checkpointed(Polynomial):  # decoder checkpointing from 512² px: less memory there than below
+        def predict(self, width, height):
+            return super().predict(width, height) * (0.5 if width * height >= 512 * 512 else 1.0)
+
+    model = Checkpointed(fixed=0.0, per_pixel=100.0)
+    budget = model.predict(500, 500) / SAFETY  # fits up to 500 px without checkpointing
+    assert largest_side(model, 4, budget) == 704  # ... and up to 704 with it
 
 
 def test_auto_size_halves_cutn_when_even_the_smallest_size_does_not_fit():

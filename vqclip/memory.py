@@ -257,13 +257,13 @@ class MemoryModel:
 
 
 def largest_side(model, factor: int, budget: float, max_side: int = MAX_AUTO_SIDE) -> int | None:
-    """The largest square side (a multiple of factor) whose predicted peak fits SAFETY · budget."""
-    best = None
-    for side in range(factor, max_side + 1, factor):
-        if model.predict(side, side) > SAFETY * budget:
-            break
-        best = side
-    return best
+    """The largest square side (a multiple of factor) whose predicted peak fits SAFETY · budget.
+
+    Every side is tried: the peak is not monotone in the size where decoder checkpointing
+    switches on (at 512² px by default, a larger image can need less memory than a smaller one).
+    """
+    fitting = [side for side in range(factor, max_side + 1, factor) if model.predict(side, side) <= SAFETY * budget]
+    return max(fitting, default=None)
 
 
 def auto_size(model_for_cutn: Callable[[int], MemoryModel], factor: int, budget: float, cutn: int,
@@ -289,10 +289,9 @@ def largest_size_like(model, size: tuple[int, int], factor: int, budget: float) 
     predicted peak fits SAFETY · budget: what to ask for after running out of memory at `size`."""
     long_side, short_side = max(size), min(size)
     best = None
-    for long in range(factor, long_side, factor):
+    for long in range(factor, long_side, factor):  # all of them, as in largest_side
         short = max(factor, round(long * short_side / long_side / factor) * factor)
         candidate = (long, short) if size[0] >= size[1] else (short, long)
-        if model.predict(*candidate) > SAFETY * budget:
-            break
-        best = candidate
+        if model.predict(*candidate) <= SAFETY * budget:
+            best = candidate
     return best
