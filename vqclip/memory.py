@@ -36,7 +36,9 @@ from torch.utils._pytree import tree_flatten
 from .errors import UserError
 
 MAX_AUTO_SIDE = 4096  # size=auto never goes beyond this, whatever the memory
-SAFETY = 0.85  # the share of the budget a predicted peak may use: allocator overhead, libraries' own buffers
+# The share of the budget a predicted peak may use. The count misses what never becomes a tensor:
+# allocator rounding and fragmentation, buffers inside one kernel, cuDNN/cuBLAS workspaces on CUDA.
+SAFETY = 0.85
 PROBE_GRIDS = (4, 8, 12)  # latent positions a side of the probe steps (three sizes fix a quadratic)
 
 
@@ -161,7 +163,12 @@ def _quadratic_weights(xs: tuple[float, float, float], x: float) -> torch.Tensor
 
 @dataclass(frozen=True)
 class DecoderMemory:
-    """The decoder's forward and backward, probed at three sizes (`pixels`)."""
+    """The decoder's forward and backward, probed at three sizes (`pixels`).
+
+    Column j of `live` is the j-th allocation's live bytes at the three sizes: a quadratic in
+    the pixels, so three values give it at any size (Lagrange weights), and the peak is the
+    largest column.
+    """
 
     pixels: tuple[int, int, int]
     live: torch.Tensor  # 3 × allocations: the live bytes after each allocation, per probe
