@@ -28,7 +28,7 @@ from omegaconf import DictConfig
 
 from model_files import write_tiny_preset
 from vqclip.cli import main
-from vqclip.config import CHOICES, InitConfig, RunConfig, VQGANConfig, build_config, to_dict
+from vqclip.config import CHOICES, InitConfig, RunConfig, VQGANConfig, build_config, choices, to_dict
 from vqclip.errors import UserError
 from vqclip.prompts import (
     parse_image_prompt,
@@ -153,8 +153,8 @@ def check_valid_config(config: DictConfig) -> None:
     assert config.steps >= 1 and config.batch_size >= 1 and config.cutn >= 1
     assert len(config.size) == 2 and min(config.size) >= 1
     assert 0 < config.lr < math.inf
-    for key, choices in CHOICES.items():
-        assert _select(config, key) in choices
+    for key in CHOICES:
+        assert _select(config, key) in choices(key)
 
 
 def _select(config: DictConfig, dotted: str):

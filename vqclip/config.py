@@ -134,15 +134,24 @@ class RunConfig:
 
 MAX_SIDE, MAX_CUTN, MAX_BATCH, MAX_THREADS = 16384, 4096, 1024, 1024  # far beyond any device; they stop absurd allocations
 
+# Keys with a fixed set of values, and where that set lives: the module that acts on the value owns it.
 CHOICES = {
-    "init.mode": ("random", "image", "noise", "tokens", "latent", "prior"),
-    "init.noise": ("pixels", "gradient"),
-    "init.anchor": ("z0", "zero"),
-    "cut_mode": ("classic", "pooled", "mix"),
-    "precision": ("auto", "fp32", "bf16", "fp16"),
-    "lr_schedule": ("constant", "drops", "plateau"),
-    "vqgan.format": ("taming", "min-dalle"),
+    "init.mode": ("vqclip.init", "INIT_MODES"),
+    "init.noise": ("vqclip.init", "NOISE_KINDS"),
+    "init.anchor": ("vqclip.init", "ANCHORS"),
+    "cut_mode": ("vqclip.cutouts", "CUTOUT_MODES"),
+    "precision": ("vqclip.precision", "PRECISION_CHOICES"),
+    "lr_schedule": ("vqclip.optimize", "LR_SCHEDULES"),
+    "vqgan.format": ("vqclip.models.registry", "VQGAN_FORMATS"),
 }
+
+
+def choices(key: str) -> tuple[str, ...]:
+    """The valid values of a CHOICES key, from the module that owns them."""
+    import importlib
+
+    module, name = CHOICES[key]
+    return tuple(getattr(importlib.import_module(module), name))
 
 
 def key_names() -> set[str]:
@@ -260,10 +269,10 @@ def _first_line(exc: Exception) -> str:
 
 def validate(config: DictConfig) -> None:
     """Checks that the schema's types cannot express; the VQGAN factor is checked once it is loaded."""
-    for key, choices in CHOICES.items():
+    for key in CHOICES:
         value = OmegaConf.select(config, key)
-        if value not in choices:
-            raise unknown_choice(key, str(value), choices)
+        if value not in choices(key):
+            raise unknown_choice(key, str(value), choices(key))
     positive = {"steps": config.steps, "batch_size": config.batch_size, "cutn": config.cutn,
                 "story_every": config.story_every, "init.prior_candidates": config.init.prior_candidates}
     for key, value in positive.items():

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 import torch
 
 from .errors import UserError
@@ -44,55 +46,101 @@ def initial_z(init, vqgan, size: tuple[int, int], batch: int, generator: torch.G
 
     init.mode=prior needs the loaded prior (vqclip.prior.weights.LoadedPrior), the CLIP ensemble
     that ranks its samples, and the text to draw."""
-    rows, columns = token_grid(size, vqgan.factor)
-    mode = init.mode
-    if mode == "prior":
-        from .prior.sample import prior_tokens
+    if init.mode not in INIT_MODES:
+        raise UserError(f"unknown init.mode={init.mode}: use {', '.join(INIT_MODES)}")
+    start = Start(init, vqgan, size, token_grid(size, vqgan.factor), batch, generator, device, prior, clip, text)
+    return INIT_MODES[init.mode](start)
 
-        if prior is None:
-            raise UserError("init.mode=prior: no prior was loaded (set init.prior to a prior name or folder)")
-        seed = int(torch.randint(2**62, (1,), generator=generator, device=generator.device))
-        tokens = prior_tokens(prior, vqgan, clip, text, (rows, columns), init.prior_candidates, batch, seed)
-        return vqgan.tokens_to_z(tokens.to(device))
-    if mode == "random":
-        tokens = torch.randint(vqgan.n_embed, (batch, rows, columns), generator=generator, device=generator.device)
-        return vqgan.tokens_to_z(tokens.to(device))
-    if mode == "image":
-        if not init.image:
-            raise UserError("init.mode=image needs an image: --init-image PATH")
-        picture = load_image(init.image, size).to(device)
-        with torch.no_grad():
-            return vqgan.encode(picture).repeat(batch, 1, 1, 1)
-    if mode == "noise":
-        width, height = size
-        if init.noise == "pixels":
-            picture = torch.rand(batch, 3, height, width, generator=generator, device=generator.device)
-        else:  # a smooth random colour gradient between two random colours, at a random angle
-            ends = torch.rand(batch, 2, 3, 1, 1, generator=generator, device=generator.device)
-            angle = torch.rand(batch, 1, 1, generator=generator, device=generator.device) * 6.2832
-            ys, xs = torch.meshgrid(torch.linspace(-1, 1, height), torch.linspace(-1, 1, width), indexing="ij")
-            ramp = (xs.to(angle.device) * angle.cos() + ys.to(angle.device) * angle.sin()).unsqueeze(1) / 2.83 + 0.5
-            picture = ends[:, 0] * (1 - ramp) + ends[:, 1] * ramp
-        with torch.no_grad():
-            return vqgan.encode(picture.to(device))
-    if mode == "tokens":
-        if not init.tokens:
-            raise UserError("init.mode=tokens needs init.tokens=PATH (a saved grid of token indices)")
-        tokens = load_latent(init.tokens).long().to(device)
-        tokens = tokens.reshape(-1, *tokens.shape[-2:])
-        if tuple(tokens.shape[-2:]) != (rows, columns):
-            raise UserError(f"init.tokens holds a {tokens.shape[-2]}×{tokens.shape[-1]} grid, but size "
-                            f"{size[0]}×{size[1]} needs {rows}×{columns}")
-        if tokens.min() < 0 or tokens.max() >= vqgan.n_embed:
-            raise UserError(f"init.tokens holds indices outside the codebook (0..{vqgan.n_embed - 1})")
-        return vqgan.tokens_to_z(tokens).expand(batch, -1, -1, -1).clone()
-    if mode == "latent":
-        if not init.latent:
-            raise UserError("init.mode=latent needs init.latent=PATH (a saved z or a run's state.pt)")
-        z = read_latent(init.latent).float().to(device)
-        z = z.reshape(-1, *z.shape[-3:])
-        if z.shape[1:] != (vqgan.embed_dim, rows, columns):
-            raise UserError(f"init.latent has shape {tuple(z.shape[1:])}, but this VQGAN at size "
-                            f"{size[0]}×{size[1]} needs {(vqgan.embed_dim, rows, columns)}")
-        return z[:1].expand(batch, -1, -1, -1).clone() if z.shape[0] != batch else z
-    raise UserError(f"unknown init.mode={mode}: use random, image, noise, tokens, latent or prior")
+
+@dataclass(frozen=True)
+class Start:
+    """What every init mode may draw on."""
+
+    init: object  # the config's init section
+    vqgan: object
+    size: tuple[int, int]  # width, height in pixels
+    grid: tuple[int, int]  # rows, columns of the latent
+    batch: int
+    generator: torch.Generator
+    device: torch.device
+    prior: object = None
+    clip: object = None
+    text: str = ""
+
+
+def random_z(start: Start) -> torch.Tensor:
+    """Uniformly random code indices, looked up in the codebook."""
+    generator = start.generator
+    tokens = torch.randint(start.vqgan.n_embed, (start.batch, *start.grid), generator=generator,
+                           device=generator.device)
+    return start.vqgan.tokens_to_z(tokens.to(start.device))
+
+
+def prior_z(start: Start) -> torch.Tensor:
+    """The best of init.prior_candidates prior samples for the text, by CLIP."""
+    from .prior.sample import prior_tokens
+
+    if start.prior is None:
+        raise UserError("init.mode=prior: no prior was loaded (set init.prior to a prior name or folder)")
+    seed = int(torch.randint(2**62, (1,), generator=start.generator, device=start.generator.device))
+    tokens = prior_tokens(start.prior, start.vqgan, start.clip, start.text, start.grid,
+                          start.init.prior_candidates, start.batch, seed)
+    return start.vqgan.tokens_to_z(tokens.to(start.device))
+
+
+def image_z(start: Start) -> torch.Tensor:
+    """The encoded init image, resized to the run's size."""
+    if not start.init.image:
+        raise UserError("init.mode=image needs an image: --init-image PATH")
+    picture = load_image(start.init.image, start.size).to(start.device)
+    with torch.no_grad():
+        return start.vqgan.encode(picture).repeat(start.batch, 1, 1, 1)
+
+
+def noise_z(start: Start) -> torch.Tensor:
+    """Encoded noise: random pixels, or a smooth gradient between two random colours at a random angle."""
+    (width, height), generator = start.size, start.generator
+    if start.init.noise == "pixels":
+        picture = torch.rand(start.batch, 3, height, width, generator=generator, device=generator.device)
+    else:
+        ends = torch.rand(start.batch, 2, 3, 1, 1, generator=generator, device=generator.device)
+        angle = torch.rand(start.batch, 1, 1, generator=generator, device=generator.device) * 6.2832
+        ys, xs = torch.meshgrid(torch.linspace(-1, 1, height), torch.linspace(-1, 1, width), indexing="ij")
+        ramp = (xs.to(angle.device) * angle.cos() + ys.to(angle.device) * angle.sin()).unsqueeze(1) / 2.83 + 0.5
+        picture = ends[:, 0] * (1 - ramp) + ends[:, 1] * ramp
+    with torch.no_grad():
+        return start.vqgan.encode(picture.to(start.device))
+
+
+def tokens_z(start: Start) -> torch.Tensor:
+    """A saved grid of code indices (init.tokens)."""
+    init, vqgan, (rows, columns) = start.init, start.vqgan, start.grid
+    if not init.tokens:
+        raise UserError("init.mode=tokens needs init.tokens=PATH (a saved grid of token indices)")
+    tokens = load_latent(init.tokens).long().to(start.device)
+    tokens = tokens.reshape(-1, *tokens.shape[-2:])
+    if tuple(tokens.shape[-2:]) != (rows, columns):
+        raise UserError(f"init.tokens holds a {tokens.shape[-2]}×{tokens.shape[-1]} grid, but size "
+                        f"{start.size[0]}×{start.size[1]} needs {rows}×{columns}")
+    if tokens.min() < 0 or tokens.max() >= vqgan.n_embed:
+        raise UserError(f"init.tokens holds indices outside the codebook (0..{vqgan.n_embed - 1})")
+    return vqgan.tokens_to_z(tokens).expand(start.batch, -1, -1, -1).clone()
+
+
+def latent_z(start: Start) -> torch.Tensor:
+    """A saved z, or a run's state.pt (init.latent)."""
+    init, vqgan, (rows, columns) = start.init, start.vqgan, start.grid
+    if not init.latent:
+        raise UserError("init.mode=latent needs init.latent=PATH (a saved z or a run's state.pt)")
+    z = read_latent(init.latent).float().to(start.device)
+    z = z.reshape(-1, *z.shape[-3:])
+    if z.shape[1:] != (vqgan.embed_dim, rows, columns):
+        raise UserError(f"init.latent has shape {tuple(z.shape[1:])}, but this VQGAN at size "
+                        f"{start.size[0]}×{start.size[1]} needs {(vqgan.embed_dim, rows, columns)}")
+    return z[:1].expand(start.batch, -1, -1, -1).clone() if z.shape[0] != start.batch else z
+
+
+INIT_MODES = {"random": random_z, "image": image_z, "noise": noise_z, "tokens": tokens_z, "latent": latent_z,
+              "prior": prior_z}
+NOISE_KINDS = ("pixels", "gradient")  # init.noise
+ANCHORS = ("z0", "zero")  # init.anchor: pull toward the initial latent, or toward zero as the classic scripts do

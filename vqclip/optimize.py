@@ -104,6 +104,9 @@ def make_optimizer(name: str, params, lr: float, extra: dict | None = None) -> t
         raise UserError(f"optimizer {cls.__name__} does not take {extra}: {exc}") from None
 
 
+LR_SCHEDULES = ("constant", "drops", "plateau")
+
+
 def make_scheduler(kind: str, optimizer: torch.optim.Optimizer, steps: int, *, drops=(0.5, 0.8),
                    factor: float = 0.5, patience: int = 20):
     """constant: none; drops: multiply lr by `factor` at fractions of the run; plateau: when the loss stalls."""
@@ -114,4 +117,4 @@ def make_scheduler(kind: str, optimizer: torch.optim.Optimizer, steps: int, *, d
         return torch.optim.lr_scheduler.MultiStepLR(optimizer, milestones, gamma=factor)
     if kind == "plateau":
         return torch.optim.lr_scheduler.ReduceLROnPlateau(optimizer, factor=factor, patience=patience)
-    raise unknown_choice("lr_schedule", kind, ("constant", "drops", "plateau"))
+    raise unknown_choice("lr_schedule", kind, LR_SCHEDULES)

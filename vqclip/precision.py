@@ -1,9 +1,12 @@
-"""Numerical precision of the optimisation step: which dtype the frozen networks compute in.
+"""Numerical precision: which dtype the networks compute in, for a generation and for training.
 
-The step is dominated by convolutions and matrix products in the VQGAN decoder and CLIP, and
-both run about twice as fast in bfloat16 on CPUs with AVX512-BF16/AMX and on recent GPUs. Only
-the frozen networks change dtype: the latent z, the codebook (so quantisation picks the same
-codes), the losses and the optimiser stay in fp32.
+The one place that decides bf16 or fp32 (`resolve_precision`, `fast_bf16`): a generation's step
+asks it through precision=auto, the training recipes and the prior through `training_autocast`.
+
+A generation's step is dominated by convolutions and matrix products in the VQGAN decoder and
+CLIP, and both run about twice as fast in bfloat16 on CPUs with AVX512-BF16/AMX and on recent
+GPUs. Only the frozen networks change dtype: the latent z, the codebook (so quantisation picks
+the same codes), the losses and the optimiser stay in fp32.
 
 Autocast alone is not enough for frozen networks: it re-casts fp32 weights on every call (its
 cast cache holds only weights that require grad), which on a CPU costs as much as the product
@@ -24,6 +27,7 @@ from torch.nn.attention import SDPBackend, sdpa_kernel
 from .errors import unknown_choice
 
 PRECISIONS = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
+PRECISION_CHOICES = ("auto", *PRECISIONS)  # the precision key: auto picks bf16 where it is fast
 
 
 def resolve_precision(name: str, device: torch.device) -> torch.dtype:
@@ -31,7 +35,7 @@ def resolve_precision(name: str, device: torch.device) -> torch.dtype:
     if name == "auto":
         return torch.bfloat16 if fast_bf16(device) else torch.float32
     if name not in PRECISIONS:
-        raise unknown_choice("precision", name, ("auto", *PRECISIONS))
+        raise unknown_choice("precision", name, PRECISION_CHOICES)
     return PRECISIONS[name]
 
 
@@ -59,6 +63,17 @@ def autocast(device: torch.device, dtype: torch.dtype):
     if dtype == torch.float32:
         return contextlib.nullcontext()
     return torch.autocast(device.type, dtype=dtype)
+
+
+def training_autocast(device: torch.device, enabled: bool = True):
+    """Mixed precision for a training step: bf16 where this device computes it fast, else fp32.
+
+    The recipes' `bf16: true` means "bf16 if it pays off here", the same decision as
+    precision=auto for a generation (so a GPU that only emulates bf16 trains in fp32). Unlike the
+    frozen networks (compute_copy), trained weights stay fp32: the optimiser updates fp32 masters
+    and autocast casts them per call. `enabled=False` is fp32 everywhere.
+    """
+    return autocast(device, resolve_precision("auto" if enabled else "fp32", device))
 
 
 def in_autocast(function, device: torch.device, dtype: torch.dtype):

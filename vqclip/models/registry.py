@@ -26,6 +26,9 @@ class RemoteFile:
     sha256: str | None = None
 
 
+VQGAN_FORMATS = ("taming", "min-dalle")  # vqgan.format: a taming YAML + checkpoint, or DALL-E mini's detoker.pt
+
+
 @dataclass(frozen=True)
 class VQGANEntry:
     name: str
@@ -248,7 +251,7 @@ def download_by_name(name: str, *, cache: Path | None = None, progress: bool = T
 
 def load_vqgan_from_config(vqgan: dict, device="cpu", *, progress: bool = True):
     """The VQGAN a config's `vqgan:` section names: `name`, or `config` + `checkpoint`, with `format`."""
-    from .vqgan import VQGAN_FORMATS, load_min_dalle_detokenizer, load_vqgan
+    from .vqgan import load_min_dalle_detokenizer, load_vqgan
 
     name, config, checkpoint = vqgan.get("name"), vqgan.get("config"), vqgan.get("checkpoint")
     fmt = vqgan.get("format") or "taming"

@@ -269,4 +269,3 @@ def build_min_dalle_detokenizer() -> VQGAN:
     return VQGAN(MIN_DALLE_DDCONFIG, 16384, 256, has_encoder=False, signed_output=False, norm_eps=1e-5)
 
 
-VQGAN_FORMATS = ("taming", "min-dalle")
