@@ -1,0 +1,81 @@
+"""Make the pictures in README.md and docs/ again, from the shipped shapes world (offline).
+
+    python docs/pictures.py                  # all of them
+    python docs/pictures.py contact-sheet    # or some: contact-sheet, morph, ui
+
+Each takes a minute or two on 2 CPU cores. `ui` drives the web page in Debian's Chromium
+(`apt-get install chromium`) through the browser test, which writes the screenshot.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+import sys
+import tempfile
+from pathlib import Path
+
+DOCS = Path(__file__).resolve().parent
+ROOT = DOCS.parent
+
+# The batch shown in docs/batch.md (its last job fails on purpose: a failed job is drawn in red).
+BATCH = {"defaults": {"preset": "shapes", "steps": 30},
+         "grid": {"prompt": ["a red circle on a blue background", "a blue square on a yellow background"],
+                  "seed": [1, 2], "cutn": [8, 16]},
+         "jobs": [{"prompt": "a green triangle on a white background", "seed": 3},
+                  {"prompt": "a purple circle", "preset": "shapez"}]}
+
+# The keys of docs/video-morph.gif: drawn by the shapes world, then morphed in latent space.
+MORPH_KEYS = [("circle", "red", "white"), ("square", "blue", "yellow"), ("triangle", "green", "white"),
+              ("circle", "red", "white")]
+
+
+def contact_sheet(work: Path) -> None:
+    import vqclip.batch
+
+    out = work / "sweep"
+    for result in vqclip.batch.run(BATCH, out=out):
+        print(f"  {result.job.name}: {result.status}", flush=True)
+    shutil.copyfile(out / "contact_sheet.png", DOCS / "batch-contact-sheet.png")
+
+
+def morph(work: Path) -> None:
+    from PIL import Image
+
+    from vqclip import video
+    from vqclip.shapes.world import Scene, draw
+
+    keys = []
+    for shape, colour, background in MORPH_KEYS:
+        keys.append(work / f"{colour}-{shape}.png")
+        Image.fromarray(draw(Scene(shape, colour, background, 0.6, 0.5, 0.5))).save(keys[-1])
+    video.interpolate([str(key) for key in keys], preset="shapes-morph", output=str(DOCS / "video-morph.gif"),
+                      seed=1, video={"between": 10}, run_dir=str(work / "morph"), quiet=True)
+
+
+def ui(work: Path) -> None:
+    environment = {**os.environ, "VQCLIP_UI_SCREENSHOT": str(DOCS / "ui.png")}
+    subprocess.run([sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", "tests/test_ui_browser.py",
+                    "-k", "generate_preview"], cwd=ROOT, env=environment, check=True)
+    if not (DOCS / "ui.png").is_file():
+        raise SystemExit("the browser test did not write docs/ui.png (is Chromium installed?)")
+
+
+PICTURES = {"contact-sheet": contact_sheet, "morph": morph, "ui": ui}
+
+
+def main(names: list[str]) -> int:
+    unknown = sorted(set(names) - set(PICTURES))
+    if unknown:
+        print(f"unknown picture {', '.join(unknown)}; choose from {', '.join(PICTURES)}", file=sys.stderr)
+        return 2
+    for name in names or PICTURES:
+        print(f"{name} ...", flush=True)
+        with tempfile.TemporaryDirectory() as work:
+            PICTURES[name](Path(work))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv[1:]))
