@@ -132,7 +132,7 @@ def test_training_lowers_the_loss_writes_a_prior_and_resumes_exactly(tmp_path, w
 
 
 def test_resume_after_a_stop_gives_the_same_weights(tmp_path, world_data):
-    from vqclip.shapes import training
+    from vqclip import training
 
     straight = tmp_path / "straight"
     train(world_data, straight, TrainConfig(**TINY), progress=False, log=lambda _: None)
@@ -156,6 +156,45 @@ def test_resume_after_a_stop_gives_the_same_weights(tmp_path, world_data):
     train(world_data, stopped, TrainConfig(**TINY), resume=True, progress=False, log=lambda _: None)
     a, b = load_prior(straight).model.state_dict(), load_prior(stopped).model.state_dict()
     assert all(torch.equal(a[k], b[k]) for k in a)
+
+
+def test_resume_from_a_state_file_of_the_earlier_layout_gives_the_same_weights(tmp_path, world_data,
+                                                                               monkeypatch):
+    """train_state.pt files written before the random streams were saved as one dict (torch_rng,
+    generator, rng, rng_version at the top level) still resume to the weights of a straight run."""
+    import vqclip.prior.train as train_module
+
+    straight, stopped = tmp_path / "straight", tmp_path / "stopped"
+    train(world_data, straight, TrainConfig(**TINY), progress=False, log=lambda _: None)
+    original = train_module.save_checkpoint
+
+    def save_then_stop(path, step, *args, **kwargs):
+        original(path, step, *args, **kwargs)
+        if step == 15:
+            raise KeyboardInterrupt
+
+    monkeypatch.setattr(train_module, "save_checkpoint", save_then_stop)
+    with pytest.raises(KeyboardInterrupt):
+        train(world_data, stopped, TrainConfig(**TINY), progress=False, log=lambda _: None)
+    monkeypatch.setattr(train_module, "save_checkpoint", original)
+    state = torch.load(stopped / "train_state.pt", weights_only=True)
+    streams = state.pop("rng")
+    state.update(torch_rng=streams["torch"], generator=streams["generator"], rng=streams["python"],
+                 rng_version=streams["python_version"])
+    torch.save(state, stopped / "train_state.pt")
+    train(world_data, stopped, TrainConfig(**TINY), resume=True, progress=False, log=lambda _: None)
+    a, b = load_prior(straight).model.state_dict(), load_prior(stopped).model.state_dict()
+    assert all(torch.equal(a[k], b[k]) for k in a)
+
+
+def test_the_prior_does_not_import_the_shapes_world():
+    """The prior is the product's; the shapes world is one user of it (the shared training helpers
+    live in vqclip.training, the precision choice in vqclip.precision)."""
+    import subprocess
+    import sys
+
+    code = "import vqclip.prior.train, sys; print([m for m in sys.modules if m.startswith('vqclip.shapes')])"
+    assert subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout == "[]\n"
 
 
 def test_resume_reads_the_settings_from_the_output_folder(tmp_path, world_data_file, capsys):
@@ -198,7 +237,7 @@ def test_resuming_a_checkpoint_without_stored_settings_at_other_sizes_is_one_lin
 def test_raising_steps_on_resume_follows_the_longer_runs_schedule(tmp_path, world_data, monkeypatch):
     """The cosine is rebuilt from `steps`: after a raise, each step's rate is the longer run's rate at that
     step (the first step after the resume included), not the old schedule's (zero at its end)."""
-    from vqclip.shapes.training import warmup_cosine
+    from vqclip.training import warmup_cosine
 
     rates = []
     adamw_step = torch.optim.AdamW.step

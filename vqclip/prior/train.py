@@ -21,7 +21,8 @@ from tqdm.auto import trange
 
 from ..errors import UserError
 from ..outputs import write_json
-from ..shapes.training import bf16_fast, load_checkpoint, save_checkpoint, warmup_cosine
+from ..precision import training_autocast
+from ..training import load_checkpoint, save_checkpoint, warmup_cosine
 from .data import PriorData
 from .model import BartPrior, PriorConfig
 from .tokenizer import ClipBpeTokenizer, pad_rows
@@ -41,7 +42,7 @@ class TrainConfig:
     eval_items: int = 256  # held out from the data when no held-out file is given
     checkpoint_every: int = 100
     seed: int = 0
-    bf16: bool = True  # autocast where bf16 is fast (CUDA, CPUs with AVX512-BF16/AMX)
+    bf16: bool = True  # autocast where bf16 is fast (vqclip.precision.fast_bf16 decides)
     # the model
     width: int = 128
     heads: int = 4
@@ -104,11 +105,6 @@ def make_model(config: TrainConfig, data: PriorData, tokenizer) -> BartPrior:
         pad_token=tokenizer.pad))
 
 
-def autocast(device: torch.device, enabled: bool):
-    fast = device.type == "cuda" or (device.type == "cpu" and bf16_fast())
-    return torch.autocast(device.type, dtype=torch.bfloat16, enabled=enabled and fast)
-
-
 @torch.no_grad()
 def held_out_loss(model: BartPrior, text: torch.Tensor, images: torch.Tensor, device, bf16: bool,
                   batch_size: int = 64) -> float:
@@ -116,7 +112,7 @@ def held_out_loss(model: BartPrior, text: torch.Tensor, images: torch.Tensor, de
     total = 0.0
     for first in range(0, len(images), batch_size):
         t, i = text[first:first + batch_size].to(device), images[first:first + batch_size].to(device)
-        with autocast(device, bf16):
+        with training_autocast(device, bf16):
             total += model.loss(t, i).item() * len(i)
     model.train()
     return total / len(images)
@@ -177,7 +173,7 @@ def train(data: PriorData, out: str | Path, config: TrainConfig, *, held_out: Pr
         batch_text = text[index].clone()
         blanked = torch.rand(config.batch_size, generator=generator) < config.blank_fraction
         batch_text[blanked] = blank
-        with autocast(device, config.bf16):
+        with training_autocast(device, config.bf16):
             loss = model.loss(batch_text.to(device), images[index].to(device))
         optimizer.zero_grad(set_to_none=True)
         loss.backward()

@@ -23,8 +23,9 @@ from tqdm.auto import trange
 from ..atomic import atomic_open, atomic_write_text
 from ..models.vqgan import build_vqgan, taming_state_dict
 from ..outputs import write_json
+from ..precision import training_autocast
+from ..training import load_checkpoint, save_checkpoint, warmup_cosine
 from . import judge, world
-from .training import bf16_fast, load_checkpoint, save_checkpoint, warmup_cosine
 
 
 @dataclass
@@ -41,7 +42,7 @@ class VQGANRecipe:
     checkpoint_every: int = 100
     eval_images: int = 256  # held-out images for the final figures
     seed: int = 0
-    bf16: bool = True  # autocast on CPUs with bf16 matrix units (and CUDA); fp32 elsewhere
+    bf16: bool = True  # autocast where bf16 is fast (vqclip.precision.fast_bf16: CPUs with bf16 matrix units)
     ddconfig: dict = field(default_factory=lambda: dict(
         double_z=False, z_channels=64, resolution=64, in_channels=3, out_ch=3, ch=64, ch_mult=[1, 2, 2],
         num_res_blocks=1, attn_resolutions=[], dropout=0.0))
@@ -128,11 +129,10 @@ def train(out: Path, recipe: VQGANRecipe, *, resume: bool = False, progress: boo
     if resume and state_path.exists():
         state = load_checkpoint(state_path, model, optimizer, schedule, rng, generator)
         usage, start = state["usage"], state["step"]
-    autocast = recipe.bf16 and bf16_fast()
     bar = trange(start, recipe.steps, disable=not progress, desc="vqgan", unit="step")
     for step in bar:
         images = random_crops(world.batch(rng, recipe.batch_size)[0], recipe.crop, generator)
-        with torch.autocast("cpu", dtype=torch.bfloat16, enabled=autocast):
+        with training_autocast(torch.device("cpu"), recipe.bf16):
             recon, codebook, commitment, tokens = vq_losses(model, images, recipe.beta)
         loss = recon + codebook + commitment
         optimizer.zero_grad(set_to_none=True)
