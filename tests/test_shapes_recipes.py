@@ -66,8 +66,7 @@ def test_clip_recipe_smoke_export_and_load(tmp_path):
     from vqclip.models.clip import load_clip
     from vqclip.shapes.train_clip import ClipRecipe, train as train_clip
 
-    recipe = ClipRecipe(steps=3, contrast_groups=2, random_images=4, checkpoint_every=2, eval_images=8,
-                        robustness_eps=[])
+    recipe = ClipRecipe(steps=3, contrast_groups=2, random_images=4, checkpoint_every=2, eval_images=8)
     vqgan_dir = tmp_path / "vqgan"
     train(vqgan_dir, small_recipe(steps=1), progress=False)
     vqgan = load_vqgan(vqgan_dir / "vqgan.yaml", vqgan_dir / "vqgan.safetensors")
@@ -79,3 +78,18 @@ def test_clip_recipe_smoke_export_and_load(tmp_path):
     embedding = clip.encode_image(torch.rand(2, 3, 64, 64))
     assert embedding.shape == (2, 64)
     assert clip.encode_text(["a red circle"]).shape == (1, 64)
+
+
+def test_the_shipped_weights_recipes_are_still_expressible():
+    """Each shipped metrics file records the recipe that made the weights: every key it holds must
+    still be a recipe setting (so nothing the shipped weights used was cut with the research code)."""
+    from pathlib import Path
+
+    from vqclip.prior.train import TrainConfig
+    from vqclip.shapes.train_clip import ClipRecipe
+
+    weights = Path(__file__).parent.parent / "vqclip" / "shapes" / "weights"
+    VQGANRecipe(**json.loads((weights / "vqgan-metrics.json").read_text())["recipe"])
+    assert ClipRecipe(**json.loads((weights / "clip-metrics.json").read_text())["recipe"]).noise == 0.05
+    TrainConfig(**json.loads((weights / "prior-metrics.json").read_text())["train"])
+

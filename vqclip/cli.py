@@ -167,12 +167,6 @@ def shapes_command(argv: list[str]) -> int:
     train.add_argument("--vqgan", help="clip, prior: a folder with vqgan.yaml + vqgan.safetensors whose "
                        "reconstructions the CLIP also learns from, or whose tokens the prior writes "
                        "(default: the shipped shapes VQGAN)")
-    train.add_argument("--init-from", metavar="DIR", help="clip: fine-tune the weights in DIR/clip.safetensors "
-                       "(e.g. vqclip/shapes/weights) instead of starting from scratch")
-    train.add_argument("--adversarial-eps", type=float, metavar="EPS", help="clip: PGD adversarial training "
-                       "with this L2 radius in pixel space (e.g. 2.0; default 0: off)")
-    train.add_argument("--noise", type=float, metavar="SIGMA", help="clip: train on images with Gaussian noise "
-                       "of a standard deviation drawn up to SIGMA per image (default 0.05)")
     train.add_argument("--quiet", action="store_true")
     grade = sub.add_parser("eval", help="generate prompts and grade the images by their pixels")
     grade.add_argument("--prompts", help="a text file, one prompt per line (default: 8 colours × 3 shapes)")
@@ -198,16 +192,6 @@ def shapes_command(argv: list[str]) -> int:
               "prior": train_prior.PriorRecipe}[args.model]()
     recipe.steps = args.steps if args.steps is not None else recipe.steps
     recipe.seed = args.seed if args.seed is not None else recipe.seed
-    if (args.init_from or args.adversarial_eps is not None or args.noise is not None) and args.model != "clip":
-        raise UserError("--init-from, --adversarial-eps and --noise apply to the clip recipe only")
-    if args.noise is not None and not 0 <= args.noise <= 1:
-        raise UserError(f"--noise must be between 0 and 1 (a standard deviation in pixel values), not {args.noise}")
-    if args.init_from:
-        recipe.init_from = args.init_from
-    if args.adversarial_eps is not None:
-        recipe.adversarial_eps = args.adversarial_eps
-    if args.noise is not None:
-        recipe.noise = args.noise
     extra = {}
     if args.model in ("clip", "prior"):
         extra["vqgan"] = _shapes_vqgan(args.vqgan)

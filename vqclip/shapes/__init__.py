@@ -5,6 +5,8 @@
   endless streams, a fixed held-out split and batches for training.
 - `vqclip.shapes.judge`: decides from the pixels alone which colour, shape and background an
   image shows, so that tests and `vqclip shapes eval` can score an image against its prompt.
+- `vqclip.shapes.train_vqgan`, `train_clip`, `train_prior`: the recipes that made the shipped
+  weights in `weights/` (`vqclip shapes train`); `vqclip.shapes.evaluate`: `vqclip shapes eval`.
 
 Nothing is imported or computed here: import the submodule you need.
 """

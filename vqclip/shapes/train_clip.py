@@ -10,11 +10,9 @@ What the data does, and why:
 - A share of the images goes through the shapes VQGAN first, so the CLIP judges the VQGAN's
   reconstructions (what it sees during generation) as well as clean drawings.
 - Horizontal flips, small shifts and per-image noise, as the cutouts of a generation add.
-- Optionally (adversarial_eps > 0) a share of every batch is replaced by PGD images that raise
-  the contrastive loss (vqclip/shapes/adversarial.py): a robust CLIP's gradients look more like
-  shapes, and CLIP-guided generation follows those gradients.
-- Optionally (init_from) training starts from existing weights, to fine-tune rather than start
-  from scratch; the learning rate is then finetune_lr.
+
+(The PGD fine-tuning and the robustness measurement once tried on this recipe were research, not
+part of the product: git history holds them, last in commit 47041b5.)
 """
 
 from __future__ import annotations
@@ -28,10 +26,10 @@ import torch.nn.functional as F
 from tqdm.auto import trange
 
 from ..atomic import atomic_open, atomic_write_text
-from ..errors import UserError
 from ..outputs import write_json
-from . import adversarial, world
-from .training import bf16_fast, load_checkpoint, save_checkpoint, warmup_cosine
+from ..precision import training_autocast
+from ..training import load_checkpoint, save_checkpoint, warmup_cosine
+from . import world
 
 MEAN, STD = (0.5, 0.5, 0.5), (0.25, 0.25, 0.25)
 
@@ -48,18 +46,8 @@ class ClipRecipe:
     noise: float = 0.05  # up to this much Gaussian noise per image
     checkpoint_every: int = 100
     eval_images: int = 256
-    # Zero-shot accuracy is also measured under L2 PGD of these radii (pixel space [0, 1]): a CLIP
-    # trained "adversarially" is only robust if this says so (measured on 256 drawings: 200 steps of
-    # 2-step PGD fine-tuning at eps 4 left 3.9 % of shapes right at eps 4; the shipped CLIP 40.6 %).
-    robustness_eps: list[float] = field(default_factory=lambda: [1.0, 2.0, 4.0])
     seed: int = 0
-    bf16: bool = True
-    adversarial_eps: float = 0.0  # PGD ball radius in pixel space ([0, 1]); 0 = no adversarial training
-    adversarial_norm: str = "l2"  # "l2" (eps: length of the change of one image) or "linf" (per channel)
-    adversarial_steps: int = 2
-    adversarial_fraction: float = 0.5  # share of each batch replaced by its PGD images
-    init_from: str | None = None  # a folder with clip.safetensors (as this recipe writes) to fine-tune
-    finetune_lr: float = 3e-4  # the peak learning rate when starting from init_from
+    bf16: bool = True  # autocast where bf16 is fast (vqclip.precision.fast_bf16: CPUs with bf16 matrix units)
     model_cfg: dict = field(default_factory=lambda: {
         "embed_dim": 64,
         "vision_cfg": {"image_size": 64, "layers": [1, 1, 1, 1], "width": 16, "head_width": 32},
@@ -71,23 +59,6 @@ def build_model(recipe: ClipRecipe):
     import open_clip
 
     return open_clip.CLIP(**recipe.model_cfg)
-
-
-def load_initial_weights(model, folder: str | Path) -> None:
-    """Start from the weights in folder/clip.safetensors (fp16 on disk, fp32 in the model)."""
-    from ..models.checkpoint import load_state_dict
-
-    path = Path(folder).expanduser() / "clip.safetensors"
-    if not path.is_file():
-        raise UserError(f"init_from: {path} does not exist (give a folder that holds clip.safetensors)")
-    state = load_state_dict(path)
-    expected = model.state_dict()
-    wrong = sorted(set(state) ^ set(expected)) + sorted(
-        k for k in set(state) & set(expected) if state[k].shape != expected[k].shape)
-    if wrong:
-        raise UserError(f"init_from: {path} does not fit this recipe's model_cfg (e.g. {wrong[0]}); "
-                        "give weights trained with the same model_cfg")
-    model.load_state_dict({k: v.to(expected[k].dtype) for k, v in state.items()})
 
 
 def augment(images: torch.Tensor, noise: float, generator: torch.Generator) -> torch.Tensor:
@@ -125,37 +96,21 @@ def zero_shot_classes() -> tuple[list[tuple[str, str, str]], list[str]]:
     return classes, texts
 
 
-def zero_shot(model, tokenizer, images: torch.Tensor, scenes, *, attack_eps: float = 0.0,
-              attack_steps: int = 10) -> dict:
-    """Accuracy of the best of all 168 captions, per attribute.
-
-    attack_eps > 0: each image is first moved by L2 PGD (`attack_steps` steps, radius attack_eps in
-    pixel space [0, 1]) to raise the zero-shot cross-entropy of its own caption: the accuracy that
-    survives is what "robust" means, and what adversarial training is supposed to buy.
-    """
+@torch.no_grad()
+def zero_shot(model, tokenizer, images: torch.Tensor, scenes) -> dict:
+    """Accuracy of the best of all 168 captions, per attribute."""
     classes, texts = zero_shot_classes()
-    with torch.no_grad():
-        text = F.normalize(model.encode_text(tokenizer(texts)), dim=-1)
-    scale = model.logit_scale.detach().exp()
-
-    def logits(batch: torch.Tensor) -> torch.Tensor:
-        return scale * F.normalize(model.encode_image(normalize(batch)), dim=-1) @ text.T
-
-    if attack_eps:
-        labels = torch.tensor([classes.index((s.colour, s.shape, s.background)) for s in scenes])
-        images = adversarial.pgd_images(lambda batch: F.cross_entropy(logits(batch), labels), images,
-                                        eps=attack_eps, steps=attack_steps, norm="l2",
-                                        generator=torch.Generator().manual_seed(0))
-    with torch.no_grad():
-        picks = [classes[i] for i in logits(images).argmax(1).tolist()]
+    text = F.normalize(model.encode_text(tokenizer(texts)), dim=-1)
+    image = F.normalize(model.encode_image(normalize(images)), dim=-1)
+    picks = [classes[i] for i in (model.logit_scale.exp() * image @ text.T).argmax(1).tolist()]
     total = len(scenes)
     return {"colour": sum(p[0] == s.colour for p, s in zip(picks, scenes)) / total,
             "shape": sum(p[1] == s.shape for p, s in zip(picks, scenes)) / total,
             "background": sum(p[2] == s.background for p, s in zip(picks, scenes)) / total}
 
 
-def evaluate(model, tokenizer, count: int, vqgan=None, attack_eps: tuple[float, ...] = ()) -> dict:
-    """Zero-shot accuracy on `count` held-out drawings, their VQGAN reconstructions, and under PGD."""
+def evaluate(model, tokenizer, count: int, vqgan=None) -> dict:
+    """Zero-shot accuracy on `count` held-out drawings and on their VQGAN reconstructions."""
     samples = world.held_out(count)
     images = torch.stack([world.to_tensor(image) for image, _, _ in samples])
     scenes = [scene for _, _, scene in samples]
@@ -164,8 +119,6 @@ def evaluate(model, tokenizer, count: int, vqgan=None, attack_eps: tuple[float, 
         with torch.no_grad():
             recons = vqgan.decode(vqgan.quantize(vqgan.encode(images))).clamp(0, 1)
         result["vqgan_reconstructions"] = zero_shot(model, tokenizer, recons, scenes)
-    for eps in attack_eps:
-        result[f"pgd_l2_{eps:g}"] = zero_shot(model, tokenizer, images, scenes, attack_eps=eps)
     return result
 
 
@@ -177,29 +130,19 @@ def train(out: Path, recipe: ClipRecipe, vqgan=None, *, resume: bool = False, pr
     torch.manual_seed(recipe.seed)
     generator = torch.Generator().manual_seed(recipe.seed)
     rng = world.make_rng(recipe.seed)
-    adversarial.check_settings(recipe.adversarial_eps, recipe.adversarial_steps, recipe.adversarial_norm)
     model = build_model(recipe).train()
-    if recipe.init_from:
-        load_initial_weights(model, recipe.init_from)
-    lr = recipe.finetune_lr if recipe.init_from else recipe.lr
     tokenizer = open_clip.SimpleTokenizer(context_length=recipe.model_cfg["text_cfg"]["context_length"])
     loss_fn = open_clip.ClipLoss()
-    optimizer = torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=recipe.weight_decay)
+    optimizer = torch.optim.AdamW(model.parameters(), lr=recipe.lr, weight_decay=recipe.weight_decay)
     schedule = torch.optim.lr_scheduler.LambdaLR(optimizer, warmup_cosine(recipe.warmup, recipe.steps))
     state_path, start = out / "train_state.pt", 0
     if resume and state_path.exists():
         start = load_checkpoint(state_path, model, optimizer, schedule, rng, generator)["step"]
-    autocast = recipe.bf16 and bf16_fast()
     bar = trange(start, recipe.steps, disable=not progress, desc="clip", unit="step")
     for step in bar:
         images, captions = training_batch(rng, recipe, generator, vqgan)
-        with torch.autocast("cpu", dtype=torch.bfloat16, enabled=autocast):
+        with training_autocast(torch.device("cpu"), recipe.bf16):
             text_features = model.encode_text(tokenizer(captions), normalize=True)
-        images = adversarial.adversarial_batch(
-            model, images, text_features, loss_fn, normalize, eps=recipe.adversarial_eps,
-            steps=recipe.adversarial_steps, norm=recipe.adversarial_norm,
-            fraction=recipe.adversarial_fraction, autocast=autocast, generator=generator)
-        with torch.autocast("cpu", dtype=torch.bfloat16, enabled=autocast):
             image_features = model.encode_image(normalize(images), normalize=True)
         loss = loss_fn(image_features.float(), text_features.float(), model.logit_scale.exp())
         optimizer.zero_grad(set_to_none=True)
@@ -213,7 +156,7 @@ def train(out: Path, recipe: ClipRecipe, vqgan=None, *, resume: bool = False, pr
             save_checkpoint(state_path, step + 1, model, optimizer, schedule, rng, generator)
     model.eval()
     export(model, recipe, out)
-    metrics = evaluate(model, tokenizer, recipe.eval_images, vqgan, tuple(recipe.robustness_eps))
+    metrics = evaluate(model, tokenizer, recipe.eval_images, vqgan)
     write_json(out / "clip-metrics.json", {**metrics, "recipe": asdict(recipe)})
     return metrics
 
