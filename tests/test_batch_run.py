@@ -35,7 +35,7 @@ def grid_run(tmp_path_factory):
     (folder / "grid.yaml").write_text(GRID)
     cache = ModelCache()
     with pytest.MonkeyPatch.context() as patch:
-        patch.setattr(runner, "WORKER_CACHE", cache)
+        patch.setattr(job_kinds, "WORKER_CACHE", cache)
         code = main(["batch", str(folder / "grid.yaml"), "--out", str(folder / "out"), "--threads", "1"])
     return folder / "out", code, cache
 
@@ -197,7 +197,7 @@ def tiny_prior_folder(tmp_path):
 
 def test_prior_sample_jobs_share_one_model_load(tiny_prior_folder, tmp_path, monkeypatch):
     cache = ModelCache()
-    monkeypatch.setattr(runner, "WORKER_CACHE", cache)
+    monkeypatch.setattr(job_kinds, "WORKER_CACHE", cache)
     jobs = {"defaults": {"kind": "prior-sample", "prompt": "a red circle", "preset": "shapes",
                          "prior": str(tiny_prior_folder), "num": 3},
             "grid": {"seed": [1, 2]}}
@@ -243,7 +243,7 @@ def test_prior_sample_job_draws_what_vqclip_prior_sample_draws(tmp_path, monkeyp
     from vqclip.config import build_config
     from vqclip.prior.jobs import sample_job
 
-    monkeypatch.setattr(runner, "WORKER_CACHE", ModelCache())
+    monkeypatch.setattr(job_kinds, "WORKER_CACHE", ModelCache())
     prompt = "a green triangle on a white background"
     config = build_config("shapes", {"quiet": True})
     cli_files = sample_job(prompt, str(tmp_path / "cli" / "sample.png"), config,

@@ -56,24 +56,18 @@ def generate_parser() -> Parser:
 
 @command("generate")
 def generate_command(argv: list[str]) -> int:
+    from .config import overrides_from_flags
     from .generation import generate_from_cli
 
     args = generate_parser().parse_intermixed_args(argv)
     prompts = [a for a in args.prompts if not _is_override(a)]
     dotlist = [a for a in args.prompts if _is_override(a)]
     warn_key_like_prompts(prompts)
-    overrides = {key: value for key, value in {
-        "steps": args.steps, "size": args.size, "seed": args.seed, "output": args.output,
-        "batch_size": args.batch, "run_dir": args.run_dir, "quiet": args.quiet or None, "threads": args.threads,
-    }.items() if value is not None}
-    if prompts:
-        overrides["prompts"] = prompts
-    if args.image_prompt:
-        overrides["image_prompts"] = args.image_prompt
-    if args.noise_prompt:
-        overrides["noise_prompts"] = args.noise_prompt
-    if args.init_image:
-        overrides["init"] = {"mode": "image", "image": args.init_image}
+    overrides = overrides_from_flags({
+        "prompts": prompts or None, "steps": args.steps, "size": args.size, "seed": args.seed,
+        "output": args.output, "batch": args.batch, "run_dir": args.run_dir, "quiet": args.quiet or None,
+        "threads": args.threads, "image_prompt": args.image_prompt or None, "noise_prompt": args.noise_prompt or None,
+        "init_image": args.init_image})
     result = generate_from_cli(preset=args.preset, overrides=overrides, dotlist=dotlist,
                                from_image=args.from_image, resume_dir=args.resume_dir)
     print(result.final_path)
@@ -390,6 +384,7 @@ def video_parser(action: str) -> Parser:
 
 @command("video")
 def video_command(argv: list[str]) -> int:
+    from .config import overrides_from_flags
     from .video import jobs
 
     if argv[:1] == ["--resume"] or (argv and argv[0].startswith("--resume=")):
@@ -416,14 +411,10 @@ def video_command(argv: list[str]) -> int:
         return 0
     items = [a for a in args.items if not _is_override(a)]
     dotlist = [a for a in args.items if _is_override(a)]  # video.zoom=0: 1.0, 30: 1.05 works unquoted
-    video = {key: value for key, value in {
-        "fps": args.fps, "steps_per_frame": args.steps_per_frame, "frames": getattr(args, "frames", None),
-        "between": getattr(args, "between", None), "method": getattr(args, "method", None),
-        "ease": getattr(args, "ease", None), "guided_steps": getattr(args, "guided", None)}.items()
-        if value is not None}
-    overrides = {key: value for key, value in {
-        "size": args.size, "seed": args.seed, "output": args.output, "run_dir": args.run_dir,
-        "threads": args.threads, "quiet": args.quiet or None, "video": video or None}.items() if value is not None}
+    flags = ("fps", "steps_per_frame", "frames", "between", "method", "ease", "guided", "size", "seed", "output",
+             "run_dir", "threads")
+    overrides = overrides_from_flags({**{name: getattr(args, name, None) for name in flags},
+                                      "quiet": args.quiet or None})
     if action == "animate":
         result = jobs.animate(items or None, preset=args.preset, dotlist=dotlist, **overrides)
     elif action == "interpolate":

@@ -154,6 +154,42 @@ def choices(key: str) -> tuple[str, ...]:
     return tuple(getattr(importlib.import_module(module), name))
 
 
+# Command-line flags whose names are not the config keys they set (a batch job's keys use these
+# names too); any other flag has its key's name.
+FLAG_KEYS = {"prompt": "prompts", "batch": "batch_size", "image_prompt": "image_prompts",
+             "noise_prompt": "noise_prompts", "init_image": "init.image",
+             "frames": "video.frames", "fps": "video.fps", "between": "video.between", "method": "video.method",
+             "ease": "video.ease", "steps_per_frame": "video.steps_per_frame", "guided": "video.guided_steps"}
+LIST_KEYS = ("prompts", "image_prompts", "noise_prompts")  # a single value given for these is a list of one
+
+
+def overrides_from_flags(flags: dict) -> dict:
+    """Flag names and values → nested config overrides (None values are left out; names that are
+    config keys pass through). `init_image` also sets init.mode=image, as --init-image does."""
+    overrides: dict = {}
+    for name, value in flags.items():
+        if value is None:
+            continue
+        key = FLAG_KEYS.get(name, name)
+        if key != name and flags.get(key) is not None:
+            raise UserError(f"set {name} or {key}, not both")
+        if key in LIST_KEYS and not isinstance(value, list):
+            value = [value]
+        *parents, leaf = key.split(".")
+        node = overrides
+        for parent in parents:
+            existing = node.get(parent)
+            if existing is not None and not isinstance(existing, dict):
+                raise UserError(f"{parent} must be a group of settings, not {existing!r}")
+            node[parent] = node = dict(existing or {})
+        if isinstance(value, dict) and isinstance(node.get(leaf), dict):
+            value = {**node[leaf], **value}
+        node[leaf] = value
+        if name == "init_image":
+            node["mode"] = "image"
+    return overrides
+
+
 def key_names() -> set[str]:
     """Every config key, dotted ("cutn", "init.weight", "video.zoom")."""
     def walk(node: DictConfig, prefix: str) -> set[str]:

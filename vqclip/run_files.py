@@ -1,4 +1,4 @@
-"""What a run leaves on disk, and the random streams it must save to be resumed exactly.
+"""What a run leaves on disk (its random streams are saved through vqclip/rng.py).
 
 RunWriter writes log.jsonl every step, progress images and state.pt on their schedules, and the
 ranked final images at the end; every write goes through vqclip.outputs (atomic).
@@ -6,18 +6,17 @@ ranked final images at the end; every write goes through vqclip.outputs (atomic)
 
 from __future__ import annotations
 
-import random
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-import numpy as np
 import torch
 from omegaconf import DictConfig
 
 from . import outputs
 from .config import to_dict, to_yaml
 from .optimize import Step
+from .rng import rng_state
 
 if TYPE_CHECKING:
     from .objective import Objective
@@ -33,14 +32,6 @@ class GenerationResult:
     run_dir: Path | None = None
     final_path: Path | None = None
     steps_done: int = 0
-
-
-def seed_everything(seed: int) -> torch.Generator:
-    """Seed Python, NumPy and torch (Kornia draws from torch's global RNG) from one number."""
-    random.seed(seed)
-    np.random.seed(seed % 2**32)
-    torch.manual_seed(seed)
-    return torch.Generator().manual_seed(seed)
 
 
 class RunWriter:
@@ -108,24 +99,6 @@ class RunWriter:
                                 config=to_dict(self.config), run_dir=self.run_dir,
                                 final_path=Path(self.config.output) if self.config.output else final,
                                 steps_done=steps_done)
-
-
-def rng_state(generator: torch.Generator) -> dict:
-    """Every random stream a run draws from, as tensors (state.pt is read with weights_only)."""
-    version, python_state, gauss = random.getstate()
-    numpy_state = np.random.get_state()
-    return {"torch": torch.get_rng_state(), "generator": generator.get_state(),
-            "numpy": torch.from_numpy(numpy_state[1].astype(np.int64)), "numpy_pos": int(numpy_state[2]),
-            "python": torch.tensor(python_state, dtype=torch.int64), "python_version": version,
-            "python_gauss": gauss}
-
-
-def restore_rng(saved: dict, generator: torch.Generator) -> None:
-    """Put every random stream back where rng_state() found it."""
-    torch.set_rng_state(saved["torch"])
-    generator.set_state(saved["generator"])
-    np.random.set_state(("MT19937", saved["numpy"].numpy().astype(np.uint32), saved["numpy_pos"]))
-    random.setstate((saved["python_version"], tuple(saved["python"].tolist()), saved["python_gauss"]))
 
 
 def _strip(images: torch.Tensor) -> torch.Tensor:

@@ -4,7 +4,7 @@ One home for the shapes recipes (vqclip/shapes/train_*.py) and the prior (vqclip
 so that neither package imports the other. A training state (model, optimiser, schedule, step and
 every random stream) is one file, written atomically, so a run killed at any moment continues with
 `--resume` and ends with the same weights as one never stopped. Generation runs save the same
-random streams in their state.pt (`rng_state` / `restore_rng` here write the same layout).
+random streams in their state.pt, in the same layout (vqclip/rng.py).
 Which dtype a training step computes in is decided in vqclip/precision.py (`training_autocast`).
 """
 
@@ -14,36 +14,15 @@ import math
 import random
 from pathlib import Path
 
-import numpy as np
 import torch
 
 from .atomic import atomic_open
+from .rng import restore_rng, rng_state
 
 
 def warmup_cosine(warmup: int, steps: int):
     """A LambdaLR factor: linear warm-up, then a cosine decay to zero at `steps`."""
     return lambda step: min(1.0, (step + 1) / warmup) * 0.5 * (1 + math.cos(math.pi * min(step / steps, 1.0)))
-
-
-def rng_state(generator: torch.Generator, python=random) -> dict:
-    """Every random stream a loop draws from, as tensors (state files are read with weights_only).
-
-    `python` is the Python stream it draws from: the global one (the `random` module, as a
-    generation does) or its own `random.Random` (as the training recipes do)."""
-    version, python_state, gauss = python.getstate()
-    numpy_state = np.random.get_state()
-    return {"torch": torch.get_rng_state(), "generator": generator.get_state(),
-            "numpy": torch.from_numpy(numpy_state[1].astype(np.int64)), "numpy_pos": int(numpy_state[2]),
-            "python": torch.tensor(python_state, dtype=torch.int64), "python_version": version,
-            "python_gauss": gauss}
-
-
-def restore_rng(saved: dict, generator: torch.Generator, python=random) -> None:
-    """Put every random stream back where rng_state() found it."""
-    torch.set_rng_state(saved["torch"])
-    generator.set_state(saved["generator"])
-    np.random.set_state(("MT19937", saved["numpy"].numpy().astype(np.uint32), saved["numpy_pos"]))
-    python.setstate((saved["python_version"], tuple(saved["python"].tolist()), saved["python_gauss"]))
 
 
 def save_checkpoint(path: Path, step: int, model, optimizer, schedule, rng: random.Random,

@@ -9,6 +9,7 @@ model settings load them once per worker.
 
 from __future__ import annotations
 
+import shutil
 import time
 import traceback
 from collections import OrderedDict
@@ -99,88 +100,15 @@ def execute(kind: str, settings: dict, folder: Path, cache: ModelCache | None = 
     return record
 
 
+def clear_folder(folder: Path) -> Path:
+    """A job runs again from nothing: files of an earlier attempt must not pass for its outputs."""
+    if folder.is_dir():
+        shutil.rmtree(folder)
+    elif folder.exists():
+        folder.unlink()
+    return folder
+
+
 def _first_line(exc: Exception) -> str:
     text = str(exc).strip()
     return text.splitlines()[0] if text else type(exc).__name__
-
-
-# -- generate ------------------------------------------------------------------------------------
-# Keys as on the command line: the flags' names plus every config key.
-ALIASES = {"prompt": "prompts", "batch": "batch_size", "image_prompt": "image_prompts",
-           "noise_prompt": "noise_prompts"}
-CHOSEN_BY_THE_BATCH = ("run_dir", "output", "outputs_root")
-
-
-def generate_config_layers(settings: dict) -> tuple[str, dict]:
-    """(preset, overrides) from a job's settings, the CLI's flag names turned into config keys."""
-    overrides = dict(settings)
-    preset = overrides.pop("preset", "default")
-    if not isinstance(preset, str) or not preset:
-        raise UserError(f"preset must be a preset name or a YAML path, not {preset!r}")
-    for key in CHOSEN_BY_THE_BATCH:
-        if key in overrides:
-            raise UserError(f"{key} cannot be set in a batch: each job writes into its own folder under --out")
-    for alias, key in ALIASES.items():
-        if alias in overrides:
-            if key in overrides:
-                raise UserError(f"set {alias} or {key}, not both")
-            value = overrides.pop(alias)
-            overrides[key] = value if isinstance(value, list) or key == "batch_size" else [value]
-    if "init_image" in overrides:
-        overrides["init"] = {**(overrides.get("init") or {}), "mode": "image", "image": overrides.pop("init_image")}
-    return preset, overrides
-
-
-def check_generate(settings: dict) -> None:
-    """Keys and types, against the schema (the preset itself is read when the job runs)."""
-    from ..config import build_config
-
-    build_config(None, generate_config_layers(settings)[1])
-
-
-def resolve_generate(settings: dict) -> dict:
-    from ..config import build_config, to_dict
-
-    config = to_dict(build_config(*generate_config_layers(settings)))
-    for key in ("quiet", *CHOSEN_BY_THE_BATCH):
-        config.pop(key, None)
-    return config
-
-
-def run_generate(settings: dict, folder: Path, cache: ModelCache, device: str | None) -> JobOutput:
-    from ..generation import load_models, run
-
-    preset, overrides = generate_config_layers(settings)
-    config = config_for_job(preset, overrides, folder, device)
-    result = run(config, models=cache.get(model_key(config), lambda: load_models(config)))
-    files = [result.run_dir / "final.png"] + sorted(result.run_dir.glob("candidate-*.png"))
-    prompt = " | ".join(result.config["prompts"]) or _title(result.config)
-    return JobOutput(files, result.scores[0], {"prompt": prompt, "preset": preset, "seed": result.config["seed"]})
-
-
-def config_for_job(preset: str, overrides: dict, folder: Path, device: str | None):
-    """The job's config, writing into its folder, quietly, on the worker's device if it owns one."""
-    from ..config import build_config
-
-    config = build_config(preset, {**overrides, "run_dir": str(folder), "quiet": True})
-    if device and config.device == "auto":  # a worker that owns one GPU runs its jobs there
-        config.device = device
-    return config
-
-
-def model_key(config) -> str:
-    """The model cache's key: what load_models reads (vqclip.generation.models_key)."""
-    from ..generation import models_key
-
-    return models_key(config)
-
-
-def _title(config: dict) -> str:
-    schedule = config.get("schedule") or {}
-    return str(next(iter(schedule.values()))) if schedule else ""
-
-
-register_kind("generate", run_generate, check=check_generate, resolve=resolve_generate)
-
-# The other kinds register themselves; each imports its own package (vqclip.video, vqclip.prior) only when used.
-from . import prior_kind, video_kind  # noqa: F401

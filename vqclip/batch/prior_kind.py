@@ -17,7 +17,8 @@ import dataclasses
 from pathlib import Path
 
 from ..errors import UserError
-from .jobs import JobOutput, ModelCache, config_for_job, generate_config_layers, model_key, register_kind
+from .generate_kind import config_for_job, generate_config_layers, model_key
+from .jobs import JobOutput, ModelCache, register_kind
 
 SAMPLE_KEYS = {"num": ("count", int), "seed": ("seed", int), "temperature": ("temperature", float),
                "top_k": ("top_k", int), "top_p": ("top_p", float), "supercondition": ("supercondition", float)}

@@ -128,14 +128,14 @@ def run_on_ray(pending: list[Job], out: Path, threads: int | None) -> Iterator[t
 
 def ray_job(kind: str, settings: dict, name: str, out: str, token: str, threads: int) -> dict:
     """The Ray task: run one job where the batch folder is, or elsewhere and send the files."""
-    from .runner import clear_folder, run_job
+    from .jobs import clear_folder, execute
 
     marker = Path(out) / TOKEN_NAME
     if marker.is_file() and marker.read_text() == token:
-        return {**run_job(kind, settings, clear_folder(Path(out) / name), None, threads), "shipped": None}
+        return {**execute(kind, settings, clear_folder(Path(out) / name), threads=threads), "shipped": None}
     with tempfile.TemporaryDirectory(prefix="vqclip-batch-") as tmp:
         folder = Path(tmp) / name
-        record = run_job(kind, settings, folder, None, threads)
+        record = execute(kind, settings, folder, threads=threads)
         record["shipped"] = {path.relative_to(folder).as_posix(): path.read_bytes()
                              for path in sorted(folder.rglob("*")) if path.is_file()}
     return record
@@ -145,7 +145,7 @@ def receive_files(folder: Path, files: dict[str, bytes] | None) -> None:
     """Write the files a remote worker sent into the job's folder (None: it wrote them itself)."""
     if files is None:
         return
-    from .runner import clear_folder
+    from .jobs import clear_folder
 
     clear_folder(folder)
     for relative, data in files.items():

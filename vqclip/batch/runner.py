@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import ast
 import multiprocessing
-import shutil
 import sys
 from collections.abc import Iterable, Iterator
 from concurrent.futures import ProcessPoolExecutor, as_completed
@@ -19,7 +18,7 @@ from pathlib import Path
 
 from ..errors import UserError
 from ..threads import usable_cores
-from .jobs import WORKER_CACHE, execute
+from .jobs import clear_folder, execute
 from .spec import Job, jobs_from
 from .summary import append_record, config_hash, is_finished, read_summary, write_summary
 
@@ -189,20 +188,7 @@ def _run(jobs: list[Job], out: Path, workers: int, on_ray: bool, started_ray: bo
 
 def _run_here(pending: Iterable[Job], out: Path, threads: int | None) -> Iterator[tuple[Job, dict]]:
     for job in pending:
-        yield job, run_job(job.kind, job.settings, clear_folder(out / job.name), None, threads)
-
-
-def run_job(kind: str, settings: dict, folder: Path, device: str | None, threads: int | None) -> dict:
-    return execute(kind, settings, folder, WORKER_CACHE, device, threads)
-
-
-def clear_folder(folder: Path) -> Path:
-    """A job runs again from nothing: files of an earlier attempt must not pass for its outputs."""
-    if folder.is_dir():
-        shutil.rmtree(folder)
-    elif folder.exists():
-        folder.unlink()
-    return folder
+        yield job, execute(job.kind, job.settings, clear_folder(out / job.name), threads=threads)
 
 
 # -- local worker processes ------------------------------------------------------------------------
@@ -215,7 +201,7 @@ def _start_worker(devices) -> None:
 
 
 def _worker_job(kind: str, settings: dict, folder: Path, threads: int | None) -> dict:
-    return run_job(kind, settings, folder, _WORKER_DEVICE, threads)
+    return execute(kind, settings, folder, device=_WORKER_DEVICE, threads=threads)
 
 
 def worker_devices(workers: int) -> list[str | None]:

@@ -8,9 +8,9 @@ jobs:
 ```
 
 The keys are the command line's: `command` (default animate), `keys` (interpolate) or `input`
-(restyle), the flags `frames`, `fps`, `between`, `method`, `ease`, `steps_per_frame`, `guided`,
-and any config key. The video is written into the job's folder as video.mp4 (or .gif); the
-contact sheet shows its first frame.
+(restyle), the flags `frames`, `fps`, `between`, `method`, `ease`, `steps_per_frame`, `guided`
+(vqclip.config.FLAG_KEYS), and any config key. The video is written into the job's folder as
+video.mp4 (or .gif); the contact sheet shows its first frame.
 """
 
 from __future__ import annotations
@@ -18,12 +18,11 @@ from __future__ import annotations
 from pathlib import Path
 
 from ..errors import UserError, unknown_choice
-from .jobs import JobOutput, ModelCache, config_for_job, generate_config_layers, model_key, register_kind
+from .generate_kind import config_for_job, generate_config_layers, model_key
+from .jobs import JobOutput, ModelCache, register_kind
 
 COMMANDS = ("animate", "interpolate", "restyle")
 FORMATS = ("mp4", "gif")
-FLAGS = {"frames": "frames", "fps": "fps", "between": "between", "method": "method", "ease": "ease",
-         "steps_per_frame": "steps_per_frame", "guided": "guided_steps"}  # flag name -> video.* key
 
 
 def video_layers(settings: dict) -> tuple[str, list[str], str, str, dict]:
@@ -38,12 +37,6 @@ def video_layers(settings: dict) -> tuple[str, list[str], str, str, dict]:
     video_format = settings.pop("format", "mp4")
     if video_format not in FORMATS:
         raise unknown_choice("video format", str(video_format), FORMATS)
-    flags = {FLAGS[name]: settings.pop(name) for name in list(settings) if name in FLAGS}
-    if flags:
-        video = settings.get("video") or {}
-        if not isinstance(video, dict):
-            raise UserError(f"video must be a group of settings, not {video!r}")
-        settings["video"] = {**video, **flags}
     settings.setdefault("preset", DEFAULT_PRESETS[command])
     preset, overrides = generate_config_layers(settings)
     return command, inputs, video_format, preset, overrides
