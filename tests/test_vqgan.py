@@ -160,7 +160,7 @@ def test_hostile_pickle_is_refused(tmp_path):
 def test_checkpoint_for_another_config_is_named(tmp_path):
     config, _ = write_tiny_vqgan(tmp_path)
     other = save_lightning_checkpoint(tmp_path / "other.ckpt", random_taming_state(n_embed=64))
-    with pytest.raises(UserError, match=r"does not belong to .*wrong shape 1 \(quantizer.embedding.weight"):
+    with pytest.raises(UserError, match=r"does not belong to .*wrong shape \(file vs model\) 1 \(quantizer.embedding.weight"):
         load_vqgan(config, other)
 
 

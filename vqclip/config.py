@@ -16,7 +16,7 @@ import yaml
 from omegaconf import DictConfig, ListConfig, OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 
-from .errors import UserError, closest, unknown_choice
+from .errors import UserError, closest, first_line, unknown_choice
 from .resources import named_yaml_files
 
 
@@ -262,7 +262,7 @@ def _parse_override(item: str) -> DictConfig:
     try:
         return OmegaConf.from_dotlist([item])
     except (OmegaConfBaseException, yaml.YAMLError, ValueError, TypeError, AttributeError) as exc:
-        raise UserError(f"cannot read the override {item[:80]!r}: {_first_line(exc)}") from None
+        raise UserError(f"cannot read the override {item[:80]!r}: {first_line(exc)}") from None
 
 
 def _merge(config: DictConfig, layer: DictConfig, source: str) -> DictConfig:
@@ -271,7 +271,7 @@ def _merge(config: DictConfig, layer: DictConfig, source: str) -> DictConfig:
     except OmegaConfBaseException as exc:
         raise _config_error(exc, config, source) from None
     except (TypeError, ValueError) as exc:  # e.g. a mapping given where a list belongs
-        raise UserError(f"bad value in {source}: {_first_line(exc)}") from None
+        raise UserError(f"bad value in {source}: {first_line(exc)}") from None
 
 
 def _refuse_interpolations(node, path: str = "") -> None:
@@ -287,7 +287,7 @@ def _refuse_interpolations(node, path: str = "") -> None:
 
 def _config_error(exc: OmegaConfBaseException, config: DictConfig, source: str) -> UserError:
     key = getattr(exc, "full_key", None) or ""
-    message = _first_line(exc)
+    message = first_line(exc)
     if "Key" in message and "not in" in message or "ConfigKeyError" in type(exc).__name__:
         parent, _, leaf = key.rpartition(".")
         node = OmegaConf.select(config, parent) if parent else config
@@ -297,10 +297,6 @@ def _config_error(exc: OmegaConfBaseException, config: DictConfig, source: str) 
     value = getattr(exc, "msg", None) or message
     return UserError(f"bad value for {key or 'a config key'} in {source}: {value.splitlines()[0]}")
 
-
-def _first_line(exc: Exception) -> str:
-    text = str(exc).strip()
-    return text.splitlines()[0] if text else type(exc).__name__
 
 
 def validate(config: DictConfig) -> None:

@@ -27,3 +27,9 @@ def unknown_choice(kind: str, name: str, choices) -> UserError:
     """The error for a name that is not in a registry: it names the valid choices."""
     choices = sorted(choices)
     return UserError(f"unknown {kind} {name!r}{closest(name, choices)}; valid choices: {', '.join(choices)}")
+
+
+def first_line(exc: BaseException) -> str:
+    """An exception's message cut to its first line (its type's name if it has none): for one-line errors."""
+    text = str(exc).strip()
+    return text.splitlines()[0] if text else type(exc).__name__

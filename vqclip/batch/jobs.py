@@ -17,7 +17,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from ..errors import UserError
+from ..errors import UserError, first_line
 from ..threads import run_threads
 
 
@@ -92,7 +92,7 @@ def execute(kind: str, settings: dict, folder: Path, cache: ModelCache | None = 
     except UserError as exc:
         record.update(status="failed", error=str(exc))
     except Exception as exc:  # noqa: BLE001 - one job's bug must not stop the batch; it is recorded
-        record.update(status="failed", error=f"{type(exc).__name__}: {_first_line(exc)} (see error.txt)")
+        record.update(status="failed", error=f"{type(exc).__name__}: {first_line(exc)} (see error.txt)")
         from ..atomic import atomic_write_text
 
         atomic_write_text(folder / "error.txt", traceback.format_exc())
@@ -108,7 +108,3 @@ def clear_folder(folder: Path) -> Path:
         folder.unlink()
     return folder
 
-
-def _first_line(exc: Exception) -> str:
-    text = str(exc).strip()
-    return text.splitlines()[0] if text else type(exc).__name__

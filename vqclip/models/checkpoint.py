@@ -17,7 +17,7 @@ from pathlib import Path
 
 import torch
 
-from ..errors import UserError
+from ..errors import UserError, first_line
 
 PICKLE_SUFFIXES = (".pt", ".pth", ".bin", ".ckpt")
 SAFETENSORS_SUFFIXES = (".safetensors",)
@@ -66,13 +66,25 @@ def _torch_load(path: Path) -> object:
                 f"refusing to load {path}: it would call {blocked[0]} while being read; a weight "
                 "file must hold only tensors, and nothing was executed"
             ) from None
-        raise UserError(f"cannot read checkpoint {path}: {_first_line(exc)} (is the file complete?)") from None
+        raise UserError(f"cannot read checkpoint {path}: {_first_sentence(exc)} (is the file complete?)") from None
 
 
-def _first_line(exc: Exception) -> str:
-    text = str(exc).strip().splitlines()
-    first = text[0].split(". ")[0] if text else ""  # torch's messages run on for paragraphs
+def _first_sentence(exc: Exception) -> str:
+    first = first_line(exc).split(". ")[0]  # torch's messages run on for paragraphs
     return f"{type(exc).__name__}: {first[:200]}"
+
+
+def state_dict_mismatch(expected: dict, state: dict, shown: int = 3) -> str | None:
+    """How `state` fails to fit a model whose state dict is `expected` (strict keys and shapes),
+    as a short list naming a few keys of each kind; None when it fits."""
+    missing = [key for key in expected if key not in state]
+    unexpected = [key for key in state if key not in expected]
+    wrong_shape = [f"{key} {tuple(state[key].shape)} vs {tuple(value.shape)}" for key, value in expected.items()
+                   if key in state and state[key].shape != value.shape]
+    parts = [f"{label} {len(keys)} ({', '.join(keys[:shown])}{', ...' if len(keys) > shown else ''})"
+             for label, keys in (("missing", missing), ("unexpected", unexpected),
+                                 ("wrong shape (file vs model)", wrong_shape)) if keys]
+    return "; ".join(parts) or None
 
 
 def load_file(path: str | Path) -> object:
@@ -87,7 +99,7 @@ def load_file(path: str | Path) -> object:
         try:
             return load_safetensors(str(path), device="cpu")
         except (SafetensorError, OSError, ValueError) as exc:
-            raise UserError(f"cannot read safetensors file {path}: {_first_line(exc)}") from None
+            raise UserError(f"cannot read safetensors file {path}: {_first_sentence(exc)}") from None
     return _torch_load(path)
 
 

@@ -28,7 +28,7 @@ from torch import nn
 
 from ..config import ClipModelConfig
 from ..errors import UserError, closest, unknown_choice
-from .checkpoint import load_state_dict
+from .checkpoint import load_state_dict, state_dict_mismatch
 
 log = logging.getLogger(__name__)
 
@@ -372,23 +372,10 @@ def _load_weights(model: nn.Module, state_dict: dict[str, torch.Tensor], source:
     # Non-persistent buffers (the text attention mask) are rebuilt by the model; TorchScript keeps them.
     rebuilt = {key for key, _ in model.named_buffers()} - set(expected)
     state_dict = {key: value for key, value in state_dict.items() if key not in rebuilt}
-    missing = [key for key in expected if key not in state_dict]
-    unexpected = [key for key in state_dict if key not in expected]
-    wrong_shape = [
-        f"{key} {tuple(state_dict[key].shape)} vs {tuple(value.shape)}"
-        for key, value in expected.items()
-        if key in state_dict and state_dict[key].shape != value.shape
-    ]
-    if missing or unexpected or wrong_shape:
-        problems = [f"{label}: {_few(keys)}" for label, keys in
-                    (("missing", missing), ("unexpected", unexpected), ("wrong shape (file vs model)", wrong_shape))
-                    if keys]
-        raise UserError(f"{source} does not fit CLIP model {name} ({'; '.join(problems)}); is it another architecture?")
+    mismatch = state_dict_mismatch(expected, state_dict)
+    if mismatch:
+        raise UserError(f"{source} does not fit CLIP model {name} ({mismatch}); is it another architecture?")
     model.load_state_dict(state_dict, strict=True)
-
-
-def _few(keys: list[str], n: int = 4) -> str:
-    return ", ".join(keys[:n]) + (f" and {len(keys) - n} more" if len(keys) > n else "")
 
 
 def _preprocess_cfg(arch: str, builtin: bool, tag_cfg: dict, overrides: dict, image_size) -> dict:

@@ -19,7 +19,7 @@ from torch import nn
 
 from ..errors import UserError
 from ..grad import clamp_with_grad, straight_through
-from .checkpoint import load_state_dict
+from .checkpoint import load_state_dict, state_dict_mismatch
 
 VQ, GUMBEL = "vq", "gumbel"
 
@@ -225,17 +225,9 @@ def taming_state_dict(model: VQGAN) -> dict[str, torch.Tensor]:
 
 def check_state_dict(model: nn.Module, state: dict[str, torch.Tensor], checkpoint: str, config: str) -> None:
     """Strict key matching, reported as a short readable list that names the likely cause."""
-    expected = model.state_dict()
-    missing = [k for k in expected if k not in state]
-    unexpected = [k for k in state if k not in expected]
-    wrong_shape = [f"{k} {tuple(state[k].shape)} vs {tuple(v.shape)}" for k, v in expected.items()
-                   if k in state and state[k].shape != v.shape]
-    if not (missing or unexpected or wrong_shape):
-        return
-    parts = [f"{label} {len(keys)} ({', '.join(keys[:3])}{', ...' if len(keys) > 3 else ''})"
-             for label, keys in (("missing", missing), ("unexpected", unexpected), ("wrong shape", wrong_shape))
-             if keys]
-    raise UserError(f"checkpoint {checkpoint} does not belong to {config}: {'; '.join(parts)}")
+    mismatch = state_dict_mismatch(model.state_dict(), state)
+    if mismatch:
+        raise UserError(f"checkpoint {checkpoint} does not belong to {config}: {mismatch}")
 
 
 def _finish(model: VQGAN, state: dict[str, torch.Tensor], device: str | torch.device) -> VQGAN:
