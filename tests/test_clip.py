@@ -278,3 +278,22 @@ def test_an_unreachable_hub_fails_at_once_with_one_line(monkeypatch):
                        r"ViT-B-32 \(TimeoutError\); download https://huggingface\.co/timm/"):
         load_clip({"name": "ViT-B-32", "pretrained": "openai"})
     assert tried == [(("huggingface.co", 443), 5.0)]  # one short attempt, not the hub's minute of retries
+
+
+def test_clip_scores_weigh_members_and_targets():
+    from types import SimpleNamespace
+
+    from vqclip.models.clip import clip_scores
+
+    def mean_colour(images):  # a "CLIP" whose embedding of an image is its mean colour, made unit length
+        return torch.nn.functional.normalize(images.mean((2, 3)), dim=-1)
+
+    members = [SimpleNamespace(weight=2.0, encode_image=mean_colour),
+               SimpleNamespace(weight=0.5, encode_image=mean_colour)]
+    red, green = torch.zeros(1, 3, 4, 4), torch.zeros(1, 3, 4, 4)
+    red[:, 0], green[:, 1] = 1.0, 1.0
+    to_red, to_green = torch.tensor([1.0, 0.0, 0.0]), torch.tensor([0.0, 1.0, 0.0])
+    scores = clip_scores(SimpleNamespace(members=members), torch.cat([red, green] * 3),
+                         [(1.0, [to_red, to_red]), (-0.5, [to_green, to_green])], chunk=4)
+    # red: (2 + 0.5) · 1 = 2.5; green: (2 + 0.5) · -0.5 = -1.25; chunks of 4 give the same as one pass
+    assert scores.tolist() == pytest.approx([2.5, -1.25] * 3)

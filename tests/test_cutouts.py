@@ -8,8 +8,6 @@ from vqclip.cutouts import (
     build_augmentations,
     crop_and_resize,
     resample_boxes,
-    cutouts_for_sizes,
-    list_augmentations,
     make_cutouts,
     pooled_view,
     sample_cutout_boxes,
@@ -157,13 +155,6 @@ def test_image_smaller_than_cut_size(mode):
     assert sample_cutout_boxes(20, 30, 32, 50, 1.0, gen())[:, 2].eq(20).all()
 
 
-def test_cutouts_for_sizes_gives_each_model_its_own_size():
-    image = torch.rand(1, 3, 64, 64)
-    out = cutouts_for_sizes(image, [24, 32, 24], 3, generator=gen())
-    assert list(out) == [24, 32]
-    assert out[24].shape == (3, 3, 24, 24) and out[32].shape == (3, 3, 32, 32)
-
-
 def test_unknown_mode_is_a_user_error():
     with pytest.raises(UserError, match="pooled"):
         make_cutouts(torch.rand(1, 3, 32, 32), 16, 2, mode="poled")
@@ -174,10 +165,6 @@ def test_pooled_view_of_a_small_image_is_resized():
 
 
 # --- augmentation pipelines -------------------------------------------------------------------------
-
-
-def test_shipped_pipelines_are_listed():
-    assert {"classic", "none", "light", "heavy"} <= set(list_augmentations())
 
 
 @pytest.mark.parametrize("name", ["classic", "none", "light", "heavy"])

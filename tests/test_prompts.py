@@ -17,7 +17,6 @@ from vqclip.prompts import (
     parse_noise_prompt,
     parse_prompt,
     parse_prompts,
-    score,
     spherical_distance,
     split_prompts,
     split_story,
@@ -359,15 +358,3 @@ def test_noise_embedding_is_determined_by_the_seed():
     assert torch.equal(noise_embedding(3, 512), a)
     assert not torch.allclose(noise_embedding(4, 512), a)
     assert noise_embedding(3, 512, dtype=torch.float16).dtype == torch.float16
-
-
-def test_score_is_mean_cosine_similarity():
-    image, target = _embeddings()
-    image = image.detach()
-    cos = torch.nn.functional.cosine_similarity(image, target[None], dim=-1)
-    torch.testing.assert_close(score(image, target), cos.mean().float())
-    targets = torch.stack([target, -target, image[0]])
-    scores = score(image, targets)
-    assert scores.shape == (3,)
-    torch.testing.assert_close(scores[1], -scores[0])
-    assert score(image[:1], image[0]).item() == pytest.approx(1.0)

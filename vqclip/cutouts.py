@@ -172,24 +172,7 @@ def make_cutouts(image: torch.Tensor, cut_size: int, cutn: int, *, cut_pow: floa
     return cutouts
 
 
-def cutouts_for_sizes(image: torch.Tensor, sizes: list[int], cutn: int, *, cut_pow: float = 1.0,
-                      mode: str = "classic", noise_fac: float = 0.1, augment: nn.Module | None = None,
-                      generator: torch.Generator | None = None) -> dict[int, torch.Tensor]:
-    """{size: cutouts} for an ensemble of CLIP models with different input sizes (e.g. 224 and 288).
-
-    Each distinct size gets its own boxes, drawn in the order the sizes are given.
-    """
-    return {size: make_cutouts(image, size, cutn, cut_pow=cut_pow, mode=mode, noise_fac=noise_fac,
-                               augment=augment, generator=generator)
-            for size in dict.fromkeys(sizes)}
-
-
 # --- augmentation pipelines ------------------------------------------------------------------------
-
-
-def list_augmentations() -> list[str]:
-    """Names of the pipelines shipped in augmentations/."""
-    return sorted(named_yaml_files("augmentations"))
 
 
 def build_augmentations(spec) -> nn.Sequential:

@@ -84,14 +84,10 @@ class Objective:
             terms["anchor"] = weight / 2 * F.mse_loss(z, self.anchor, reduction="none").mean((1, 2, 3)).sum()
         return terms
 
-    @torch.no_grad()
     def scores(self, images: torch.Tensor, step: int) -> list[float]:
         """CLIP score of each candidate (whole image, no cutouts): Σ weights · cosine similarity."""
-        totals = torch.zeros(images.shape[0], device=images.device)
-        prompts = self.text_prompts(step) + self.fixed
-        for index, member in enumerate(self.clip.members):
-            embeddings = member.encode_image(images)
-            for _, targets in prompts:
-                target = targets[index]
-                totals += member.weight * target.weight * (embeddings @ target.embedding)
-        return totals.tolist()
+        from .models.clip import clip_scores
+
+        targets = [(prompt[0].weight, [member_prompt.embedding for member_prompt in prompt])
+                   for _, prompt in self.text_prompts(step) + self.fixed]
+        return clip_scores(self.clip, images, targets).tolist()

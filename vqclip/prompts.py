@@ -290,11 +290,3 @@ def noise_embedding(seed: int, dim: int, *, dtype: torch.dtype = torch.float32, 
     generator = torch.Generator(device="cpu").manual_seed(seed)
     vector = torch.randn(dim, generator=generator, dtype=torch.float64)
     return F.normalize(vector, dim=0).to(device=device, dtype=dtype)
-
-
-def score(image_embeddings: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
-    """Cosine similarity of image embeddings [N, D] to target(s) [D] or [M, D], mean over the N
-    cutouts: a scalar or [M]. Higher is closer; for ranking candidates, not for descent."""
-    image = F.normalize(image_embeddings.float(), dim=-1)
-    target = F.normalize(target.float(), dim=-1)
-    return torch.matmul(target, image.transpose(-1, -2)).mean(-1)

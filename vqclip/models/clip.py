@@ -128,6 +128,20 @@ class ClipEnsemble(nn.Module):
         return [member.encode_image(images) for member in self.members]
 
 
+@torch.no_grad()
+def clip_scores(clip, images: torch.Tensor, targets: Sequence[tuple[float, Sequence[torch.Tensor]]],
+                chunk: int = 64) -> torch.Tensor:
+    """The CLIP score of each image: Σ over the ensemble's members and the targets of member weight ·
+    target weight · cosine(image, target). `targets` are (weight, one unit embedding per member);
+    images are embedded `chunk` at a time, so memory stays bounded however many are scored."""
+    totals = torch.zeros(images.shape[0], device=images.device)
+    for index, member in enumerate(clip.members):
+        embeddings = torch.cat([member.encode_image(part) for part in images.split(chunk)])
+        for weight, embedding in targets:
+            totals += member.weight * weight * (embeddings @ embedding[index].to(embeddings.device))
+    return totals
+
+
 def load_clip(spec: ClipModelConfig | Mapping, device: str | torch.device = "cpu") -> ClipModel:
     """Build the open_clip model of `spec`, load its weights, freeze it and move it to `device`."""
     from open_clip.model import set_model_preprocess_cfg
