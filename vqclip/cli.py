@@ -56,10 +56,11 @@ def generate_parser() -> Parser:
 
 @command("generate")
 def generate_command(argv: list[str]) -> int:
+    args = generate_parser().parse_intermixed_args(argv)  # before the heavy imports: --help stays instant
+
     from .config import overrides_from_flags
     from .generation import generate_from_cli
 
-    args = generate_parser().parse_intermixed_args(argv)
     prompts = [a for a in args.prompts if not _is_override(a)]
     dotlist = [a for a in args.prompts if _is_override(a)]
     warn_key_like_prompts(prompts)
@@ -384,15 +385,15 @@ def video_parser(action: str) -> Parser:
 
 @command("video")
 def video_command(argv: list[str]) -> int:
+    from . import video  # its functions import torch on first use: --help stays instant
     from .config import overrides_from_flags
-    from .video import jobs
 
     if argv[:1] == ["--resume"] or (argv and argv[0].startswith("--resume=")):
         resume = Parser(prog="vqclip video", usage="%(prog)s --resume RUN_DIR [--quiet]")
         resume.add_argument("--resume", dest="resume_dir", metavar="RUN_DIR", required=True)
         resume.add_argument("--quiet", action="store_true")
         args = resume.parse_args(argv)
-        print(jobs.resume(args.resume_dir, overrides={"quiet": True} if args.quiet else None).output)
+        print(video.resume(args.resume_dir, overrides={"quiet": True} if args.quiet else None).output)
         return 0
     if argv[:1] in (["-h"], ["--help"]):
         print("usage: vqclip video {animate,interpolate,restyle} ... | vqclip video --resume RUN_DIR\n"
@@ -407,7 +408,7 @@ def video_command(argv: list[str]) -> int:
     action = argv[0]
     args = video_parser(action).parse_intermixed_args(argv[1:])
     if args.resume_dir:
-        print(jobs.resume(args.resume_dir, overrides={"quiet": True} if args.quiet else None).output)
+        print(video.resume(args.resume_dir, overrides={"quiet": True} if args.quiet else None).output)
         return 0
     items = [a for a in args.items if not _is_override(a)]
     dotlist = [a for a in args.items if _is_override(a)]  # video.zoom=0: 1.0, 30: 1.05 works unquoted
@@ -416,13 +417,13 @@ def video_command(argv: list[str]) -> int:
     overrides = overrides_from_flags({**{name: getattr(args, name, None) for name in flags},
                                       "quiet": args.quiet or None})
     if action == "animate":
-        result = jobs.animate(items or None, preset=args.preset, dotlist=dotlist, **overrides)
+        result = video.animate(items or None, preset=args.preset, dotlist=dotlist, **overrides)
     elif action == "interpolate":
-        result = jobs.interpolate(items, preset=args.preset, dotlist=dotlist, **overrides)
+        result = video.interpolate(items, preset=args.preset, dotlist=dotlist, **overrides)
     else:
         if not items:
             raise UserError("restyle needs an input video or frame folder, then prompts (see: vqclip video restyle --help)")
-        result = jobs.restyle(items[0], items[1:] or None, preset=args.preset, dotlist=dotlist, **overrides)
+        result = video.restyle(items[0], items[1:] or None, preset=args.preset, dotlist=dotlist, **overrides)
     print(result.output)
     return 0
 
