@@ -15,6 +15,7 @@ video.mp4 (or .gif); the contact sheet shows its first frame.
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from pathlib import Path
 
 from ..errors import UserError, unknown_choice
@@ -25,8 +26,19 @@ COMMANDS = ("animate", "interpolate", "restyle")
 FORMATS = ("mp4", "gif")
 
 
-def video_layers(settings: dict) -> tuple[str, list[str], str, str, dict]:
-    """(command, inputs, format, preset, config overrides) from a video job's settings."""
+@dataclass(frozen=True)
+class VideoLayers:
+    """A video job's settings, sorted into what `make_video` takes and the config's layers."""
+
+    command: str  # animate | interpolate | restyle
+    inputs: list[str]  # interpolate: the keys; restyle: the video; animate: none
+    video_format: str  # mp4 | gif
+    preset: str
+    overrides: dict  # config keys over the preset
+
+
+def video_layers(settings: dict) -> VideoLayers:
+    """The command, inputs, format, preset and config overrides of a video job's settings."""
     from ..video.jobs import DEFAULT_PRESETS
 
     settings = dict(settings)
@@ -39,7 +51,7 @@ def video_layers(settings: dict) -> tuple[str, list[str], str, str, dict]:
         raise unknown_choice("video format", str(video_format), FORMATS)
     settings.setdefault("preset", DEFAULT_PRESETS[command])
     preset, overrides = generate_config_layers(settings)
-    return command, inputs, video_format, preset, overrides
+    return VideoLayers(command, inputs, video_format, preset, overrides)
 
 
 def _inputs(command: str, keys, input_video) -> list[str]:
@@ -64,30 +76,31 @@ def check_video(settings: dict) -> None:
     from ..config import build_config
     from ..video.jobs import check_video_config
 
-    check_video_config(build_config(None, video_layers(settings)[4]))
+    check_video_config(build_config(None, video_layers(settings).overrides))
 
 
 def resolve_video(settings: dict) -> dict:
     from ..config import build_config, to_dict
 
-    command, inputs, video_format, preset, overrides = video_layers(settings)
-    config = to_dict(build_config(preset, overrides))
+    video = video_layers(settings)
+    config = to_dict(build_config(video.preset, video.overrides))
     config.pop("quiet", None)
-    return {"command": command, "inputs": inputs, "format": video_format, "config": config}
+    return {"command": video.command, "inputs": video.inputs, "format": video.video_format, "config": config}
 
 
 def run_video(settings: dict, folder: Path, cache: ModelCache, device: str | None) -> JobOutput:
     from ..generation import load_models
     from ..video.jobs import make_video
 
-    command, inputs, video_format, preset, overrides = video_layers(settings)
-    config = config_for_job(preset, overrides, folder, device)
-    config.output = str(folder / f"video.{video_format}")
-    result = make_video(command, inputs, config, cache.get(model_key(config), lambda: load_models(config)))
+    video = video_layers(settings)
+    config = config_for_job(video.preset, video.overrides, folder, device)
+    config.output = str(folder / f"video.{video.video_format}")
+    result = make_video(video.command, video.inputs, config,
+                        cache.get(model_key(config), lambda: load_models(config)))
     first_frame = sorted((folder / "frames").glob("*.png"))[:1]
-    prompt = " | ".join(config.prompts) or command
+    prompt = " | ".join(config.prompts) or video.command
     return JobOutput([Path(result.output), *first_frame], None,
-                     {"prompt": prompt, "preset": preset, "seed": config.seed})
+                     {"prompt": prompt, "preset": video.preset, "seed": config.seed})
 
 
 register_kind("video", run_video, check=check_video, resolve=resolve_video)
