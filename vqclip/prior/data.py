@@ -46,33 +46,47 @@ def read_pairs(source: str | Path) -> list[tuple[str, str]]:
     """(image path, caption) from a folder with .txt captions, a .csv or a .jsonl list."""
     source = Path(source)
     if source.is_dir():
-        pairs = []
-        for image in sorted(p for p in source.iterdir() if p.suffix.lower() in IMAGE_SUFFIXES):
-            text = image.with_suffix(".txt")
-            if text.is_file():
-                pairs.append((str(image), text.read_text(encoding="utf-8", errors="replace").strip()))
-        if not pairs:
-            raise UserError(f"{source} holds no images with a same-name .txt caption (a.png + a.txt)")
-        return pairs
+        return _pairs_from_folder(source)
     if not source.is_file():
         raise UserError(f"{source} is neither a folder of images nor a CSV/JSONL list")
+    return _pairs_from_list(source, _read_records(source))
+
+
+def _pairs_from_folder(folder: Path) -> list[tuple[str, str]]:
+    """Each image with a same-name .txt caption beside it; images without one are left out."""
+    pairs = []
+    for image in sorted(p for p in folder.iterdir() if p.suffix.lower() in IMAGE_SUFFIXES):
+        text = image.with_suffix(".txt")
+        if text.is_file():
+            pairs.append((str(image), text.read_text(encoding="utf-8", errors="replace").strip()))
+    if not pairs:
+        raise UserError(f"{folder} holds no images with a same-name .txt caption (a.png + a.txt)")
+    return pairs
+
+
+def _read_records(source: Path) -> list:
+    """The rows of a .csv (as dicts) or the values of a .jsonl file (dicts, if it is well formed)."""
     try:
         text = source.read_text(encoding="utf-8")
     except (OSError, UnicodeDecodeError) as exc:
         raise UserError(f"cannot read {source}: {exc}") from None
     if source.suffix.lower() == ".csv":
-        records = list(csv.DictReader(text.splitlines()))
-    elif source.suffix.lower() in (".jsonl", ".json"):
+        return list(csv.DictReader(text.splitlines()))
+    if source.suffix.lower() in (".jsonl", ".json"):
         try:
-            records = [json.loads(line) for line in text.splitlines() if line.strip()]
+            return [json.loads(line) for line in text.splitlines() if line.strip()]
         except json.JSONDecodeError as exc:
             raise UserError(f"{source} is not JSON lines: {exc}") from None
-    else:
-        raise UserError(f"{source}: give a folder, a .csv or a .jsonl file")
+    raise UserError(f"{source}: give a folder, a .csv or a .jsonl file")
+
+
+def _pairs_from_list(source: Path, records: list) -> list[tuple[str, str]]:
+    """(image, caption) of each record; relative image paths are read from the list's folder."""
     pairs = []
     for number, record in enumerate(records, 1):
-        image = record.get("image") or record.get("path") if isinstance(record, dict) else None
-        caption = record.get("caption", record.get("text")) if isinstance(record, dict) else None
+        record = record if isinstance(record, dict) else {}  # a JSON line may hold a list or a number
+        image = record.get("image") or record.get("path")
+        caption = record.get("caption", record.get("text"))
         if not image or caption is None:
             raise UserError(f"{source} entry {number} needs an image (or path) and a caption (or text)")
         path = Path(image) if Path(image).is_absolute() else source.parent / image
