@@ -498,22 +498,37 @@ def prior_command(argv: list[str]) -> int:
 # -- bench -------------------------------------------------------------------------------------
 @command("bench")
 def bench_command(argv: list[str]) -> int:
-    from .bench import bench, format_report
-
     parser = Parser(prog="vqclip bench", description="Time the optimisation step on random weights of the "
-                    "real architectures, stage by stage, against the classic scripts' fp32 step.")
+                    "real architectures, stage by stage, against the classic scripts' fp32 step; or, with "
+                    "--concurrent K, time K whole runs started at once.")
     parser.add_argument("--vqgan", default="imagenet_f16_16384", help="a VQGAN name (vqclip models list)")
     parser.add_argument("--clip", default="ViT-B-32", help="an open_clip architecture, or shapes")
     parser.add_argument("--size", type=int, default=256, help="image side in pixels")
     parser.add_argument("--cutn", type=int, default=32)
-    parser.add_argument("--steps", type=int, default=3, help="timed steps per path, after one warm-up step")
+    parser.add_argument("--steps", type=int, help="timed steps per path, after one warm-up step (default 3); "
+                        "with --concurrent, steps per run (default 30)")
     parser.add_argument("--device", default="auto", help="auto | cpu | cuda | cuda:N")
     parser.add_argument("--precision", default="auto", help="the fast path's precision: auto | fp32 | bf16 | fp16")
     parser.add_argument("--augmentations", default="classic", help="an augmentation pipeline name or YAML file")
     parser.add_argument("--json", action="store_true", help="print one JSON object instead of the table")
+    parser.add_argument("--concurrent", type=int, metavar="K", help="start K whole runs at once and compare the "
+                        "time until all end with perfect sharing of the cores")
+    parser.add_argument("--workload", default="shapes", help="--concurrent: shapes (the README's first command) "
+                        "or real (imagenet_f16_16384 + ViT-B/32 at 128 px, random weights)")
+    parser.add_argument("--threads", type=int, help="--concurrent: fix each run's threads (default: vqclip chooses)")
     args = parser.parse_args(argv)
     progress = None if args.json else (lambda line: print(line, file=sys.stderr, flush=True))
-    result = bench(vqgan=args.vqgan, clip=args.clip, size=args.size, cutn=args.cutn, steps=args.steps,
+    if args.concurrent is not None:
+        from .concurrency import concurrent, format_concurrent
+
+        result = concurrent(args.concurrent, args.workload, steps=args.steps or 30, threads=args.threads,
+                            progress=progress)
+        print(json.dumps(result) if args.json else format_concurrent(result))
+        return 0
+
+    from .bench import bench, format_report
+
+    result = bench(vqgan=args.vqgan, clip=args.clip, size=args.size, cutn=args.cutn, steps=args.steps or 3,
                    device=args.device, precision=args.precision, augmentations=args.augmentations,
                    progress=progress)
     print(json.dumps(result) if args.json else format_report(result))
