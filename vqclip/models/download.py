@@ -210,31 +210,45 @@ def _fetch_with_retries(url: str, part: Path, *, size, timeout, progress, retrie
 
 def _fetch_once(url: str, part: Path, *, size, timeout, progress) -> None:
     """One request: append to `part` (206) or rewrite it (200). Raises _Retry or DownloadError."""
+    offset = _resume_offset(part, size)
+    if offset and offset == size:  # an earlier run got every byte but stopped before the rename
+        return
+    response = _request(url, part, offset, timeout)
+    if response is None:  # the server has nothing after `offset`: the .part is the whole file
+        return
+    with response:
+        if response.headers.get_content_type() in ("text/html", "application/xhtml+xml"):
+            _remove(part)
+            raise _html_error(url, part.name.removesuffix(".part"))
+        length = _int_or_none(response.headers.get("Content-Length"))  # bytes in this answer
+        mode, offset, total = _where_the_body_goes(response, part, offset, length)
+        _stream(response, part, mode, url=url, offset=offset, length=length, total=total, size=size,
+                timeout=timeout, progress=progress)
+
+
+def _resume_offset(part: Path, size: int | None) -> int:
+    """The bytes a `.part` from an earlier try holds, or 0 when there is none or it must start over."""
     try:
         offset = part.stat().st_size if part.exists() else 0
     except OSError as e:
         raise _write_error(part, e) from e
     if size is not None and offset > size:  # not a prefix of the expected file: start over
         _remove(part)
-        offset = 0
-    if offset and offset == size:  # an earlier run got every byte but stopped before the rename
-        return
+        return 0
+    return offset
 
+
+def _request(url: str, part: Path, offset: int, timeout):
+    """The response to a GET (with a Range from `offset`), or None when the .part is already complete."""
     headers = {"User-Agent": f"vqclip/{__version__}", "Accept-Encoding": "identity"}
     if offset:
         headers["Range"] = f"bytes={offset}-"
     try:
-        response = urllib.request.urlopen(urllib.request.Request(url, headers=headers), timeout=timeout)
+        return urllib.request.urlopen(urllib.request.Request(url, headers=headers), timeout=timeout)
     except urllib.error.HTTPError as e:
         e.close()
         if e.code == 416 and offset:
-            # Nothing left after `offset`: either the .part already holds the whole file, or
-            # it is longer than the file on the server (a different file): then start over.
-            match = _UNSATISFIED_RANGE.match(e.headers.get("Content-Range", ""))
-            if match and int(match.group(1)) == offset:
-                return
-            _remove(part)
-            raise _Retry("the server refused to resume, starting over") from e
+            return _unsatisfied_range(e, part, offset)
         raise DownloadError(
             f"{url} answered HTTP {e.code} {e.reason}; check the URL (the file may have moved), {_BY_HAND}"
         ) from e
@@ -245,24 +259,31 @@ def _fetch_once(url: str, part: Path, *, size, timeout, progress) -> None:
     except _TRANSIENT as e:  # urllib lets errors while waiting for the headers through unwrapped
         raise _Retry(_describe(e, timeout)) from e
 
-    with response:
-        if response.headers.get_content_type() in ("text/html", "application/xhtml+xml"):
-            _remove(part)
-            raise _html_error(url, part.name.removesuffix(".part"))
-        length = _int_or_none(response.headers.get("Content-Length"))  # bytes in this answer
-        total = length  # bytes in the whole file, if the server says
-        mode = "wb"  # a 200 answer is the whole file again: the server ignored our Range
-        if response.status == 206:
-            match = _CONTENT_RANGE.match(response.headers.get("Content-Range", ""))
-            if not match or int(match.group(1)) != offset:  # not the piece we asked for
-                _remove(part)
-                raise _Retry("the server sent a different range than asked for, starting over")
-            mode = "ab"
-            total = int(match.group(3)) if match.group(3) != "*" else (None if length is None else offset + length)
-        else:
-            offset = 0
-        _stream(response, part, mode, url=url, offset=offset, length=length, total=total, size=size,
-                timeout=timeout, progress=progress)
+
+def _unsatisfied_range(e: urllib.error.HTTPError, part: Path, offset: int) -> None:
+    """A 416 to our Range: nothing is left after `offset`. Either the .part already holds the whole
+    file (return), or it is longer than the file on the server, a different file: start over."""
+    match = _UNSATISFIED_RANGE.match(e.headers.get("Content-Range", ""))
+    if match and int(match.group(1)) == offset:
+        return None
+    _remove(part)
+    raise _Retry("the server refused to resume, starting over") from e
+
+
+def _where_the_body_goes(response, part: Path, offset: int, length: int | None) -> tuple[str, int, int | None]:
+    """(file mode, offset, bytes in the whole file if known) for the answer's body.
+
+    A 206 answer continues the .part (if it is the piece we asked for); a 200 is the whole file
+    again, because the server ignored our Range, and rewrites it from the start.
+    """
+    if response.status != 206:
+        return "wb", 0, length
+    match = _CONTENT_RANGE.match(response.headers.get("Content-Range", ""))
+    if not match or int(match.group(1)) != offset:  # not the piece we asked for
+        _remove(part)
+        raise _Retry("the server sent a different range than asked for, starting over")
+    total = int(match.group(3)) if match.group(3) != "*" else (None if length is None else offset + length)
+    return "ab", offset, total
 
 
 def _stream(response, part: Path, mode: str, *, url, offset, length, total, size, timeout, progress) -> None:
