@@ -110,6 +110,17 @@ CASES = [
     Case("resume a folder that is no video run", lambda d: ["video", "--resume", not_a_run(d)],
          "is not a vqclip video run folder"),
     Case("size auto (a single-image setting)", lambda d: [*ANIMATE, "size=auto"], "a video needs one size"),
+    # A key or input that looks like a file and is not there is a typo, not a prompt to draw.
+    Case("a mistyped image key", lambda d: ["video", "interpolate", "red-circel.png", red(d), *MORPH],
+         "key red-circel.png: no such file or folder"),
+    Case("a missing image key given as a path", lambda d: ["video", "interpolate", red(d), str(d / "keys" / "blue"),
+                                                           *MORPH], "keys/blue: no such file or folder"),
+    Case("a missing latent key", lambda d: ["video", "interpolate", red(d), "blue.pt", *MORPH],
+         "key blue.pt: no such file"),
+    Case("a missing video to up-convert", lambda d: ["video", "interpolate", "clip.mp4", *MORPH],
+         "input clip.mp4: no such file or folder"),
+    Case("a missing init image for animate", lambda d: [*ANIMATE, "init.mode=image", "init.image=nowhere.png"],
+         "cannot read init image nowhere.png"),
     Case("frames that is not a number", lambda d: [*ANIMATE, "--frames", "many"], "invalid int value"),
 ]
 
@@ -139,7 +150,7 @@ def test_bad_video_input_is_one_line_exit_2_and_writes_nothing(case, tmp_path, m
 def test_the_table_has_every_kind_of_bad_input_the_issue_names():
     names = " ".join(case.name for case in CASES)
     for kind in ("one prompt key", "unreadable video", "different sizes", "malformed", "frames 0", "between 0",
-                 "fps 0", "unknown output extension"):
+                 "fps 0", "unknown output extension", "mistyped image key", "missing init image", "restyle a missing"):
         assert kind in names
     assert len(CASES) >= 20
 
@@ -170,3 +181,16 @@ def test_a_latent_key_that_does_not_fit_is_refused_before_anything_is_written(tm
     lines = capsys.readouterr().err.strip().splitlines()
     assert status == 2 and len(lines) == 1 and "need (64, 16, 16)" in lines[0], lines
     assert files_under(tmp_path) == inputs
+
+
+def test_the_python_api_refuses_missing_key_files_too(tmp_path, monkeypatch):
+    """`video.interpolate(["red.png", "blue.png"])` in a folder without them: an error, not two prompts."""
+    from vqclip import video
+    from vqclip.errors import UserError
+
+    monkeypatch.chdir(tmp_path)
+    with pytest.raises(UserError, match="key red.png: no such file"):
+        video.interpolate(["red.png", "blue.png"], preset="shapes-morph", output="morph.gif")
+    with pytest.raises(UserError, match="no video at nowhere.mp4"):
+        video.restyle("nowhere.mp4", "a blue square", preset="shapes-zoom", output="styled.gif")
+    assert files_under(tmp_path) == set()

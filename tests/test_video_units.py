@@ -15,7 +15,7 @@ from vqclip.errors import UserError
 from vqclip.prompts import parse_prompt
 from vqclip.video.animation import frame_prompts, move, smooth
 from vqclip.video.frames import output_kind, read_frames, read_settings, write_video
-from vqclip.video.interpolation import in_between_times, lerp, slerp
+from vqclip.video.interpolation import in_between_times, lerp, looks_like_path, slerp
 from vqclip.video.schedule import EASES, parse_schedule, quote_schedule_overrides
 
 
@@ -116,6 +116,14 @@ def test_lerp_and_slerp_reach_the_keys_and_slerp_keeps_the_norms_on_the_arc():
     assert in_between_times(3, "linear") == [0.25, 0.5, 0.75]
     assert in_between_times(1, "cosine") == [pytest.approx(0.5)]
     assert not math.isclose(in_between_times(3, "ease-in-out")[0], 0.25)
+
+
+@pytest.mark.parametrize("text, is_path", [
+    ("red.png", True), ("red-circel.PNG", True), ("clip.mp4", True), ("keys/blue", True), ("frames/", True),
+    ("./red", True), ("state.pt", True), ("a red circle", False), ("a red/blue circle", False),
+    ("a red circle:2", False), ("red", False)])
+def test_keys_that_look_like_files_are_told_from_prompts(text, is_path):
+    assert looks_like_path(text) is is_path
 
 
 @pytest.mark.parametrize("name", ["clip.mp4", "clip.gif", "frames"])

@@ -1,7 +1,8 @@
 """Frame interpolation in latent space: keys → in-between frames; a clip → a higher frame rate.
 
 A key is an image (encoded by the VQGAN), a saved latent or run state (`.pt`), or a prompt
-(generated first); a key that is not an existing file is a prompt. `between` frames are made
+(generated first). A key that looks like a file (an image, video or .pt suffix, or a path) must
+exist: a typo is an error, not a prompt. Any other key is a prompt. `between` frames are made
 between each pair of keys by lerp or slerp on z, with an ease on t.
 
 The keys are quantised (their codes), so the first and last frames are exactly the keys' VQGAN
@@ -13,6 +14,7 @@ a few CLIP steps toward the keys' targets weighted (1 − t, t), which makes it 
 
 from __future__ import annotations
 
+import os
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -25,7 +27,7 @@ from ..init import check_size, read_latent
 from ..outputs import load_image
 from ..prompts import parse_prompts
 from .animation import weighted_prompts
-from .frames import IMAGE_SUFFIXES, is_video_input, read_frames
+from .frames import IMAGE_SUFFIXES, READ_SUFFIXES, is_video_input, read_frames
 from .run_state import FrameStore, VideoJob, decode_latent, encode_image, fixed_size, optimise_frame
 from .schedule import get_ease
 
@@ -79,10 +81,30 @@ class Key:
     size: tuple[int, int] | None  # width, height of an image key (latents are checked once loaded)
 
 
+FILE_SUFFIXES = (*IMAGE_SUFFIXES, *READ_SUFFIXES, ".pt")
+
+
+def looks_like_path(text: str) -> bool:
+    """A key or input that is meant as a file: a file suffix (.png, .mp4, .pt, ...), or a path
+    separator in a text without spaces ("frames/", "./red", "keys/a"). Prompts with a slash
+    between words ("a red/blue circle") stay prompts."""
+    separators = [sep for sep in (os.sep, os.altsep, "/") if sep]
+    return Path(text).suffix.lower() in FILE_SUFFIXES or (
+        any(sep in text for sep in separators) and not any(c.isspace() for c in text))
+
+
+def check_exists(text: str, what: str) -> None:
+    """A key or input that looks like a file must be there: a typo is an error, not a prompt."""
+    if looks_like_path(text) and not Path(text).exists():
+        raise UserError(f"{what} {text}: no such file or folder (check the name; a prompt key is plain text "
+                        "without a file suffix)")
+
+
 def classify_keys(inputs: list[str]) -> list[Key]:
     """What each key is; image keys of different sizes are refused, naming both."""
     keys = []
     for text in inputs:
+        check_exists(text, "key")
         path = Path(text)
         if path.is_file() and path.suffix.lower() == ".pt":
             keys.append(Key(text, "latent", None))
@@ -105,6 +127,8 @@ def classify_keys(inputs: list[str]) -> list[Key]:
 
 def interpolation_mode(inputs: list[str]) -> str:
     """'upconvert' for one video or folder, 'keys' for two or more keys; anything else is an error."""
+    if len(inputs) == 1:
+        check_exists(inputs[0], "input")
     if len(inputs) == 1 and is_video_input(inputs[0]):
         return "upconvert"
     if len(inputs) < 2:

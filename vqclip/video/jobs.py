@@ -17,7 +17,7 @@ from ..config import build_config, to_dict
 from ..errors import UserError
 from ..init import check_size
 from ..interrupt import Interrupted, stop_on_signals
-from ..outputs import environment_info
+from ..outputs import environment_info, load_image
 from .animation import animate_frames, check_timeline, motion_schedules
 from .frames import output_kind, read_frames, write_video
 from .interpolation import (
@@ -64,6 +64,7 @@ def check_video_config(config: DictConfig) -> None:
 def check_inputs(kind: str, inputs: list[str], config: DictConfig) -> tuple[int, int]:
     """Read and check the inputs before any work; returns the frames' (width, height): the input
     video's, the image keys', else the config's size."""
+    check_init_file(config)
     if kind == "animate":
         if inputs:
             raise UserError("animate takes prompts, not input files")
@@ -83,6 +84,18 @@ def check_inputs(kind: str, inputs: list[str], config: DictConfig) -> tuple[int,
         return width, height
     sizes = [key.size for key in classify_keys(inputs) if key.size]
     return sizes[0] if sizes else fixed_size(config)
+
+
+def check_init_file(config: DictConfig) -> None:
+    """The file the init mode starts from must be readable before the run folder exists (else a
+    typo fails only once frame 0 begins, leaving a half-made run behind)."""
+    mode, init = config.init.mode, config.init
+    if mode == "image":
+        if not init.image:
+            raise UserError("init.mode=image needs an image: init.image=PATH")
+        load_image(init.image, what="init image")  # missing or unreadable: a one-line UserError
+    elif mode in ("latent", "tokens") and init[mode] and not Path(init[mode]).is_file():
+        raise UserError(f"init.{mode} {init[mode]}: no such file")
 
 
 def make_video(kind: str, inputs: list[str], config: DictConfig, models=None) -> VideoResult:
