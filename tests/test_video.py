@@ -157,3 +157,26 @@ def test_keys_can_be_images_prompts_latents_and_run_states(shapes_models, tmp_pa
     again = video.interpolate([str(prompt_run / "state.pt"), str(red)], preset="shapes-morph", models=shapes_models,
                               run_dir=str(tmp_path / "again"), **TINY, video={"between": 1})
     assert torch.equal(again.frames[0], result.frames[2])
+
+
+def test_shapes_presets_start_where_the_main_command_starts(shapes_models, tmp_path):
+    """shapes-zoom's frame 0 and a shapes-morph prompt key are `vqclip PROMPT --preset shapes`'s
+    picture: from the shipped prior, not random codes (which the tiny CLIP paints as textures)."""
+    from vqclip.generation import generate
+
+    prompt, seed = "a red circle on a white background", 1
+    main = generate(prompt, preset="shapes", models=shapes_models, seed=seed, quiet=True, run_dir=str(tmp_path / "main"))
+    drawn = judge(main.images[0])
+    assert (drawn.colour, drawn.shape, drawn.background) == ("red", "circle", "white")
+
+    zoom = video.animate(prompt, preset="shapes-zoom", models=shapes_models, seed=seed, quiet=True,
+                         run_dir=str(tmp_path / "zoom"), output=str(tmp_path / "zoom.gif"), video={"frames": 1})
+    first = judge(zoom.frames[0])
+    assert (first.colour, first.shape, first.background) == ("red", "circle", "white")
+    assert torch.equal(as_uint8(zoom.frames[0]), as_uint8(main.images[0]))
+
+    blue = draw_key(tmp_path / "blue.png", "square", "blue")
+    morph = video.interpolate([prompt, str(blue)], preset="shapes-morph", models=shapes_models, seed=seed, quiet=True,
+                              run_dir=str(tmp_path / "morph"), video={"between": 1})
+    assert torch.equal(as_uint8(morph.frames[0]), as_uint8(main.images[0]))
+

@@ -14,11 +14,11 @@ TINY = {"steps": 3, "seed": 5, "quiet": True, "cutn": 4}
 
 
 def load_shapes_models():
-    """The shapes world's VQGAN and CLIP on the CPU (a test module wraps this as its fixture)."""
+    """The shapes world's VQGAN, CLIP and prior on the CPU (a test module wraps this as its fixture)."""
     from vqclip.config import build_config
     from vqclip.generation import load_models
 
-    return load_models(build_config("shapes-morph"), torch.device("cpu"))
+    return load_models(build_config("shapes"), torch.device("cpu"))
 
 
 def draw_key(path: Path, shape: str, colour: str, background: str = "white", size: int = 64,
