@@ -15,7 +15,7 @@ from vqclip.errors import UserError
 from vqclip.prompts import parse_prompt
 from vqclip.video.animation import frame_prompts, move, smooth
 from vqclip.video.frames import output_kind, read_frames, read_settings, write_video
-from vqclip.video.interpolation import in_between_times, lerp, looks_like_path, slerp
+from vqclip.video.interpolation import even_times, in_between_times, lerp, looks_like_path, slerp
 from vqclip.video.schedule import EASES, parse_schedule, quote_schedule_overrides
 
 
@@ -116,6 +116,33 @@ def test_lerp_and_slerp_reach_the_keys_and_slerp_keeps_the_norms_on_the_arc():
     assert in_between_times(3, "linear") == [0.25, 0.5, 0.75]
     assert in_between_times(1, "cosine") == [pytest.approx(0.5)]
     assert not math.isclose(in_between_times(3, "ease-in-out")[0], 0.25)
+
+
+class FlippingDecoder:
+    """A stand-in VQGAN whose picture stays near the first key and flips over a short stretch:
+    the steep sigmoid of the latent's first channel, as the shapes decoder behaves between two keys."""
+
+    def decode(self, z: torch.Tensor) -> torch.Tensor:
+        return torch.sigmoid(20 * (z[:, :1] - 0.6)).expand(-1, 3, -1, -1)
+
+
+def test_even_times_place_in_betweens_by_how_far_the_picture_has_moved():
+    vqgan, a, b = FlippingDecoder(), torch.zeros(1, 2, 4, 4), torch.ones(1, 2, 4, 4)
+    shares = in_between_times(6, "linear")
+    pictures = lambda times: torch.stack([vqgan.decode(lerp(a, b, t))[0] for t in [0.0, *times, 1.0]])
+
+    def largest_step(times):
+        frames = pictures(times)
+        steps = (frames[1:] - frames[:-1]).abs().mean((1, 2, 3))
+        return float(steps.max() / (frames[-1] - frames[0]).abs().mean()), steps
+    before, _ = largest_step(shares)  # even in t: the flip falls into one or two steps
+    after, steps = largest_step(even_times(vqgan, "lerp", a, b, shares, samples=28))
+    assert before > 0.5 and after < 0.16, (before, after)  # an even morph: 1/7 ≈ 0.143 a step
+    assert float(steps.max() / steps.min()) < 1.1
+    times = even_times(vqgan, "lerp", a, b, shares, samples=28)
+    assert times == sorted(times) and 0 < times[0] and times[-1] < 1
+    # A pair whose pictures do not change keeps t as the share.
+    assert even_times(vqgan, "lerp", a, a, shares, samples=16) == shares
 
 
 @pytest.mark.parametrize("text, is_path", [
