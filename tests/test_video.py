@@ -199,3 +199,24 @@ def test_a_morph_changes_the_picture_evenly_from_frame_to_frame(shapes_models, t
         reconstruction = decode_latent(vqgan, encode_image(vqgan, load_image(key)[0], shapes_models.device))
         assert torch.equal(as_uint8(reconstruction), as_uint8(frame))
 
+
+def test_restyle_keeps_the_input_fps_unless_one_is_asked(shapes_models, tmp_path, monkeypatch, capsys):
+    from vqclip.cli import main
+
+    clip = write_clip(tmp_path / "clip.mp4", 3, fps=12)
+    settings = dict(models=shapes_models, **TINY, init={"weight": 1.0},
+                    video={"first_frame_steps": 1, "steps_per_frame": 1})
+    kept = video.restyle(str(clip), "a blue square", preset="shapes-zoom", output=str(tmp_path / "kept.mp4"),
+                         run_dir=str(tmp_path / "kept"), **settings)
+    assert kept.fps == 12.0 and read_back(tmp_path / "kept.mp4")[1]["fps"] == 12.0  # shapes-zoom says 8
+    assert "fps: 12.0" in (tmp_path / "kept" / "config.yaml").read_text()  # --resume writes the same
+    asked = video.restyle(str(clip), "a blue square", preset="shapes-zoom", output=str(tmp_path / "asked.gif"),
+                          run_dir=str(tmp_path / "asked"), dotlist=["video.fps=5"], **settings)
+    assert asked.fps == 5.0 and read_back(tmp_path / "asked.gif")[1]["duration"] == 200
+    # On the command line, --fps is the one given.
+    monkeypatch.setattr("vqclip.generation.load_models", lambda *args, **kwargs: shapes_models)
+    status = main(["video", "restyle", str(clip), "a blue square", "-p", "shapes-zoom", "--fps", "6", "--quiet",
+                   "--seed", "5", "cutn=4", "steps=3", "video.first_frame_steps=1", "video.steps_per_frame=1",
+                   "-o", str(tmp_path / "cli.mp4"), "--run-dir", str(tmp_path / "cli")])
+    assert status == 0, capsys.readouterr().err
+    assert read_back(tmp_path / "cli.mp4")[1]["fps"] == 6.0

@@ -61,29 +61,30 @@ def check_video_config(config: DictConfig) -> None:
         output_kind(config.output)
 
 
-def check_inputs(kind: str, inputs: list[str], config: DictConfig) -> tuple[int, int]:
-    """Read and check the inputs before any work; returns the frames' (width, height): the input
-    video's, the image keys', else the config's size."""
+def check_inputs(kind: str, inputs: list[str], config: DictConfig) -> tuple[tuple[int, int], float | None]:
+    """Read and check the inputs before any work; returns the frames' (width, height) (the input
+    video's, the image keys', else the config's size) and the input video's fps (None: no video,
+    or its fps is unknown)."""
     check_init_file(config)
     if kind == "animate":
         if inputs:
             raise UserError("animate takes prompts, not input files")
         if not config.prompts and not config.video.timeline and not config.schedule:
             raise UserError("animate needs a prompt: vqclip video animate 'a prompt' --frames N -o OUT")
-        return fixed_size(config)
+        return fixed_size(config), None
     if kind == "restyle":
         if len(inputs) != 1:
             raise UserError("restyle takes one input video or frame folder")
         if not config.prompts and not config.video.timeline:
             raise UserError("restyle needs a prompt: vqclip video restyle INPUT 'a prompt' -o OUT")
     if kind == "restyle" or interpolation_mode(inputs) == "upconvert":
-        frames, _ = read_frames(inputs[0])  # an unreadable video fails here, before anything is written
+        frames, fps = read_frames(inputs[0])  # an unreadable video fails here, before anything is written
         if kind == "interpolate" and len(frames) < 2:
             raise UserError(f"{inputs[0]} has one frame: up-conversion needs at least two")
         height, width = frames[0].shape[-2:]
-        return width, height
+        return (width, height), fps
     sizes = [key.size for key in classify_keys(inputs) if key.size]
-    return sizes[0] if sizes else fixed_size(config)
+    return (sizes[0] if sizes else fixed_size(config)), None
 
 
 def check_init_file(config: DictConfig) -> None:
@@ -98,12 +99,26 @@ def check_init_file(config: DictConfig) -> None:
         raise UserError(f"init.{mode} {init[mode]}: no such file")
 
 
-def make_video(kind: str, inputs: list[str], config: DictConfig, models=None) -> VideoResult:
-    """Check, load, create the run folder, make the frames, write the video."""
+def fps_given(overrides: dict, dotlist: list[str] | None) -> bool:
+    """Whether the caller chose the fps (--fps, video={"fps": ...} or video.fps=...), rather than
+    leaving it to the preset."""
+    video = overrides.get("video")
+    return ((isinstance(video, dict) and video.get("fps") is not None) or "video.fps" in overrides
+            or any(item.split("=", 1)[0].strip() == "video.fps" for item in dotlist or []))
+
+
+def make_video(kind: str, inputs: list[str], config: DictConfig, models=None, *,
+               input_fps: bool = False) -> VideoResult:
+    """Check, load, create the run folder, make the frames, write the video.
+
+    `input_fps`: write the video at the input video's fps (where it is known) instead of
+    `video.fps`: restyle does, unless the caller set the fps."""
     from ..generation import load_models
 
     check_video_config(config)
-    size = check_inputs(kind, inputs, config)
+    size, fps = check_inputs(kind, inputs, config)
+    if input_fps and fps:
+        config.video.fps = fps  # recorded in the run's config, so --resume writes the same
     models = models or load_models(config)
     check_size(size, models.vqgan.factor)  # the factor is known now; the run folder does not exist yet
     if kind == "interpolate" and interpolation_mode(inputs) == "keys":
@@ -162,9 +177,14 @@ def interpolate(keys: list[str], *, preset: str | None = None, output: str | Non
 
 def restyle(input_video: str, prompt: str | list[str] | None = None, *, preset: str | None = None,
             output: str | None = None, models=None, dotlist: list[str] | None = None, **overrides) -> VideoResult:
-    """`vqclip.video.restyle("clip.mp4", "a blue square", preset="shapes-zoom", output="styled.mp4")`."""
+    """`vqclip.video.restyle("clip.mp4", "a blue square", preset="shapes-zoom", output="styled.mp4")`.
+
+    The result plays at the input's fps (where the input knows it) unless `video={"fps": ...}` or
+    `dotlist=["video.fps=..."]` asks for another."""
     if prompt is not None:
         overrides["prompts"] = [prompt] if isinstance(prompt, str) else list(prompt)
     if output is not None:
         overrides["output"] = str(output)
-    return make_video("restyle", [str(input_video)], _config("restyle", preset, overrides, dotlist), models)
+    # A restyled clip plays at its input's pace unless the caller asks for another fps.
+    return make_video("restyle", [str(input_video)], _config("restyle", preset, overrides, dotlist), models,
+                      input_fps=not fps_given(overrides, dotlist))
