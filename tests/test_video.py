@@ -220,3 +220,15 @@ def test_restyle_keeps_the_input_fps_unless_one_is_asked(shapes_models, tmp_path
                    "-o", str(tmp_path / "cli.mp4"), "--run-dir", str(tmp_path / "cli")])
     assert status == 0, capsys.readouterr().err
     assert read_back(tmp_path / "cli.mp4")[1]["fps"] == 6.0
+
+
+def test_a_batch_restyle_job_keeps_the_input_fps_too(tmp_path):
+    import vqclip.batch
+
+    clip = write_clip(tmp_path / "clip.mp4", 2, fps=12)
+    job = {"kind": "video", "command": "restyle", "input": str(clip), "prompt": "a blue square",
+           "preset": "shapes-zoom", "seed": 5, "steps": 3, "cutn": 4, "format": "mp4",
+           "video": {"first_frame_steps": 1, "steps_per_frame": 1}}
+    results = list(vqclip.batch.run({"jobs": [job, {**job, "fps": 5}]}, tmp_path / "out", threads=1))
+    assert [r.status for r in results] == ["ok", "ok"], [r.error for r in results]
+    assert [read_back(r.files[0])[1]["fps"] for r in results] == [12.0, 5.0]

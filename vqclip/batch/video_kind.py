@@ -90,13 +90,14 @@ def resolve_video(settings: dict) -> dict:
 
 def run_video(settings: dict, folder: Path, cache: ModelCache, device: str | None) -> JobOutput:
     from ..generation import load_models
-    from ..video.jobs import make_video
+    from ..video.jobs import fps_given, make_video
 
     video = video_layers(settings)
     config = config_for_job(video.preset, video.overrides, folder, device)
     config.output = str(folder / f"video.{video.video_format}")
     result = make_video(video.command, video.inputs, config,
-                        cache.get(model_key(config), lambda: load_models(config)))
+                        cache.get(model_key(config), lambda: load_models(config)),
+                        input_fps=video.command == "restyle" and not fps_given(video.overrides, None))
     first_frame = sorted((folder / "frames").glob("*.png"))[:1]
     prompt = " | ".join(config.prompts) or video.command
     return JobOutput([Path(result.output), *first_frame], None,
