@@ -300,34 +300,55 @@ def _config_error(exc: OmegaConfBaseException, config: DictConfig, source: str) 
 
 
 def validate(config: DictConfig) -> None:
-    """Checks that the schema's types cannot express; the VQGAN factor is checked once it is loaded."""
+    """Checks that the schema's types cannot express; the VQGAN factor is checked once it is loaded.
+
+    The first rule broken is reported, as a one-line UserError that names the key.
+    """
+    _check_choices(config)
+    _check_counts(config)
+    _check_size(config)
+    _check_numbers(config)
+    _check_machine(config)
+    _check_schedules(config)
+    if not config.clip.models:
+        raise UserError("clip.models is empty: name at least one CLIP model")
+
+
+def _check_choices(config: DictConfig) -> None:
     for key in CHOICES:
         value = OmegaConf.select(config, key)
         if value not in choices(key):
             raise unknown_choice(key, str(value), choices(key))
+
+
+def _check_counts(config: DictConfig) -> None:
+    """Counts are at least 1 (null: chosen later) and, where memory grows with them, bounded."""
     positive = {"steps": config.steps, "batch_size": config.batch_size, "cutn": config.cutn,
                 "story_every": config.story_every, "init.prior_candidates": config.init.prior_candidates}
     for key, value in positive.items():
         if value is not None and value <= 0:
             raise UserError(f"{key} must be at least 1, not {value}")
-    if config.size != "auto" and not (OmegaConf.is_list(config.size) and len(config.size) == 2 and all(
-            isinstance(side, int) and not isinstance(side, bool) and side > 0 for side in config.size)):
-        raise UserError(f"size must be two positive whole numbers (width height) or auto, not {config.size}")
-    if not 0 < config.lr < float("inf"):
-        raise UserError(f"lr must be a positive finite number, not {config.lr}")
-    if config.memory_budget_mb is not None and not 0 < config.memory_budget_mb < float("inf"):
-        raise UserError(f"memory_budget_mb must be a positive number of megabytes, not {config.memory_budget_mb}")
-    if config.size != "auto" and max(config.size) > MAX_SIDE:
-        raise UserError(f"size {list(config.size)} is beyond {MAX_SIDE} px a side: no device holds that")
-    if config.threads is not None and not 1 <= config.threads <= MAX_THREADS:
-        raise UserError(f"threads must be between 1 and {MAX_THREADS}, not {config.threads}")
     for key, limit in (("cutn", MAX_CUTN), ("batch_size", MAX_BATCH)):
         if config[key] > limit:
             raise UserError(f"{key} {config[key]} is beyond {limit}")
+
+
+def _check_size(config: DictConfig) -> None:
+    if config.size == "auto":
+        return
+    if not (OmegaConf.is_list(config.size) and len(config.size) == 2 and all(
+            isinstance(side, int) and not isinstance(side, bool) and side > 0 for side in config.size)):
+        raise UserError(f"size must be two positive whole numbers (width height) or auto, not {config.size}")
+    if max(config.size) > MAX_SIDE:
+        raise UserError(f"size {list(config.size)} is beyond {MAX_SIDE} px a side: no device holds that")
+
+
+def _check_numbers(config: DictConfig) -> None:
+    """The learning rate, the seed, the weights and the factors."""
+    if not 0 < config.lr < float("inf"):
+        raise UserError(f"lr must be a positive finite number, not {config.lr}")
     if config.seed is not None and not 0 <= config.seed < 2**63:
         raise UserError(f"seed must be between 0 and 2**63-1, not {config.seed}")
-    if not re.fullmatch(r"auto|cpu|mps|cuda(:\d+)?", config.device):
-        raise UserError(f"device {config.device!r} is not one of auto, cpu, cuda, cuda:N, mps")
     finite = {"cut_pow": config.cut_pow, "noise_fac": config.noise_fac, "tv_weight": config.tv_weight,
               "init.weight": config.init.weight,
               "init.decay": config.init.decay, "lr_drop_factor": config.lr_drop_factor}
@@ -336,6 +357,20 @@ def validate(config: DictConfig) -> None:
             raise UserError(f"{key} must be a finite number of 0 or more, not {value}")
     if not config.init.decay < 1 or not 0 < config.lr_drop_factor <= 1:
         raise UserError("init.decay must be below 1 and lr_drop_factor in (0, 1]")
+
+
+def _check_machine(config: DictConfig) -> None:
+    """The device, the CPU threads and the memory budget."""
+    if not re.fullmatch(r"auto|cpu|mps|cuda(:\d+)?", config.device):
+        raise UserError(f"device {config.device!r} is not one of auto, cpu, cuda, cuda:N, mps")
+    if config.threads is not None and not 1 <= config.threads <= MAX_THREADS:
+        raise UserError(f"threads must be between 1 and {MAX_THREADS}, not {config.threads}")
+    if config.memory_budget_mb is not None and not 0 < config.memory_budget_mb < float("inf"):
+        raise UserError(f"memory_budget_mb must be a positive number of megabytes, not {config.memory_budget_mb}")
+
+
+def _check_schedules(config: DictConfig) -> None:
+    """What happens at which step: lr drops, files written, the prompt timeline."""
     if any(not 0 < fraction < 1 for fraction in config.lr_drops):
         raise UserError(f"lr_drops are fractions of the run, between 0 and 1: not {list(config.lr_drops)}")
     if config.lr_patience < 0:
@@ -343,8 +378,6 @@ def validate(config: DictConfig) -> None:
     for key in ("save_every", "checkpoint_every"):
         if config[key] < 0:
             raise UserError(f"{key} must be 0 (off) or positive, not {config[key]}")
-    if not config.clip.models:
-        raise UserError("clip.models is empty: name at least one CLIP model")
     if any(step < 0 for step in config.schedule):
         raise UserError("schedule steps must be 0 or more")
 
