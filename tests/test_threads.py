@@ -103,3 +103,20 @@ def test_threads_key_is_checked():
 
     with pytest.raises(UserError, match="threads must be between 1 and"):
         build_config(None, {"threads": 0})
+
+
+def test_a_video_plans_its_threads_once_and_records_them(tmp_path, monkeypatch):
+    from vqclip import video
+
+    monkeypatch.delenv("OMP_NUM_THREADS", raising=False)
+    monkeypatch.setattr(threads, "usable_cores", lambda: 1)
+    plans = []
+    real = threads.plan_threads
+    monkeypatch.setattr(threads, "plan_threads",
+                        lambda *args, **kwargs: plans.append(real(*args, **kwargs)) or plans[-1])
+    result = video.animate("a red circle", preset="shapes-zoom", run_dir=str(tmp_path / "zoom"),
+                           output=str(tmp_path / "zoom.gif"), init={"mode": "random", "weight": 0.0},
+                           video={"frames": 3, "first_frame_steps": 1, "steps_per_frame": 1})
+    assert not plans[0].reason.startswith("threads=") and {plan.threads for plan in plans} == {1}
+    assert len(plans) > 1 and all(plan.reason == "threads=1" for plan in plans[1:])  # frames keep the video's count
+    assert "threads: 1" in (result.run_dir / "config.yaml").read_text()

@@ -136,7 +136,8 @@ def run_threads(asked: int | None = None):
         yield outer
         return
 
-    plan = plan_threads(asked, cores=usable_cores(), busy=busy_elsewhere(), current=torch.get_num_threads(),
+    busy = busy_elsewhere() if asked is None and env_threads() is None else 0  # only the last rule looks
+    plan = plan_threads(asked, cores=usable_cores(), busy=busy, current=torch.get_num_threads(),
                         default=affinity_cores())
     if plan.chosen and plan.busy >= plan.cores:
         log.warning("%d threads of other work are busy on the %d core(s) this run may use: it takes 1 thread "

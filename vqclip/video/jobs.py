@@ -18,6 +18,7 @@ from ..errors import UserError
 from ..init import check_size
 from ..interrupt import Interrupted, stop_on_signals
 from ..outputs import environment_info, load_image
+from ..threads import run_threads
 from .animation import animate_frames, check_timeline, motion_schedules
 from .frames import output_kind, read_frames, write_video
 from .interpolation import (
@@ -123,7 +124,9 @@ def make_video(kind: str, inputs: list[str], config: DictConfig, models=None, *,
     check_size(size, models.vqgan.factor)  # the factor is known now; the run folder does not exist yet
     if kind == "interpolate" and interpolation_mode(inputs) == "keys":
         check_latent_keys(inputs, models.vqgan, size)
-    return _run(create_job(kind, inputs, config), models)
+    with run_threads(config.threads) as plan:  # one count for every frame, recorded for --resume
+        config.threads = plan.threads
+        return _run(create_job(kind, inputs, config), models)
 
 
 def resume(run_dir: str | Path, models=None, overrides: dict | None = None) -> VideoResult:
@@ -133,7 +136,9 @@ def resume(run_dir: str | Path, models=None, overrides: dict | None = None) -> V
     job = load_job(run_dir, overrides)
     check_video_config(job.config)
     check_inputs(job.kind, job.inputs, job.config)
-    return _run(job, models or load_models(job.config))
+    models = models or load_models(job.config)
+    with run_threads(job.config.threads):
+        return _run(job, models)
 
 
 def _run(job: VideoJob, models) -> VideoResult:
