@@ -8,10 +8,17 @@ a handler only submits or watches and the page never waits on a run. Bad input c
 message on the page (one line, the same text the command line prints), never a traceback.
 Whoever opens the page is not trusted with the server's files (access.py): its settings may name
 files under the outputs folder or its own uploads only, and beyond loopback it asks for a login.
+
+`build_app` builds each tab with its own function, then wires the tab's events; each handler is a
+plain function of the `Page` (the queue and the folders) and the event's inputs.
 """
 
 import logging
+from collections.abc import Callable
+from dataclasses import dataclass
+from functools import partial
 from pathlib import Path
+from typing import Any
 
 from ..config import preset_names, read_yaml
 from ..errors import UserError
@@ -87,171 +94,256 @@ def upload_folder() -> str:
     return get_upload_folder()
 
 
+@dataclass(frozen=True)
+class Page:
+    """What the page's handlers share: the run queue and the folders the page may use."""
+
+    workers: Workers
+    outputs_root: str
+    uploads: str  # Gradio's upload folder: the one place outside outputs_root whose files the page may name
+    preview_every: int
+
+
+# Gradio components: gradio itself is imported on first use, so these are typed loosely.
+@dataclass(frozen=True)
+class GenerateTab:
+    form: list[Any]  # the Form's fields, in its order (what Start sends)
+    preset: Any
+    preset_fields: list[Any]  # steps, width, height, seed, cutn: what choosing a preset fills in
+    steps: Any
+    start: Any
+    stop: Any
+    continue_last: Any
+    message: Any
+    status: Any
+    preview: Any
+    final: Any
+    job_id: Any  # State: the job this browser tab started last
+    last_run: Any  # State: that job's run folder, for Continue
+
+
+@dataclass(frozen=True)
+class PastRunsTab:
+    refresh: Any
+    gallery: Any
+    paths: Any  # State: the image paths in the gallery's order
+    selected: Any  # State: the image path of the run clicked last
+    settings: Any
+    rerun: Any
+    continue_run: Any
+    message: Any
+
+
+FAST = dict(concurrency_limit=None, show_progress="hidden")  # runs queue in Workers, not in Gradio's queue
+
+
 def build_app(workers: Workers, *, preset: str = "shapes", outputs_root: str | Path = "outputs",
               preview_every: int = 5):
     """The Gradio Blocks of the page; `serve()` launches it."""
     gr = import_gradio()
-    outputs_root = str(outputs_root)
-    uploads = upload_folder()
     names = preset_names()
     if preset not in names:
         raise UserError(f"unknown preset {preset!r}; valid choices: {', '.join(names)}")
-    start = form_defaults(preset)
-    first_items, first_paths = gallery_items(outputs_root)
-
+    page = Page(workers, str(outputs_root), upload_folder(), preview_every)
     with gr.Blocks(title="vqclip", analytics_enabled=False) as app:
-        job_id = gr.State(None)
-        last_run = gr.State(None)
-        gallery_paths = gr.State(first_paths)
-        selected = gr.State(None)
         gr.Markdown("## vqclip — text to image by VQGAN+CLIP")
         with gr.Tabs(selected="generate") as tabs:
-            with gr.Tab("Generate", id="generate"):
-                with gr.Row():
-                    with gr.Column(scale=1):
-                        prompts = gr.Textbox(label="Prompts (one per line; text:weight, fog:-0.5)", lines=3,
-                                             placeholder="a red triangle on a black background", elem_id="prompts")
-                        preset_box = gr.Dropdown(names, value=preset, label="Preset", elem_id="preset")
-                        with gr.Row():
-                            steps = gr.Number(start["steps"], label="Steps", elem_id="steps")
-                            seed = gr.Number(start["seed"], label="Seed (empty: random)", elem_id="seed")
-                            cutn = gr.Number(start["cutn"], label="Cutouts", elem_id="cutn")
-                        with gr.Row():
-                            width = gr.Number(start["width"], label="Width", elem_id="width")
-                            height = gr.Number(start["height"], label="Height", elem_id="height")
-                        with gr.Accordion("Images and more settings", open=False):
-                            init_image = gr.Image(label="Init image", type="filepath", sources=["upload"])
-                            image_prompts = gr.File(label="Image prompts", file_count="multiple",
-                                                    file_types=["image"], type="filepath")
-                            image_weight = gr.Number(1.0, label="Image prompt weight")
-                            extra = gr.Textbox(label="More settings (key=value per line)", lines=3,
-                                               placeholder="lr=0.2\ninit.weight=0.5", elem_id="extra")
-                        with gr.Row():
-                            start_button = gr.Button("Start", variant="primary", elem_id="start")
-                            stop_button = gr.Button("Stop", elem_id="stop")
-                            continue_button = gr.Button("Continue", elem_id="continue")
-                        message = gr.Markdown("", elem_id="message")
-                    with gr.Column(scale=1):
-                        status = gr.Markdown("", elem_id="status")
-                        preview = gr.Image(label="Preview", type="pil", format="png", height=280,
-                                           interactive=False, buttons=["fullscreen"], elem_id="preview")
-                        final = gr.Image(label="Final image", type="filepath", format="png", height=280,
-                                         interactive=False, buttons=["download", "fullscreen"], elem_id="final")
-            with gr.Tab("Past runs", id="gallery"):
-                refresh_button = gr.Button("Refresh", elem_id="refresh")
-                past = gr.Gallery(first_items, label=f"Runs in {outputs_root}", columns=6, height="auto",
-                                  object_fit="contain", buttons=["download", "fullscreen"], elem_id="gallery")
-                settings = gr.Code("", language="yaml", label="Settings of the selected run", elem_id="settings")
-                with gr.Row():
-                    rerun_button = gr.Button("Run again", variant="primary", elem_id="rerun")
-                    continue_past_button = gr.Button("Continue this run", elem_id="continue-past")
-                gallery_message = gr.Markdown("", elem_id="gallery-message")
+            generate = build_generate_tab(gr, names, preset)
+            past = build_past_runs_tab(gr, page.outputs_root)
             if video_available():
                 from .video_tab import build_video_tab
 
-                build_video_tab(gr, workers, outputs_root)
-
-        form_inputs = [prompts, preset_box, steps, width, height, seed, cutn, init_image, image_prompts,
-                       image_weight, extra]
-
-        def fill_from_preset(name):
-            try:
-                values = form_defaults(name)
-            except UserError as exc:
-                return gr.skip(), gr.skip(), gr.skip(), gr.skip(), gr.skip(), error_message(str(exc))
-            return values["steps"], values["width"], values["height"], values["seed"], values["cutn"], ""
-
-        def submit(*values):
-            try:
-                config = config_from_form(Form(*values), outputs_root, uploads)
-                job = workers.submit(Job(config, preview_every=preview_every))
-            except UserError as exc:
-                return None, error_message(str(exc)), ""
-            return job.id, "", "waiting"
-
-        def submit_job(make_job):
-            try:
-                job = workers.submit(make_job())
-            except UserError as exc:
-                return None, error_message(str(exc)), ""
-            return job.id, "", "waiting"
-
-        def watch(current_id):
-            """Stream the job's progress until it ends; then the final image and the gallery."""
-            job = workers.get(current_id)
-            if job is None:  # nothing was started (bad input): leave the page as it is
-                yield tuple(gr.skip() for _ in watch_outputs)  # a generator that yields nothing clears them
-                return
-            version, shown_step = -1, None
-            while True:
-                version = job.wait_for_change(version, POLL_SECONDS)
-                preview_image = gr.skip()
-                if job.preview is not None and job.preview.step != shown_step:
-                    preview_image, shown_step = job.preview.image, job.preview.step
-                if job.finished:
-                    break
-                yield preview_image, status_text(job, workers.position(job)), gr.skip(), gr.skip(), \
-                    gr.skip(), gr.skip(), gr.skip()
-            items, paths = gallery_items(outputs_root)
-            final_image = str(job.final_path) if job.final_path and job.status in (DONE, STOPPED) else gr.skip()
-            yield preview_image, status_text(job, -1), final_image, \
-                error_message(job.error) if job.status == FAILED else "", \
-                items, paths, str(job.run_dir) if job.run_dir else gr.skip()
-
-        def stop(current_id):
-            job = workers.get(current_id)
-            if job is None or job.finished:
-                return "Nothing is running."
-            job.request_stop()
-            return ""
-
-        def continue_last(run_dir, steps_value):
-            if not run_dir:
-                return None, error_message("no run to continue yet: Start one, then Stop it"), ""
-            return submit_job(lambda: continue_job(run_dir, _steps(steps_value), preview_every))
-
-        def refresh():
-            items, paths = gallery_items(outputs_root)
-            return items, paths
-
-        def select_run(paths, event: gr.SelectData):
-            index = event.index if isinstance(event.index, int) else None
-            if index is None or not paths or index >= len(paths):
-                return None, ""
-            run = gallery.read_run(paths[index])
-            return (paths[index], gallery.settings_text(run)) if run else (None, "")
-
-        def rerun(path):
-            run = gallery.read_run(path) if path else None
-            if run is None:
-                return None, gr.skip(), error_message("select a run in the gallery first")
-            job_value, text, _ = submit_job(lambda: Job(gallery.rerun_config(run, outputs_root),
-                                                        preview_every=preview_every))
-            return job_value, gr.Tabs(selected="generate") if job_value else gr.skip(), text
-
-        def continue_past(path):
-            run = gallery.read_run(path) if path else None
-            if run is None:
-                return None, gr.skip(), error_message("select a run in the gallery first")
-            job_value, text, _ = submit_job(lambda: continue_job(run.run_dir, None, preview_every))
-            return job_value, gr.Tabs(selected="generate") if job_value else gr.skip(), text
-
-        watch_outputs = [preview, status, final, message, past, gallery_paths, last_run]
-        fast = dict(concurrency_limit=None, show_progress="hidden")  # runs queue in Workers, not here
-        preset_box.change(fill_from_preset, preset_box, [steps, width, height, seed, cutn, message], **fast)
-        # Named API endpoints: what gradio_client callers (and the tests) use to drive the page.
-        start_button.click(submit, form_inputs, [job_id, message, status], api_name="start", **fast) \
-            .then(watch, job_id, watch_outputs, api_name="watch", **fast)
-        stop_button.click(stop, job_id, message, **fast)
-        continue_button.click(continue_last, [last_run, steps], [job_id, message, status], **fast) \
-            .then(watch, job_id, watch_outputs, **fast)
-        refresh_button.click(refresh, None, [past, gallery_paths], **fast)
-        past.select(select_run, gallery_paths, [selected, settings], **fast)
-        rerun_button.click(rerun, selected, [job_id, tabs, gallery_message], **fast) \
-            .then(watch, job_id, watch_outputs, **fast)
-        continue_past_button.click(continue_past, selected, [job_id, tabs, gallery_message], **fast) \
-            .then(watch, job_id, watch_outputs, **fast)
+                build_video_tab(gr, workers, page.outputs_root)
+        # What watching a run updates: the Generate tab, and the gallery once the run ends.
+        watch_outputs = [generate.preview, generate.status, generate.final, generate.message, past.gallery,
+                         past.paths, generate.last_run]
+        wire_generate_tab(gr, page, generate, watch_outputs)
+        wire_past_runs_tab(gr, page, past, generate.job_id, tabs, watch_outputs)
     return app
+
+
+def build_generate_tab(gr, names: list[str], preset: str) -> GenerateTab:
+    """Prompts, preset and the main settings, Start / Stop / Continue; the live preview and the final image."""
+    defaults = form_defaults(preset)
+    with gr.Tab("Generate", id="generate"), gr.Row():
+        with gr.Column(scale=1):
+            prompts = gr.Textbox(label="Prompts (one per line; text:weight, fog:-0.5)", lines=3,
+                                 placeholder="a red triangle on a black background", elem_id="prompts")
+            preset_box = gr.Dropdown(names, value=preset, label="Preset", elem_id="preset")
+            with gr.Row():
+                steps = gr.Number(defaults["steps"], label="Steps", elem_id="steps")
+                seed = gr.Number(defaults["seed"], label="Seed (empty: random)", elem_id="seed")
+                cutn = gr.Number(defaults["cutn"], label="Cutouts", elem_id="cutn")
+            with gr.Row():
+                width = gr.Number(defaults["width"], label="Width", elem_id="width")
+                height = gr.Number(defaults["height"], label="Height", elem_id="height")
+            with gr.Accordion("Images and more settings", open=False):
+                init_image = gr.Image(label="Init image", type="filepath", sources=["upload"])
+                image_prompts = gr.File(label="Image prompts", file_count="multiple", file_types=["image"],
+                                        type="filepath")
+                image_weight = gr.Number(1.0, label="Image prompt weight")
+                extra = gr.Textbox(label="More settings (key=value per line)", lines=3,
+                                   placeholder="lr=0.2\ninit.weight=0.5", elem_id="extra")
+            with gr.Row():
+                start = gr.Button("Start", variant="primary", elem_id="start")
+                stop = gr.Button("Stop", elem_id="stop")
+                continue_last = gr.Button("Continue", elem_id="continue")
+            message = gr.Markdown("", elem_id="message")
+        with gr.Column(scale=1):
+            status = gr.Markdown("", elem_id="status")
+            preview = gr.Image(label="Preview", type="pil", format="png", height=280, interactive=False,
+                               buttons=["fullscreen"], elem_id="preview")
+            final = gr.Image(label="Final image", type="filepath", format="png", height=280, interactive=False,
+                             buttons=["download", "fullscreen"], elem_id="final")
+    return GenerateTab(
+        form=[prompts, preset_box, steps, width, height, seed, cutn, init_image, image_prompts, image_weight, extra],
+        preset=preset_box, preset_fields=[steps, width, height, seed, cutn], steps=steps, start=start, stop=stop,
+        continue_last=continue_last, message=message, status=status, preview=preview, final=final,
+        job_id=gr.State(None), last_run=gr.State(None))
+
+
+def build_past_runs_tab(gr, outputs_root: str) -> PastRunsTab:
+    """The outputs folder's runs, the settings of the one clicked, Run again / Continue this run."""
+    items, paths = gallery_items(outputs_root)
+    with gr.Tab("Past runs", id="gallery"):
+        refresh = gr.Button("Refresh", elem_id="refresh")
+        shown = gr.Gallery(items, label=f"Runs in {outputs_root}", columns=6, height="auto", object_fit="contain",
+                           buttons=["download", "fullscreen"], elem_id="gallery")
+        settings = gr.Code("", language="yaml", label="Settings of the selected run", elem_id="settings")
+        with gr.Row():
+            rerun = gr.Button("Run again", variant="primary", elem_id="rerun")
+            continue_run = gr.Button("Continue this run", elem_id="continue-past")
+        message = gr.Markdown("", elem_id="gallery-message")
+    return PastRunsTab(refresh=refresh, gallery=shown, paths=gr.State(paths), selected=gr.State(None),
+                       settings=settings, rerun=rerun, continue_run=continue_run, message=message)
+
+
+def wire_generate_tab(gr, page: Page, generate: GenerateTab, watch_outputs: list) -> None:
+    """The Generate tab's events. The api_names are what gradio_client callers (and the tests) use."""
+    watch = partial(watch_job, gr, page)
+    submitted = [generate.job_id, generate.message, generate.status]
+    generate.preset.change(partial(fill_from_preset, gr), generate.preset, [*generate.preset_fields, generate.message],
+                           api_name="fill_from_preset", **FAST)
+    generate.start.click(partial(start_run, page), generate.form, submitted, api_name="start", **FAST) \
+        .then(watch, generate.job_id, watch_outputs, api_name="watch", **FAST)
+    generate.stop.click(partial(stop_job, page), generate.job_id, generate.message, api_name="stop", **FAST)
+    generate.continue_last.click(partial(continue_last_run, page), [generate.last_run, generate.steps], submitted,
+                                 api_name="continue_last", **FAST) \
+        .then(watch, generate.job_id, watch_outputs, api_name="watch", **FAST)  # Gradio names it watch_1
+
+
+def wire_past_runs_tab(gr, page: Page, past: PastRunsTab, job_id, tabs, watch_outputs: list) -> None:
+    """The Past runs tab's events; a run started here is watched on the Generate tab."""
+    def select_run(paths, event: gr.SelectData):  # Gradio hands over the click by this type hint
+        return selected_run(paths, event.index)
+
+    watch = partial(watch_job, gr, page)
+    submitted = [job_id, tabs, past.message]
+    past.refresh.click(partial(refresh_gallery, page), None, [past.gallery, past.paths], api_name="refresh", **FAST)
+    past.gallery.select(select_run, past.paths, [past.selected, past.settings], api_name="select_run", **FAST)
+    past.rerun.click(partial(submit_past_run, gr, page, rerun_job), past.selected, submitted, api_name="rerun",
+                     **FAST) \
+        .then(watch, job_id, watch_outputs, api_name="watch", **FAST)
+    past.continue_run.click(partial(submit_past_run, gr, page, continue_past_job), past.selected, submitted,
+                            api_name="continue_past", **FAST) \
+        .then(watch, job_id, watch_outputs, api_name="watch", **FAST)
+
+
+# --- the handlers: plain functions of the page and the inputs, bound with partial above ---------
+
+
+def fill_from_preset(gr, name: str):
+    """The preset's steps, width, height, seed and cutouts into the form (and clear the message)."""
+    try:
+        values = form_defaults(name)
+    except UserError as exc:
+        return gr.skip(), gr.skip(), gr.skip(), gr.skip(), gr.skip(), error_message(str(exc))
+    return values["steps"], values["width"], values["height"], values["seed"], values["cutn"], ""
+
+
+def submit(page: Page, make_job: Callable[[], Job]) -> tuple:
+    """Queue the job `make_job` builds: (job id, message, status), or the mistake as the message."""
+    try:
+        job = page.workers.submit(make_job())
+    except UserError as exc:
+        return None, error_message(str(exc)), ""
+    return job.id, "", "waiting"
+
+
+def start_run(page: Page, *form_values):
+    """Start: a new run from the form's fields (in Form's order)."""
+    return submit(page, lambda: Job(config_from_form(Form(*form_values), page.outputs_root, page.uploads),
+                                    preview_every=page.preview_every))
+
+
+def continue_last_run(page: Page, run_dir: str | None, steps_value):
+    """Continue: the run this browser tab watched last, to the Steps field's count."""
+    if not run_dir:
+        return None, error_message("no run to continue yet: Start one, then Stop it"), ""
+    return submit(page, lambda: continue_job(run_dir, _steps(steps_value), page.preview_every))
+
+
+def stop_job(page: Page, job_id) -> str:
+    job = page.workers.get(job_id)
+    if job is None or job.finished:
+        return "Nothing is running."
+    job.request_stop()
+    return ""
+
+
+def watch_job(gr, page: Page, job_id):
+    """Stream the job's progress until it ends; then the final image and the gallery.
+
+    Yields (preview, status, final image, message, gallery items, gallery paths, run folder).
+    """
+    job = page.workers.get(job_id)
+    if job is None:  # nothing was started (bad input): leave the page as it is
+        yield (gr.skip(),) * 7  # a generator that yields nothing would clear them
+        return
+    version, shown_step = -1, None
+    while True:
+        version = job.wait_for_change(version, POLL_SECONDS)
+        preview_image = gr.skip()
+        if job.preview is not None and job.preview.step != shown_step:
+            preview_image, shown_step = job.preview.image, job.preview.step
+        if job.finished:
+            break
+        yield (preview_image, status_text(job, page.workers.position(job))) + (gr.skip(),) * 5
+    items, paths = gallery_items(page.outputs_root)
+    final_image = str(job.final_path) if job.final_path and job.status in (DONE, STOPPED) else gr.skip()
+    yield preview_image, status_text(job, -1), final_image, \
+        error_message(job.error) if job.status == FAILED else "", \
+        items, paths, str(job.run_dir) if job.run_dir else gr.skip()
+
+
+def refresh_gallery(page: Page):
+    return gallery_items(page.outputs_root)
+
+
+def selected_run(paths: list[str], index) -> tuple[str | None, str]:
+    """(image path, settings as YAML) of the gallery item at `index`, or (None, "")."""
+    if not isinstance(index, int) or not paths or index >= len(paths):
+        return None, ""
+    run = gallery.read_run(paths[index])
+    return (paths[index], gallery.settings_text(run)) if run else (None, "")
+
+
+def submit_past_run(gr, page: Page, make_job: Callable[[Page, gallery.PastRun], Job], path: str | None):
+    """Run again / Continue this run: queue the selected run's job, then show the Generate tab to watch it."""
+    run = gallery.read_run(path) if path else None
+    if run is None:
+        return None, gr.skip(), error_message("select a run in the gallery first")
+    job_id, message, _ = submit(page, lambda: make_job(page, run))
+    return job_id, gr.Tabs(selected="generate") if job_id else gr.skip(), message
+
+
+def rerun_job(page: Page, run: gallery.PastRun) -> Job:
+    """The same settings, seed included, as a new run."""
+    return Job(gallery.rerun_config(run, page.outputs_root), preview_every=page.preview_every)
+
+
+def continue_past_job(page: Page, run: gallery.PastRun) -> Job:
+    return continue_job(run.run_dir, None, page.preview_every)
 
 
 def _steps(value) -> int | None:
