@@ -29,9 +29,9 @@ from .interrupt import Interrupted, stop_on_signals
 from .objective import Objective
 from .optimize import NumericalError, Step, make_optimizer, make_scheduler, optimize
 from .precision import compute_copy, in_autocast, resolve_precision
+from .prompts import PromptTimeline, parse_prompts, split_story, timeline_from_schedule, timeline_from_story
 from .rng import restore_rng, seed_everything
 from .run_files import GenerationResult, RunWriter
-from .prompts import PromptTimeline, parse_prompts, split_story, timeline_from_schedule, timeline_from_story
 from .threads import run_threads
 
 log = logging.getLogger(__name__)

@@ -26,8 +26,8 @@ from __future__ import annotations
 import os
 import resource
 import weakref
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Callable
 
 import torch
 from torch.utils._python_dispatch import TorchDispatchMode

@@ -13,8 +13,14 @@ import torch.nn.functional as F
 from .cutouts import make_cutouts
 from .errors import UserError
 from .outputs import load_image
-from .prompts import EmbeddingPrompt, PromptSpec, PromptTimeline, noise_embedding, parse_image_prompt, \
-    parse_noise_prompt
+from .prompts import (
+    EmbeddingPrompt,
+    PromptSpec,
+    PromptTimeline,
+    noise_embedding,
+    parse_image_prompt,
+    parse_noise_prompt,
+)
 
 
 class Objective:

@@ -8,8 +8,8 @@ returning False.
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Callable, Optional
 
 import torch
 from tqdm.auto import trange
@@ -39,7 +39,7 @@ LossFunction = Callable[[torch.Tensor, torch.Tensor, int], dict[str, torch.Tenso
 def optimize(z: torch.Tensor, decode: Callable[[torch.Tensor], torch.Tensor], loss_fn: LossFunction, *,
              steps: int, optimizer: torch.optim.Optimizer, scheduler=None,
              z_min: torch.Tensor | None = None, z_max: torch.Tensor | None = None, start_step: int = 0,
-             callback: Optional[Callable[[Step], Optional[bool]]] = None, disable: bool | None = None) -> int:
+             callback: Callable[[Step], bool | None] | None = None, disable: bool | None = None) -> int:
     """Run steps `start_step`..`steps` of gradient descent on `z` (a leaf tensor in `optimizer`).
 
     Each step: image = decode(z); losses = loss_fn(image, z, step); backward; optimiser step;

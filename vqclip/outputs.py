@@ -254,7 +254,7 @@ def save_image(path: str | os.PathLike, image: Any, metadata: dict) -> None:
     if image_format(path) == "PNG":
         save_png(path, image, metadata)
         return
-    comment = f"{METADATA_KEY} {_json_line(metadata)}".encode("utf-8")
+    comment = f"{METADATA_KEY} {_json_line(metadata)}".encode()
     with atomic_open(path, "wb") as f:
         _to_pil(image).convert("RGB").save(f, format="JPEG", quality=95, comment=comment)
 

@@ -269,7 +269,7 @@ class EmbeddingPrompt(nn.Module):
         self.stop = float(stop)
 
     @classmethod
-    def from_spec(cls, spec: PromptSpec, embedding: torch.Tensor) -> "EmbeddingPrompt":
+    def from_spec(cls, spec: PromptSpec, embedding: torch.Tensor) -> EmbeddingPrompt:
         return cls(embedding, spec.weight, spec.stop)
 
     def forward(self, image_embeddings: torch.Tensor) -> torch.Tensor:

@@ -19,7 +19,7 @@ import warnings
 import zipfile
 from collections.abc import Mapping, Sequence
 from dataclasses import asdict, fields
-from functools import lru_cache
+from functools import cache
 from pathlib import Path
 
 import torch
@@ -431,7 +431,7 @@ def _tokenizer(arch: str, model_cfg: dict, builtin: bool):
     return shared_bpe(context_length)
 
 
-@lru_cache(maxsize=None)
+@cache
 def shared_bpe(context_length: int):
     """open_clip's default BPE tokenizer (no options) with this context length, built once per process.
 

@@ -141,8 +141,8 @@ def decode_checkpointed(decoder: nn.Module, h: torch.Tensor) -> torch.Tensor:
     The same modules in the same order as taming's forward (a test holds them equal); only the
     storage of activations changes, so taming's code needs no patch.
     """
-    from torch.utils.checkpoint import checkpoint
     from taming.modules.diffusionmodules.model import nonlinearity
+    from torch.utils.checkpoint import checkpoint
 
     def middle(x):
         return decoder.mid.block_2(decoder.mid.attn_1(decoder.mid.block_1(decoder.conv_in(x), None)), None)

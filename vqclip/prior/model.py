@@ -137,7 +137,7 @@ class DecoderLayer(nn.Module):
         self.glu = GLU(width, glu)
 
     def forward(self, x: torch.Tensor, text: tuple[torch.Tensor, torch.Tensor], text_mask: torch.Tensor,
-                cache: "LayerCache | None" = None, position: int = 0) -> torch.Tensor:
+                cache: LayerCache | None = None, position: int = 0) -> torch.Tensor:
         h = self.pre_self_attn_layer_norm(x)
         keys, values = self.self_attn.keys_values(h)
         if cache is None:  # the whole sequence at once: causal attention

@@ -101,7 +101,7 @@ class BartBpeTokenizer:
         self.vocab_size = len(vocab)
 
     @classmethod
-    def from_files(cls, vocab_path: str | Path, merges_path: str | Path) -> "BartBpeTokenizer":
+    def from_files(cls, vocab_path: str | Path, merges_path: str | Path) -> BartBpeTokenizer:
         try:
             vocab = json.loads(Path(vocab_path).read_text(encoding="utf-8"))
             merges = Path(merges_path).read_text(encoding="utf-8").splitlines()

@@ -21,7 +21,8 @@ import dataclasses
 import itertools
 import random
 import re
-from typing import TYPE_CHECKING, Iterator
+from collections.abc import Iterator
+from typing import TYPE_CHECKING
 
 import numpy as np
 
@@ -136,7 +137,7 @@ def draw(scene: Scene, size: int = IMAGE_SIZE) -> np.ndarray:
     return np.rint(bg + (fg - bg) * alpha).astype(np.uint8)
 
 
-def to_tensor(image) -> "torch.Tensor":
+def to_tensor(image) -> torch.Tensor:
     """uint8 HWC array (or PIL image) -> float tensor [3, H, W] in [0, 1]."""
     import torch
 
@@ -144,7 +145,7 @@ def to_tensor(image) -> "torch.Tensor":
     return torch.from_numpy(np.ascontiguousarray(array)).permute(2, 0, 1).float().div_(255)
 
 
-def _stack(images: list[np.ndarray]) -> "torch.Tensor":
+def _stack(images: list[np.ndarray]) -> torch.Tensor:
     import torch
 
     return torch.from_numpy(np.stack(images)).permute(0, 3, 1, 2).float().div_(255).contiguous()
@@ -278,7 +279,7 @@ def held_out(n: int = 512, seed: int = 0, size: int = IMAGE_SIZE) -> list[tuple[
     return [(draw(scene, size), text, scene) for scene, text in items]
 
 
-def batch(rng: random.Random, n: int, size: int = IMAGE_SIZE) -> tuple["torch.Tensor", list[str], list[Scene]]:
+def batch(rng: random.Random, n: int, size: int = IMAGE_SIZE) -> tuple[torch.Tensor, list[str], list[Scene]]:
     """n random items: (float tensor [n, 3, size, size] in [0, 1], captions, scenes)."""
     scenes = [sample_scene(rng) for _ in range(n)]
     captions = [caption(s, rng) for s in scenes]
@@ -286,7 +287,7 @@ def batch(rng: random.Random, n: int, size: int = IMAGE_SIZE) -> tuple["torch.Te
 
 
 def shape_contrast_batch(rng: random.Random, groups: int,
-                         size: int = IMAGE_SIZE) -> tuple["torch.Tensor", list[str], list[Scene]]:
+                         size: int = IMAGE_SIZE) -> tuple[torch.Tensor, list[str], list[Scene]]:
     """groups × len(SHAPES) items; each run of len(SHAPES) consecutive items shares colour,
     background, size, position and caption template, and differs only in shape.
 
