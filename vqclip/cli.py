@@ -506,7 +506,8 @@ def bench_command(argv: list[str]) -> int:
     parser.add_argument("--size", type=int, default=256, help="image side in pixels")
     parser.add_argument("--cutn", type=int, default=32)
     parser.add_argument("--steps", type=int, help="timed steps per path, after one warm-up step (default 3); "
-                        "with --concurrent, steps per run (default 30)")
+                        "with --concurrent, steps per run (default 30); with --time-to-image, the classic loop's "
+                        "steps (default 500)")
     parser.add_argument("--device", default="auto", help="auto | cpu | cuda | cuda:N")
     parser.add_argument("--precision", default="auto", help="the fast path's precision: auto | fp32 | bf16 | fp16")
     parser.add_argument("--augmentations", default="classic", help="an augmentation pipeline name or YAML file")
@@ -516,8 +517,20 @@ def bench_command(argv: list[str]) -> int:
     parser.add_argument("--workload", default="shapes", help="--concurrent: shapes (the README's first command) "
                         "or real (imagenet_f16_16384 + ViT-B/32 at 128 px, random weights)")
     parser.add_argument("--threads", type=int, help="--concurrent: fix each run's threads (default: vqclip chooses)")
+    parser.add_argument("--time-to-image", type=int, metavar="N", help="instead: seconds until N prompts of the "
+                        "shapes world reach the classic loop's score, from random codes and from the preset's start")
+    parser.add_argument("-p", "--preset", default="shapes", help="--time-to-image: the preset (default shapes)")
     args = parser.parse_args(argv)
     progress = None if args.json else (lambda line: print(line, file=sys.stderr, flush=True))
+    if args.time_to_image is not None:
+        from .shapes.evaluate import default_prompts
+        from .time_to_image import format_time_to_image, time_to_image
+
+        every = default_prompts()  # 8 colours × 3 shapes: take each colour once, the shapes in turn
+        prompts = [every[3 * colour + colour % 3] for colour in range(8)][:args.time_to_image]
+        report = time_to_image(prompts, preset=args.preset, steps=args.steps or 500, progress=progress)
+        print(json.dumps(report) if args.json else format_time_to_image(report))
+        return 0
     if args.concurrent is not None:
         from .concurrency import concurrent, format_concurrent
 
