@@ -50,3 +50,8 @@ def test_time_to_image_needs_prompts_and_steps():
 
     with pytest.raises(UserError, match="at least one prompt and one step"):
         time_to_image([], steps=3)
+
+
+def test_bench_names_the_compile_modes(capsys):
+    assert main(["bench", "--vqgan", "shapes", "--clip", "shapes", "--size", "64", "--compile", "fast"]) == 2
+    assert "valid choices: default, none, reduce-overhead" in capsys.readouterr().err

@@ -61,14 +61,22 @@ def random_models(vqgan_name: str, clip_name: str, device: torch.device):
     return Models(vqgan, clip, device)
 
 
+COMPILE_MODES = ("none", "default", "reduce-overhead")  # reduce-overhead: torch.compile with CUDA graphs
+
+
 def bench(vqgan: str = "imagenet_f16_16384", clip: str = "ViT-B-32", size: int = 256, cutn: int = 32,
           steps: int = 3, device: str = "auto", precision: str = "auto", augmentations: str = "classic",
-          warmup: int = 1, seed: int = 0, progress=None) -> dict:
-    """Seconds per step (median after `warmup`), stage split, peak memory, FLOP rate; fast vs baseline."""
+          warmup: int = 1, seed: int = 0, compile: str = "none", progress=None) -> dict:
+    """Seconds per step (median after `warmup`), stage split, peak memory, FLOP rate; fast vs baseline.
+
+    `compile` compiles the fast path's decoder step (as `compile=true` does in a run): the warm-up
+    step pays for the compilation."""
     from .generation import pick_device
 
     if size < 1 or cutn < 1 or steps < 1 or warmup < 0:
         raise UserError(f"bench needs size, cutn and steps ≥ 1 (got size {size}, cutn {cutn}, steps {steps})")
+    if compile not in COMPILE_MODES:
+        raise unknown_choice("compile mode", compile, COMPILE_MODES)
     torch.manual_seed(seed)
     where = pick_device(device)
     models = random_models(vqgan, clip, where)
@@ -82,7 +90,7 @@ def bench(vqgan: str = "imagenet_f16_16384", clip: str = "ViT-B-32", size: int =
     z0 = models.vqgan.tokens_to_z(torch.randint(models.vqgan.n_embed, (1, grid, grid), device=where))
 
     paths = {
-        "fast": _Path(models.in_precision(dtype), models.vqgan, dtype, batched=True),
+        "fast": _Path(models.in_precision(dtype), models.vqgan, dtype, batched=True, compile=compile),
         "baseline": _Path(models, models.vqgan, torch.float32, batched=False),
     }
     memory = _PeakMemory(where)
@@ -100,7 +108,7 @@ def bench(vqgan: str = "imagenet_f16_16384", clip: str = "ViT-B-32", size: int =
     fast, baseline = _summary(times["fast"]), _summary(times["baseline"])
     peak = measure_matmul_peak(where, dtype)
     return {
-        "vqgan": vqgan, "clip": clip, "size": size, "cutn": cutn, "steps": steps,
+        "vqgan": vqgan, "clip": clip, "size": size, "cutn": cutn, "steps": steps, "compile": compile,
         "device": _device_name(where), "precision": str(dtype).removeprefix("torch."),
         "s_per_step": fast["total"], "baseline_s_per_step": baseline["total"],
         "speedup": baseline["total"] / fast["total"],
@@ -115,8 +123,10 @@ def bench(vqgan: str = "imagenet_f16_16384", clip: str = "ViT-B-32", size: int =
 class _Path:
     """One way of computing the step: the networks, the precision, and how cutouts are made."""
 
-    def __init__(self, models, fp32_vqgan, dtype: torch.dtype, batched: bool):
+    def __init__(self, models, fp32_vqgan, dtype: torch.dtype, batched: bool, compile: str = "none"):
         self.models, self.fp32_vqgan, self.dtype, self.batched = models, fp32_vqgan, dtype, batched
+        decode = lambda z: models.vqgan.decode(fp32_vqgan.quantize(z))  # noqa: E731
+        self.decode = decode if compile == "none" else torch.compile(decode, mode=compile, dynamic=False)
 
     def step(self, z0: torch.Tensor, target: EmbeddingPrompt, cutn: int, augment, device) -> dict[str, float]:
         clock = _StageClock(device)
@@ -124,7 +134,7 @@ class _Path:
         optimizer = torch.optim.Adam([z], lr=0.1)
         member = self.models.clip.members[0]
         with autocast(device, self.dtype):
-            image = self.models.vqgan.decode(self.fp32_vqgan.quantize(z))
+            image = self.decode(z)
             clock.lap("decode")
             if self.batched:
                 cutouts = make_cutouts(image, member.input_size, cutn, noise_fac=0)

@@ -511,6 +511,8 @@ def bench_command(argv: list[str]) -> int:
     parser.add_argument("--device", default="auto", help="auto | cpu | cuda | cuda:N")
     parser.add_argument("--precision", default="auto", help="the fast path's precision: auto | fp32 | bf16 | fp16")
     parser.add_argument("--augmentations", default="classic", help="an augmentation pipeline name or YAML file")
+    parser.add_argument("--compile", default="none", help="compile the fast path's decoder step: none | default | "
+                        "reduce-overhead (CUDA graphs); the warm-up step pays for it")
     parser.add_argument("--json", action="store_true", help="print one JSON object instead of the table")
     parser.add_argument("--concurrent", type=int, metavar="K", help="start K whole runs at once and compare the "
                         "time until all end with perfect sharing of the cores")
@@ -543,7 +545,7 @@ def bench_command(argv: list[str]) -> int:
 
     result = bench(vqgan=args.vqgan, clip=args.clip, size=args.size, cutn=args.cutn, steps=args.steps or 3,
                    device=args.device, precision=args.precision, augmentations=args.augmentations,
-                   progress=progress)
+                   compile=args.compile, progress=progress)
     print(json.dumps(result) if args.json else format_report(result))
     return 0
 
