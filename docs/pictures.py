@@ -50,8 +50,10 @@ def morph(work: Path) -> None:
     for shape, colour, background in MORPH_KEYS:
         keys.append(work / f"{colour}-{shape}.png")
         Image.fromarray(draw(Scene(shape, colour, background, 0.6, 0.5, 0.5))).save(keys[-1])
-    video.interpolate([str(key) for key in keys], preset="shapes-morph", output=str(DOCS / "video-morph.gif"),
-                      seed=1, video={"between": 10}, run_dir=str(work / "morph"), quiet=True)
+    gif = DOCS / "video-morph.gif"
+    video.interpolate([str(key) for key in keys], preset="shapes-morph", output=str(gif), seed=1,
+                      video={"between": 10}, run_dir=str(work / "morph"), quiet=True)
+    gif.with_name(gif.name + ".json").unlink(missing_ok=True)  # the settings file written beside a video
 
 
 def ui(work: Path) -> None:
