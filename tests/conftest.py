@@ -10,6 +10,7 @@ Fixtures (a test asks for one by name; nothing here is imported by a test file):
     `random_taming_state`, `save_lightning_checkpoint`, `taming_model_config`, `write_yaml`,
     `tiny_ddconfig`; a preset over tiny models that runs in a second: `tiny_preset`, and
     `make_tiny_preset(**overrides)` for one with other settings (the model files are written once);
+  - `starting_z`: the latents a test's runs start optimising from (init's result, before any step);
   - the shipped shapes world: `shapes_models` (loaded once), `draw_key`, `moving_circle`, `write_clip`;
   - `min_dalle_models`: min-dalle's reference modules, imported without their side effect;
   - `free_port`: a free loopback port for a served page.
@@ -215,6 +216,26 @@ def make_tiny_preset(tiny_model_files, tmp_path_factory):
 def tiny_preset(make_tiny_preset) -> Path:
     """The tiny preset with its own settings: 32×32, 4 steps, cutn 4, seed 1, on the CPU; runs in a second."""
     return make_tiny_preset()
+
+
+# ---- runs ----------------------------------------------------------------------------------------
+
+
+@pytest.fixture
+def starting_z(monkeypatch) -> list[torch.Tensor]:
+    """The latents this test's runs start their optimisation from (what is handed to the optimiser,
+    after init and before any step), one per run, in order."""
+    import vqclip.generation
+
+    seen = []
+    real = vqclip.generation.make_optimizer
+
+    def spy(name, params, *args, **kwargs):
+        seen.append(params[0].detach().clone())
+        return real(name, params, *args, **kwargs)
+
+    monkeypatch.setattr(vqclip.generation, "make_optimizer", spy)
+    return seen
 
 
 # ---- the shapes world ---------------------------------------------------------------------------

@@ -17,22 +17,21 @@ import resource
 import struct
 import traceback
 import zlib
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable
 
 import pytest
 from PIL import Image
 
-from model_files import write_tiny_preset
 from vqclip.cli import main
 
 ERROR_PREFIX = "vqclip: error: "
 
 
 @pytest.fixture(scope="module")
-def preset(tmp_path_factory):
-    return write_tiny_preset(tmp_path_factory.mktemp("models"), steps=2)
+def preset(make_tiny_preset):
+    return make_tiny_preset(steps=2)
 
 
 # ---- input files ------------------------------------------------------------------------------

@@ -26,7 +26,6 @@ from hypothesis import HealthCheck, event, given, settings
 from hypothesis import strategies as st
 from omegaconf import DictConfig
 
-from model_files import write_tiny_preset
 from vqclip.cli import main
 from vqclip.config import CHOICES, InitConfig, RunConfig, VQGANConfig, build_config, choices, to_dict
 from vqclip.errors import UserError
@@ -203,8 +202,8 @@ cli_overrides = st.lists(st.tuples(st.sampled_from(CLI_KEYS), small_values).map(
 
 
 @pytest.fixture(scope="module")
-def tiny_preset(tmp_path_factory):
-    return write_tiny_preset(tmp_path_factory.mktemp("fuzz-models"), steps=1, save_every=0, checkpoint_every=0)
+def one_step_preset(make_tiny_preset):
+    return make_tiny_preset(steps=1, save_every=0, checkpoint_every=0)
 
 
 @pytest.fixture(scope="module")
@@ -215,10 +214,10 @@ def scratch(tmp_path_factory):
 @settings(derandomize=True, max_examples=25, deadline=None, database=None,
           suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large])
 @given(dotlist=cli_overrides)
-def test_command_line_overrides_exit_0_or_2_never_a_traceback(tiny_preset, scratch, dotlist):
+def test_command_line_overrides_exit_0_or_2_never_a_traceback(one_step_preset, scratch, dotlist):
     with tempfile.TemporaryDirectory(dir=scratch) as folder:
         run_dir = Path(folder) / "run"
-        argv = ["a red circle", *dotlist, "-p", str(tiny_preset), "--run-dir", str(run_dir), "--steps", "1"]
+        argv = ["a red circle", *dotlist, "-p", str(one_step_preset), "--run-dir", str(run_dir), "--steps", "1"]
         out, err = io.StringIO(), io.StringIO()
         cwd = os.getcwd()
         os.chdir(folder)  # anything written relative to the working folder lands in the scratch folder

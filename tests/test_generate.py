@@ -148,20 +148,6 @@ def test_noise_prompt_flag(tiny_preset, tmp_path, capsys):
     assert set(read_jsonl(tmp_path / "log.jsonl")[0]["losses"]) == {"noise 3"}
 
 
-@pytest.fixture
-def starting_z(monkeypatch):
-    """The latents runs start their optimisation from (the tensor handed to the optimiser), in order."""
-    seen = []
-    real = vqclip.generation.make_optimizer
-
-    def spy(name, params, *args, **kwargs):
-        seen.append(params[0].detach().clone())
-        return real(name, params, *args, **kwargs)
-
-    monkeypatch.setattr(vqclip.generation, "make_optimizer", spy)
-    return seen
-
-
 def test_init_modes(tiny_preset, tmp_path, starting_z):
     from vqclip.config import build_config
     from vqclip.generation import load_models

@@ -20,7 +20,6 @@ import textwrap
 import pytest
 import torch
 
-from model_files import write_tiny_preset
 from vqclip.cli import main
 from vqclip.config import build_config
 from vqclip.errors import UserError
@@ -35,8 +34,8 @@ ALLOCATOR_ERROR = ("DefaultCPUAllocator: can't allocate memory: you tried to all
 
 
 @pytest.fixture(scope="module")
-def tiny(tmp_path_factory):
-    return write_tiny_preset(tmp_path_factory.mktemp("models"), steps=2)
+def tiny(make_tiny_preset):
+    return make_tiny_preset(steps=2)
 
 
 def setup(preset: str, **overrides):

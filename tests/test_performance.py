@@ -9,21 +9,14 @@ import pytest
 import torch
 import yaml
 
-from model_files import write_tiny_preset
 from vqclip.cli import main
-from vqclip.config import build_config
 from vqclip.cutouts import make_cutouts
 from vqclip.errors import UserError
-from vqclip.generation import generate, load_models
-from vqclip.memory import LiveTensorMemory, auto_size, largest_side, measure_peak_bytes, SAFETY
+from vqclip.generation import generate
+from vqclip.memory import SAFETY, LiveTensorMemory, auto_size, largest_side, measure_peak_bytes
 from vqclip.models.vqgan import build_vqgan
 from vqclip.precision import autocast, resolve_precision
 from vqclip.prompts import EmbeddingPrompt
-
-
-@pytest.fixture(scope="module")
-def shapes_models():
-    return load_models(build_config("shapes", {"prompts": ["a red circle"], "device": "cpu"}))
 
 
 def step_loss_and_grad(models, dtype, seed=0):
@@ -82,11 +75,9 @@ def test_training_takes_bf16_where_precision_finds_it_fast(monkeypatch, fast):
         assert (x @ x).dtype == torch.float32
 
 
-def test_a_generation_in_bf16_and_in_fp32_both_run(tmp_path):
-    (tmp_path / "models").mkdir()
-    preset = write_tiny_preset(tmp_path / "models")
+def test_a_generation_in_bf16_and_in_fp32_both_run(tiny_preset, tmp_path):
     for precision in ("fp32", "bf16"):
-        result = generate("a red circle", preset=str(preset), steps=3, precision=precision,
+        result = generate("a red circle", preset=str(tiny_preset), steps=3, precision=precision,
                           run_dir=str(tmp_path / precision), quiet=True)
         assert result.final_path.is_file()
         assert all(torch.isfinite(torch.tensor(record["loss"])) for record in result.losses)

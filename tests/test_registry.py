@@ -7,7 +7,6 @@ import sys
 import pytest
 import torch
 
-from model_files import write_tiny_preset
 from vqclip.cli import main
 from vqclip.errors import UserError
 from vqclip.models import registry
@@ -35,10 +34,9 @@ def test_unknown_names_list_the_valid_ones():
         registry.download_by_name("ViT-B-32:nope")
 
 
-def test_cached_files_are_used_without_network(tmp_path, monkeypatch):
+def test_cached_files_are_used_without_network(tmp_path, monkeypatch, random_taming_state, save_lightning_checkpoint,
+                                               taming_model_config, write_yaml):
     """A registry VQGAN already in $VQCLIP_CACHE loads without any request."""
-    from model_files import random_taming_state, save_lightning_checkpoint, taming_model_config, write_yaml
-
     monkeypatch.setenv("VQCLIP_CACHE", str(tmp_path))
     entry = registry.VQGANS["imagenet_f16_1024"]
     folder = tmp_path / entry.name
@@ -51,9 +49,8 @@ def test_cached_files_are_used_without_network(tmp_path, monkeypatch):
     assert not (folder / entry.checkpoint.filename).exists()  # the broken file is removed
 
 
-def test_models_check_and_list_from_the_cli(tmp_path, capsys):
-    preset = write_tiny_preset(tmp_path)
-    assert main(["models", "check", "-p", str(preset)]) == 0
+def test_models_check_and_list_from_the_cli(tiny_preset, capsys):
+    assert main(["models", "check", "-p", str(tiny_preset)]) == 0
     out = capsys.readouterr().out
     assert "VQGAN: vq, 32 codes × 16, factor 2" in out and "tiny-clip.json input 32 px" in out
     assert main(["models", "list"]) == 0
@@ -83,10 +80,9 @@ def test_real_architecture_with_random_weights(name, size):
     ("truncated", "cannot read checkpoint"),
     ("hostile", "refusing to load"),
 ])
-def test_bad_model_files_through_the_cli(tmp_path, capsys, problem, expected):
+def test_bad_model_files_through_the_cli(tmp_path, capsys, problem, expected, random_taming_state,
+                                        save_lightning_checkpoint, write_tiny_vqgan):
     import os
-
-    from model_files import random_taming_state, save_lightning_checkpoint, write_tiny_vqgan
 
     config, checkpoint = write_tiny_vqgan(tmp_path)
     args = [f"vqgan.config={config}", f"vqgan.checkpoint={checkpoint}"]

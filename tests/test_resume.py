@@ -13,7 +13,6 @@ import pytest
 import torch
 from PIL import Image
 
-from model_files import write_tiny_preset
 from vqclip.cli import main
 from vqclip.errors import UserError
 from vqclip.generation import generate, resume
@@ -24,9 +23,8 @@ ROOT = Path(__file__).resolve().parents[1]
 
 
 @pytest.fixture(scope="module")
-def preset(tmp_path_factory):
-    return write_tiny_preset(tmp_path_factory.mktemp("models"), steps=STEPS, checkpoint_every=1, save_every=0,
-                             seed=11, lr=0.2)
+def preset(make_tiny_preset):
+    return make_tiny_preset(steps=STEPS, checkpoint_every=1, save_every=0, seed=11, lr=0.2)
 
 
 @pytest.fixture(scope="module")

@@ -5,7 +5,6 @@ from __future__ import annotations
 import pytest
 import torch
 
-from model_files import write_tiny_preset
 from vqclip import threads
 from vqclip.generation import generate
 from vqclip.outputs import read_metadata
@@ -53,35 +52,30 @@ def test_plan_threads_rules(asked, env, current, cores, busy, expected):
     assert plan.threads == expected
 
 
-@pytest.fixture(scope="module")
-def preset(tmp_path_factory):
-    return write_tiny_preset(tmp_path_factory.mktemp("models"))
-
-
-def test_threads_key_reaches_torch_and_is_recorded(preset, tmp_path, monkeypatch):
+def test_threads_key_reaches_torch_and_is_recorded(tiny_preset, tmp_path, monkeypatch):
     monkeypatch.delenv("OMP_NUM_THREADS", raising=False)
     before = torch.get_num_threads()
     seen = []
-    result = generate("a red circle", preset=str(preset), steps=2, threads=1, run_dir=str(tmp_path / "one"),
+    result = generate("a red circle", preset=str(tiny_preset), steps=2, threads=1, run_dir=str(tmp_path / "one"),
                       callback=lambda step: seen.append(torch.get_num_threads()))
     assert seen == [1, 1] and torch.get_num_threads() == before  # the caller's count comes back
     assert result.config["threads"] == 1 and read_metadata(result.final_path)["config"]["threads"] == 1
 
 
-def test_auto_threads_take_the_free_cores(preset, tmp_path, monkeypatch, caplog):
+def test_auto_threads_take_the_free_cores(tiny_preset, tmp_path, monkeypatch, caplog):
     monkeypatch.delenv("OMP_NUM_THREADS", raising=False)
     monkeypatch.setattr(threads, "usable_cores", lambda: 2)
     monkeypatch.setattr(threads, "busy_elsewhere", lambda: 0)
     default = torch.get_num_threads()
     monkeypatch.setattr(threads, "affinity_cores", lambda: default)  # torch holds its own default count
     seen = []
-    result = generate("a red circle", preset=str(preset), steps=1, run_dir=str(tmp_path / "idle"),
+    result = generate("a red circle", preset=str(tiny_preset), steps=1, run_dir=str(tmp_path / "idle"),
                       callback=lambda step: seen.append(torch.get_num_threads()))
     assert seen == [2] and result.config["threads"] == 2
     monkeypatch.setattr(threads, "busy_elsewhere", lambda: 3)
     seen.clear()
     with caplog.at_level("WARNING", logger="vqclip.threads"):
-        result = generate("a red circle", preset=str(preset), steps=1, run_dir=str(tmp_path / "busy"),
+        result = generate("a red circle", preset=str(tiny_preset), steps=1, run_dir=str(tmp_path / "busy"),
                           callback=lambda step: seen.append(torch.get_num_threads()))
     assert seen == [1] and result.config["threads"] == 1
     assert "3 threads of other work are busy on the 2 core(s)" in caplog.text

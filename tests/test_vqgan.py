@@ -12,15 +12,12 @@ import pytest
 import torch
 from safetensors.torch import save_file
 
-from model_files import (TINY_DDCONFIG, random_taming_state, save_lightning_checkpoint, taming_model_config,
-                         write_tiny_vqgan, write_yaml)
 from vqclip.errors import UserError
 from vqclip.models.checkpoint import UnsafeCheckpointError, load_state_dict
-from vqclip.models.vqgan import (MIN_DALLE_DDCONFIG, build_min_dalle_detokenizer, load_min_dalle_detokenizer,
-                                 load_vqgan)
+from vqclip.models.vqgan import MIN_DALLE_DDCONFIG, build_min_dalle_detokenizer, load_min_dalle_detokenizer, load_vqgan
 
 
-def taming_reference(state, z, ddconfig=TINY_DDCONFIG, eps=1e-6):
+def taming_reference(state, z, ddconfig, eps=1e-6):
     """taming's own Decoder + post_quant_conv on the same weights: what the adapter must reproduce."""
     from taming.modules.diffusionmodules.model import Decoder
 
@@ -36,7 +33,7 @@ def taming_reference(state, z, ddconfig=TINY_DDCONFIG, eps=1e-6):
         return decoder(post(z))
 
 
-def test_lightning_checkpoint_loads_without_lightning(tmp_path):
+def test_lightning_checkpoint_loads_without_lightning(tmp_path, write_tiny_vqgan):
     config, checkpoint = write_tiny_vqgan(tmp_path)
     assert "pytorch_lightning" not in sys.modules
     vqgan = load_vqgan(config, checkpoint)
@@ -52,18 +49,18 @@ def test_lightning_checkpoint_loads_without_lightning(tmp_path):
     assert decoded.min() >= 0 and decoded.max() <= 1
 
 
-def test_adapter_matches_taming_decoder(tmp_path):
+def test_adapter_matches_taming_decoder(tmp_path, write_tiny_vqgan, random_taming_state, tiny_ddconfig):
     config, checkpoint = write_tiny_vqgan(tmp_path, seed=3)
     vqgan = load_vqgan(config, checkpoint)
     state = random_taming_state(seed=3)
     tokens = torch.randint(0, 32, (1, 4, 4), generator=torch.Generator().manual_seed(0))
     z = vqgan.tokens_to_z(tokens)
-    expected = ((taming_reference(state, z) + 1) / 2).clamp(0, 1)
+    expected = ((taming_reference(state, z, tiny_ddconfig) + 1) / 2).clamp(0, 1)
     assert torch.allclose(vqgan.decode(z), expected, atol=1e-5)
     assert torch.equal(vqgan.z_to_tokens(z), tokens)
 
 
-def test_quantize_is_straight_through(tmp_path):
+def test_quantize_is_straight_through(tmp_path, write_tiny_vqgan):
     vqgan = load_vqgan(*write_tiny_vqgan(tmp_path))
     z = torch.randn(1, 16, 3, 3, requires_grad=True)
     z_q = vqgan.quantize(z)
@@ -75,7 +72,7 @@ def test_quantize_is_straight_through(tmp_path):
     assert torch.equal(vqgan.z_max.flatten(), book.max(0).values)
 
 
-def test_gumbel_vq(tmp_path):
+def test_gumbel_vq(tmp_path, write_tiny_vqgan):
     vqgan = load_vqgan(*write_tiny_vqgan(tmp_path, kind="gumbel"))
     assert vqgan.kind == "gumbel"
     images = torch.rand(1, 3, 32, 32)
@@ -85,7 +82,8 @@ def test_gumbel_vq(tmp_path):
     assert vqgan.decode(z1).shape == (1, 3, 32, 32)
 
 
-def test_net2net_first_stage(tmp_path):
+def test_net2net_first_stage(tmp_path, random_taming_state, save_lightning_checkpoint, taming_model_config, write_yaml,
+                             tiny_ddconfig):
     state = random_taming_state(seed=5)
     net2net_state = {"first_stage_model." + k: v for k, v in state.items()}
     net2net_state["transformer.tok_emb.weight"] = torch.randn(32, 8)
@@ -97,11 +95,12 @@ def test_net2net_first_stage(tmp_path):
     checkpoint = save_lightning_checkpoint(tmp_path / "last.ckpt", net2net_state)
     vqgan = load_vqgan(config, checkpoint)
     z = vqgan.tokens_to_z(torch.zeros(1, 2, 2, dtype=torch.long))
-    assert torch.allclose(vqgan.decode(z), ((taming_reference(state, z) + 1) / 2).clamp(0, 1), atol=1e-5)
+    expected = ((taming_reference(state, z, tiny_ddconfig) + 1) / 2).clamp(0, 1)
+    assert torch.allclose(vqgan.decode(z), expected, atol=1e-5)
 
 
 @pytest.mark.parametrize("suffix", [".safetensors", ".pt", ".pth"])
-def test_plain_state_dict_formats(tmp_path, suffix):
+def test_plain_state_dict_formats(tmp_path, suffix, write_tiny_vqgan, random_taming_state):
     config, checkpoint = write_tiny_vqgan(tmp_path, seed=1)
     reference = load_vqgan(config, checkpoint)
     state = random_taming_state(seed=1)
@@ -157,7 +156,8 @@ def test_hostile_pickle_is_refused(tmp_path):
     assert not target.exists()
 
 
-def test_checkpoint_for_another_config_is_named(tmp_path):
+def test_checkpoint_for_another_config_is_named(tmp_path, write_tiny_vqgan, random_taming_state,
+                                                 save_lightning_checkpoint):
     config, _ = write_tiny_vqgan(tmp_path)
     other = save_lightning_checkpoint(tmp_path / "other.ckpt", random_taming_state(n_embed=64))
     with pytest.raises(UserError, match=r"does not belong to .*wrong shape \(file vs model\) 1 \(quantizer.embedding.weight"):
@@ -165,7 +165,7 @@ def test_checkpoint_for_another_config_is_named(tmp_path):
 
 
 @pytest.mark.parametrize("problem", ["missing", "truncated", "not_taming", "unknown_target", "garbage_yaml"])
-def test_bad_files_are_user_errors(tmp_path, problem):
+def test_bad_files_are_user_errors(tmp_path, problem, write_tiny_vqgan):
     config, checkpoint = write_tiny_vqgan(tmp_path)
     if problem == "missing":
         checkpoint = tmp_path / "nope.ckpt"
