@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 
+import numpy as np
 import pytest
 import torch
 import yaml
@@ -34,7 +35,20 @@ def tiny_prior_dir(tmp_path_factory):
     return folder
 
 
-def test_init_mode_prior_starts_from_the_best_sample(tmp_path, tiny_prior_dir):
+def seed_drawn_from(seed: int) -> int:
+    """The seed a run (seeded with `seed`) hands the prior: the first draw from the run's generator."""
+    return int(torch.randint(2**62, (1,), generator=torch.Generator().manual_seed(seed)))
+
+
+def assert_pixels_are_the_final_latent(result, vqgan) -> None:
+    """The returned images are the run's final latent decoded, and final.png holds them (to 1/255)."""
+    with torch.no_grad():
+        torch.testing.assert_close(result.images, vqgan.decode(vqgan.quantize(result.z.to(vqgan.codebook.device))))
+    saved = torch.from_numpy(np.array(Image.open(result.final_path).convert("RGB"))).permute(2, 0, 1)
+    assert torch.equal(saved, (result.images[0].clamp(0, 1) * 255).round().to(torch.uint8))
+
+
+def test_init_mode_prior_starts_from_the_best_sample(tmp_path, tiny_prior_dir, starting_z):
     from vqclip.generation import load_models
     from vqclip.init import initial_z
     from vqclip.prior.sample import prior_tokens
@@ -45,16 +59,21 @@ def test_init_mode_prior_starts_from_the_best_sample(tmp_path, tiny_prior_dir):
     assert models.prior is not None and models.prior.model.config.grid == [16, 16]
     z = initial_z(config.init, models.vqgan, (64, 64), 2, torch.Generator().manual_seed(7), models.device,
                   prior=models.prior, clip=models.clip, text="a red circle on a blue background")
-    seed = int(torch.randint(2**62, (1,), generator=torch.Generator().manual_seed(7)))
     expected = prior_tokens(models.prior, models.vqgan, models.clip, "a red circle on a blue background",
-                            (16, 16), 3, 2, seed)
+                            (16, 16), 3, 2, seed_drawn_from(7))
     assert z.shape == (2, 64, 16, 16)
     assert torch.equal(models.vqgan.z_to_tokens(z), expected)  # codebook vectors of the ranked samples
 
     result = generate("a red circle on a blue background", preset="shapes", steps=2, seed=1, quiet=True,
-                            run_dir=str(tmp_path / "run"), models=models,
-                            init={"mode": "prior", "prior": str(tiny_prior_dir), "prior_candidates": 3})
+                      run_dir=str(tmp_path / "run"), models=models,
+                      init={"mode": "prior", "prior": str(tiny_prior_dir), "prior_candidates": 3})
     assert result.images.shape == (1, 3, 64, 64) and (tmp_path / "run" / "final.png").is_file()
+    # the run starts from the prior's best sample for its own seed ...
+    best = prior_tokens(models.prior, models.vqgan, models.clip, "a red circle on a blue background",
+                        (16, 16), 3, 1, seed_drawn_from(1))
+    assert torch.equal(models.vqgan.z_to_tokens(starting_z[0]), best)
+    assert torch.equal(starting_z[0], models.vqgan.tokens_to_z(best))
+    assert_pixels_are_the_final_latent(result, models.vqgan)
 
 
 def test_init_mode_prior_errors(tmp_path, tiny_prior_dir):
@@ -73,10 +92,14 @@ def test_init_mode_prior_errors(tmp_path, tiny_prior_dir):
                         init={"mode": "prior", "prior": str(tiny_prior_dir)})
 
 
-def test_random_init_still_works_on_the_shapes_preset(tmp_path):
-    result = generate("a red circle", preset="shapes", steps=2, seed=0, quiet=True,
-                             run_dir=str(tmp_path / "run"), init={"mode": "random"})
+def test_random_init_still_works_on_the_shapes_preset(tmp_path, shapes_models, starting_z):
+    result = generate("a red circle", preset="shapes", steps=2, seed=0, quiet=True, models=shapes_models,
+                      run_dir=str(tmp_path / "run"), init={"mode": "random"})
     assert result.images.shape == (1, 3, 64, 64)
+    vqgan = shapes_models.vqgan
+    tokens = torch.randint(vqgan.n_embed, (1, 16, 16), generator=torch.Generator().manual_seed(0))
+    assert torch.equal(starting_z[0], vqgan.tokens_to_z(tokens))  # uniform codes from the run's seed, no prior
+    assert_pixels_are_the_final_latent(result, vqgan)
 
 
 def test_prior_commands_end_to_end(tmp_path, capsys):
@@ -109,11 +132,8 @@ def test_prior_commands_end_to_end(tmp_path, capsys):
     assert main(["prior", "sample", "a red circle", "-o", str(out), "-p", "default", "--quiet"]) == 2  # no prior
 
 
-def write_min_dalle_folder(folder, width: int = 128, image_vocab: int = 32):
+def write_min_dalle_folder(min_dalle_models, folder, width: int = 128, image_vocab: int = 32):
     """encoder.pt / decoder.pt in fp16 (min-dalle's own modules, random weights) + vocab.json + merges.txt."""
-    from prior_files import min_dalle_models as import_min_dalle
-
-    min_dalle_models = import_min_dalle()
     torch.manual_seed(0)
     encoder = min_dalle_models.DalleBartEncoder(layer_count=1, embed_count=width, attention_head_count=width // 64,
                                                 text_vocab_count=30, text_token_count=64, glu_embed_count=64,
@@ -130,10 +150,12 @@ def write_min_dalle_folder(folder, width: int = 128, image_vocab: int = 32):
     return encoder, decoder
 
 
-def test_min_dalle_files_load_and_drive_the_dalle_mini_preset(tmp_path):
-    from model_files import write_tiny_clip, write_tiny_vqgan
+def test_min_dalle_files_load_and_drive_the_dalle_mini_preset(tmp_path, min_dalle_models, write_tiny_vqgan,
+                                                              write_tiny_clip, starting_z):
+    from vqclip.generation import load_models, run
+    from vqclip.prior.sample import prior_tokens
 
-    encoder, _ = write_min_dalle_folder(tmp_path / "min-dalle")
+    encoder, _ = write_min_dalle_folder(min_dalle_models, tmp_path / "min-dalle")
     prior = load_prior(tmp_path / "min-dalle")
     config = prior.model.config
     assert (config.width, config.heads, config.image_vocab, config.grid, config.text_length) == (128, 2, 32, [16, 16], 64)
@@ -150,10 +172,13 @@ def test_min_dalle_files_load_and_drive_the_dalle_mini_preset(tmp_path):
                                          "clip": {"models": [{"name": str(clip_config), "pretrained": str(clip_weights)}]},
                                          "init": {"prior": str(tmp_path / "min-dalle"), "prior_candidates": 2}})
     assert config.init.mode == "prior"
-    from vqclip.generation import run
-
-    result = run(config)
+    models = load_models(config)
+    result = run(config, models)
     assert result.images.shape == (1, 3, 32, 32)
+    # the run starts from the better of the prior's 2 samples (by CLIP), drawn with the run's seed
+    best = prior_tokens(models.prior, models.vqgan, models.clip, "red circle", (16, 16), 2, 1, seed_drawn_from(0))
+    assert torch.equal(starting_z[0], models.vqgan.tokens_to_z(best))
+    assert_pixels_are_the_final_latent(result, models.vqgan)
 
 
 def test_shapes_prior_recipe_smoke_from_the_command_line(tmp_path, capsys, monkeypatch):

@@ -1,7 +1,7 @@
 """Parity with min-dalle (the reference DALL-E mini port): the same random state dicts give the same numbers.
 
-Only `min_dalle.models` is used, imported through prior_files without running the package's
-__init__ (which imports min_dalle.min_dalle, and that switches autograd off for the whole process).
+Only `min_dalle.models` is used, imported by conftest's `min_dalle_models` fixture without running the
+package's __init__ (which imports min_dalle.min_dalle, and that switches autograd off for the whole process).
 min-dalle's decoder is fixed to 256 image tokens (16×16) and its encoder to a batch of 2 (the
 unconditional and the conditional row), so the tests use those shapes with small widths.
 """
@@ -11,17 +11,14 @@ from __future__ import annotations
 import pytest
 import torch
 
-from prior_files import min_dalle_models as _import_min_dalle
-
-min_dalle_models = _import_min_dalle()  # never runs min_dalle.min_dalle (see prior_files.py)
-from vqclip.models.vqgan import load_min_dalle_detokenizer  # noqa: E402
-from vqclip.prior.model import BartPrior, PriorConfig, attention_mask  # noqa: E402
+from vqclip.models.vqgan import load_min_dalle_detokenizer
+from vqclip.prior.model import BartPrior, PriorConfig, attention_mask
 
 SMALL = PriorConfig(text_vocab=300, text_length=16, image_vocab=200, codebook_size=192, grid=[16, 16],
                     width=64, heads=4, glu=96, encoder_layers=2, decoder_layers=2)
 
 
-def reference_models(config: PriorConfig, seed: int = 0):
+def reference_models(min_dalle_models, config: PriorConfig, seed: int = 0):
     torch.manual_seed(seed)
     encoder = min_dalle_models.DalleBartEncoder(
         layer_count=config.encoder_layers, embed_count=config.width, attention_head_count=config.heads,
@@ -47,8 +44,8 @@ def text_batch(config: PriorConfig) -> torch.Tensor:
 
 
 @pytest.fixture(scope="module")
-def pair():
-    encoder, decoder = reference_models(SMALL)
+def pair(min_dalle_models):
+    encoder, decoder = reference_models(min_dalle_models, SMALL)
     prior = BartPrior(SMALL)
     prior.encoder.load_state_dict(encoder.state_dict(), strict=True)
     prior.decoder.load_state_dict(decoder.state_dict(), strict=True)
@@ -127,7 +124,7 @@ def test_fp16_files_load_as_fp32(tmp_path, pair):
 
 
 @torch.no_grad()
-def test_detokenizer_image_matches_through_vqclips_adapter(tmp_path):
+def test_detokenizer_image_matches_through_vqclips_adapter(tmp_path, min_dalle_models):
     torch.manual_seed(3)
     reference = min_dalle_models.VQGanDetokenizer().eval()
     for name, parameter in reference.named_parameters():  # GroupNorms: not just 1 and 0
