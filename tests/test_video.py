@@ -8,7 +8,6 @@ import imageio.v2 as imageio
 import numpy as np
 import pytest
 import torch
-from video_files import TINY, draw_key, load_shapes_models, write_clip
 
 from vqclip import video
 from vqclip.outputs import load_image
@@ -16,7 +15,8 @@ from vqclip.shapes.judge import judge
 from vqclip.video.frames import read_settings
 from vqclip.video.run_state import decode_latent, encode_image
 
-shapes_models = pytest.fixture(scope="module")(load_shapes_models)
+# Few steps, few frames: each end-to-end test takes seconds on two CPU cores.
+TINY = {"steps": 3, "seed": 5, "quiet": True, "cutn": 4}
 
 
 def read_back(path):
@@ -52,7 +52,7 @@ def test_animate_writes_an_mp4_with_the_asked_frame_count_and_fps(shapes_models,
 
 
 @pytest.mark.parametrize("method", ["lerp", "slerp"])
-def test_interpolating_a_red_circle_to_a_blue_square(shapes_models, tmp_path, method):
+def test_interpolating_a_red_circle_to_a_blue_square(shapes_models, tmp_path, method, draw_key):
     red = draw_key(tmp_path / "red.png", "circle", "red")
     blue = draw_key(tmp_path / "blue.png", "square", "blue")
     result = video.interpolate([str(red), str(blue)], preset="shapes-morph", output=str(tmp_path / "morph"),
@@ -84,7 +84,7 @@ def test_interpolating_a_red_circle_to_a_blue_square(shapes_models, tmp_path, me
     assert all(later <= earlier + 0.02 for earlier, later in zip(redness, redness[1:])), redness
 
 
-def test_lerp_and_slerp_differ_between_the_keys_and_agree_at_them(shapes_models, tmp_path):
+def test_lerp_and_slerp_differ_between_the_keys_and_agree_at_them(shapes_models, tmp_path, draw_key):
     red = draw_key(tmp_path / "red.png", "circle", "red")
     blue = draw_key(tmp_path / "blue.png", "square", "blue")
     made = {method: video.interpolate([str(red), str(blue)], preset="shapes-morph", models=shapes_models,
@@ -98,7 +98,7 @@ def test_lerp_and_slerp_differ_between_the_keys_and_agree_at_them(shapes_models,
     assert len(frames) == 5 and meta["duration"] == 100  # 10 fps in shapes-morph
 
 
-def test_up_conversion_of_an_8_frame_clip_gives_15_frames(shapes_models, tmp_path):
+def test_up_conversion_of_an_8_frame_clip_gives_15_frames(shapes_models, tmp_path, write_clip):
     clip = write_clip(tmp_path / "clip.mp4", 8)
     result = video.interpolate([str(clip)], preset="shapes-morph", output=str(tmp_path / "smooth.mp4"),
                                models=shapes_models, run_dir=str(tmp_path / "run"), **TINY,
@@ -113,7 +113,7 @@ def test_up_conversion_of_an_8_frame_clip_gives_15_frames(shapes_models, tmp_pat
     assert all(a < b for a, b in zip(xs, xs[1:])), xs
 
 
-def test_restyle_keeps_the_frame_count_and_size(shapes_models, tmp_path):
+def test_restyle_keeps_the_frame_count_and_size(shapes_models, tmp_path, write_clip):
     clip = write_clip(tmp_path / "clip.gif", 3)
     result = video.restyle(str(clip), "a blue square", preset="shapes-zoom", output=str(tmp_path / "styled.mp4"),
                            models=shapes_models, run_dir=str(tmp_path / "run"), **TINY,
@@ -125,7 +125,7 @@ def test_restyle_keeps_the_frame_count_and_size(shapes_models, tmp_path):
     assert job == {"kind": "restyle", "inputs": [str(clip)]}
 
 
-def test_guided_in_betweens_take_clip_steps_toward_the_blend(shapes_models, tmp_path):
+def test_guided_in_betweens_take_clip_steps_toward_the_blend(shapes_models, tmp_path, draw_key):
     red = draw_key(tmp_path / "red.png", "circle", "red")
     blue = draw_key(tmp_path / "blue.png", "square", "blue")
     kwargs = dict(preset="shapes-morph", models=shapes_models, **TINY)
@@ -139,7 +139,7 @@ def test_guided_in_betweens_take_clip_steps_toward_the_blend(shapes_models, tmp_
     assert not (tmp_path / "plain" / "frames" / "00001").exists()  # plain in-betweens need no run
 
 
-def test_keys_can_be_images_prompts_latents_and_run_states(shapes_models, tmp_path):
+def test_keys_can_be_images_prompts_latents_and_run_states(shapes_models, tmp_path, draw_key):
     from vqclip.outputs import save_latent
 
     vqgan = shapes_models.vqgan
@@ -159,7 +159,7 @@ def test_keys_can_be_images_prompts_latents_and_run_states(shapes_models, tmp_pa
     assert torch.equal(again.frames[0], result.frames[2])
 
 
-def test_shapes_presets_start_where_the_main_command_starts(shapes_models, tmp_path):
+def test_shapes_presets_start_where_the_main_command_starts(shapes_models, tmp_path, draw_key):
     """shapes-zoom's frame 0 and a shapes-morph prompt key are `vqclip PROMPT --preset shapes`'s
     picture: from the shipped prior, not random codes (which the tiny CLIP paints as textures)."""
     from vqclip.generation import generate
@@ -181,7 +181,7 @@ def test_shapes_presets_start_where_the_main_command_starts(shapes_models, tmp_p
     assert torch.equal(as_uint8(morph.frames[0]), as_uint8(main.images[0]))
 
 
-def test_a_morph_changes_the_picture_evenly_from_frame_to_frame(shapes_models, tmp_path):
+def test_a_morph_changes_the_picture_evenly_from_frame_to_frame(shapes_models, tmp_path, draw_key):
     """A red circle to a blue square with 6 in-betweens: 8 frames, each step about a seventh of the
     way. Placed evenly in t, one frame popped (73 % of the whole change in one step)."""
     red = draw_key(tmp_path / "red.png", "circle", "red")
@@ -200,7 +200,7 @@ def test_a_morph_changes_the_picture_evenly_from_frame_to_frame(shapes_models, t
         assert torch.equal(as_uint8(reconstruction), as_uint8(frame))
 
 
-def test_restyle_keeps_the_input_fps_unless_one_is_asked(shapes_models, tmp_path, monkeypatch, capsys):
+def test_restyle_keeps_the_input_fps_unless_one_is_asked(shapes_models, tmp_path, monkeypatch, capsys, write_clip):
     from vqclip.cli import main
 
     clip = write_clip(tmp_path / "clip.mp4", 3, fps=12)
@@ -222,7 +222,7 @@ def test_restyle_keeps_the_input_fps_unless_one_is_asked(shapes_models, tmp_path
     assert read_back(tmp_path / "cli.mp4")[1]["fps"] == 6.0
 
 
-def test_a_batch_restyle_job_keeps_the_input_fps_too(tmp_path):
+def test_a_batch_restyle_job_keeps_the_input_fps_too(tmp_path, write_clip):
     import vqclip.batch
 
     clip = write_clip(tmp_path / "clip.mp4", 2, fps=12)

@@ -12,50 +12,61 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
-from video_files import draw_key, write_clip
 
 from vqclip.cli import main
 
 ERROR_PREFIX = "vqclip: error: "
 
 
-def red(folder: Path) -> str:
-    return str(draw_key(folder / "red.png", "circle", "red"))
+@dataclass
+class Inputs:
+    """A row's folder, where its input files are made; `inputs / "name"` is a path in it."""
+
+    folder: Path
+    draw_key: Callable  # conftest's draw_key and write_clip fixtures
+    write_clip: Callable
+
+    def __truediv__(self, name: str) -> Path:
+        return self.folder / name
 
 
-def small_blue(folder: Path) -> str:
-    return str(draw_key(folder / "small.png", "square", "blue", size=32))
+def red(folder: Inputs) -> str:
+    return str(folder.draw_key(folder / "red.png", "circle", "red"))
 
 
-def garbage_video(folder: Path) -> str:
+def small_blue(folder: Inputs) -> str:
+    return str(folder.draw_key(folder / "small.png", "square", "blue", size=32))
+
+
+def garbage_video(folder: Inputs) -> str:
     path = folder / "broken.mp4"
     path.write_bytes(b"\x00\x00\x00\x18ftypmp42 this is not a video" * 10)
     return str(path)
 
 
-def one_frame_clip(folder: Path) -> str:
-    return str(write_clip(folder / "one", 1))
+def one_frame_clip(folder: Inputs) -> str:
+    return str(folder.write_clip(folder / "one", 1))
 
 
-def empty_folder(folder: Path) -> str:
+def empty_folder(folder: Inputs) -> str:
     (folder / "empty").mkdir()
     return str(folder / "empty")
 
 
-def not_a_run(folder: Path) -> str:
+def not_a_run(folder: Inputs) -> str:
     (folder / "plain").mkdir()
     (folder / "plain" / "config.yaml").write_text("steps: 3\n")
     return str(folder / "plain")
 
 
-def clip(folder: Path) -> str:
-    return str(write_clip(folder / "clip", 2))
+def clip(folder: Inputs) -> str:
+    return str(folder.write_clip(folder / "clip", 2))
 
 
 @dataclass
 class Case:
     name: str
-    args: Callable[[Path], list[str]]  # the command line, given the row's folder (inputs made there)
+    args: Callable[[Inputs], list[str]]  # the command line, given the row's folder (inputs made there)
     says: str  # a piece of the one-line message
 
 
@@ -130,9 +141,10 @@ def files_under(folder: Path) -> set[str]:
 
 
 @pytest.mark.parametrize("case", CASES, ids=[case.name for case in CASES])
-def test_bad_video_input_is_one_line_exit_2_and_writes_nothing(case, tmp_path, monkeypatch, capsys):
+def test_bad_video_input_is_one_line_exit_2_and_writes_nothing(case, tmp_path, monkeypatch, capsys, draw_key,
+                                                               write_clip):
     monkeypatch.chdir(tmp_path)  # the default outputs/ folder would appear here
-    args = case.args(tmp_path)
+    args = case.args(Inputs(tmp_path, draw_key, write_clip))
     inputs = files_under(tmp_path)
     out = tmp_path / "video.mp4"
     if "-o" not in args and "--resume" not in args:
@@ -155,7 +167,7 @@ def test_the_table_has_every_kind_of_bad_input_the_issue_names():
     assert len(CASES) >= 20
 
 
-def test_a_size_the_vqgan_cannot_take_is_refused_before_anything_is_written(tmp_path, monkeypatch, capsys):
+def test_a_size_the_vqgan_cannot_take_is_refused_before_anything_is_written(tmp_path, monkeypatch, capsys, draw_key):
     """Checked once the models are loaded (the factor is the VQGAN's), still before the run folder."""
     monkeypatch.chdir(tmp_path)
     red = draw_key(tmp_path / "red.png", "circle", "red", size=30)
@@ -167,7 +179,8 @@ def test_a_size_the_vqgan_cannot_take_is_refused_before_anything_is_written(tmp_
     assert files_under(tmp_path) == inputs
 
 
-def test_a_latent_key_that_does_not_fit_is_refused_before_anything_is_written(tmp_path, monkeypatch, capsys):
+def test_a_latent_key_that_does_not_fit_is_refused_before_anything_is_written(tmp_path, monkeypatch, capsys,
+                                                                             draw_key):
     import torch
 
     from vqclip.outputs import save_latent

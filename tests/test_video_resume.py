@@ -10,7 +10,6 @@ from pathlib import Path
 
 import pytest
 from PIL import Image
-from video_files import load_shapes_models
 
 from vqclip import video
 from vqclip.cli import main
@@ -19,9 +18,6 @@ ROOT = Path(__file__).resolve().parents[1]
 FRAMES = 5
 SETTINGS = ["cutn=4", "seed=5", "video.first_frame_steps=3", "video.steps_per_frame=2", "video.smoothing=0.3",
             "video.zoom=0: 1.0, 4: 1.08", "video.angle=3"]
-
-
-shapes_models = pytest.fixture(scope="module")(load_shapes_models)
 
 
 def pixels(path: Path) -> bytes:

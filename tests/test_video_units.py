@@ -8,7 +8,6 @@ import pytest
 import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
-from video_files import moving_circle
 
 from vqclip.config import build_config
 from vqclip.errors import UserError
@@ -84,7 +83,7 @@ def test_a_timeline_crossfades_the_prompt_weights_over_the_transition():
     assert frame_prompts(build_config("shapes-zoom"), 3) == {}  # no timeline: the run's prompts
 
 
-def test_motion_keeps_the_picture_at_rest_and_moves_it_as_asked():
+def test_motion_keeps_the_picture_at_rest_and_moves_it_as_asked(moving_circle):
     picture = moving_circle(1)[0]
     assert torch.allclose(move(picture, 1.0, 0.0, 0.0, 0.0), picture, atol=1e-5)
     shifted = move(picture, 1.0, 0.0, 4.0, 0.0)
@@ -152,7 +151,7 @@ def test_keys_that_look_like_files_are_told_from_prompts(text, is_path):
 
 
 @pytest.mark.parametrize("name", ["clip.mp4", "clip.gif", "frames"])
-def test_written_videos_read_back_with_their_frames_fps_and_settings(tmp_path, name):
+def test_written_videos_read_back_with_their_frames_fps_and_settings(tmp_path, name, moving_circle):
     frames = moving_circle(4)
     path = write_video(tmp_path / name, frames, 10, {"prompt": "a red circle"})
     back, fps = read_frames(path)
@@ -164,7 +163,8 @@ def test_written_videos_read_back_with_their_frames_fps_and_settings(tmp_path, n
     assert not list(tmp_path.glob(".*"))  # no temporary files left
 
 
-def test_a_writer_that_fails_leaves_no_partial_video_and_the_previous_one_survives(tmp_path, monkeypatch):
+def test_a_writer_that_fails_leaves_no_partial_video_and_the_previous_one_survives(tmp_path, monkeypatch,
+                                                                                   moving_circle):
     from vqclip.video import frames as frames_module
 
     for name in ("clip.mp4", "frames"):
