@@ -9,7 +9,7 @@ import pytest
 from PIL import Image
 
 import vqclip
-from vqclip.batch import JobOutput, ModelCache, register_kind, runner
+from vqclip.batch import JobOutput, ModelCache, register_kind
 from vqclip.batch import jobs as job_kinds
 from vqclip.cli import main
 from vqclip.outputs import read_jsonl, read_metadata, save_png

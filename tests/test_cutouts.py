@@ -7,9 +7,9 @@ from torch import nn
 from vqclip.cutouts import (
     build_augmentations,
     crop_and_resize,
-    resample_boxes,
     make_cutouts,
     pooled_view,
+    resample_boxes,
     sample_cutout_boxes,
 )
 from vqclip.errors import UserError

@@ -26,9 +26,22 @@ from PIL import Image
 from vqclip import outputs
 from vqclip.errors import UserError
 from vqclip.outputs import (
-    append_jsonl, environment_info, load_image, load_latent, load_state, load_state_or_previous,
-    new_run_dir, prepare_run_dir, read_jsonl, read_metadata, save_latent, save_png, save_state,
-    slugify, write_json, write_yaml,
+    append_jsonl,
+    environment_info,
+    load_image,
+    load_latent,
+    load_state,
+    load_state_or_previous,
+    new_run_dir,
+    prepare_run_dir,
+    read_jsonl,
+    read_metadata,
+    save_latent,
+    save_png,
+    save_state,
+    slugify,
+    write_json,
+    write_yaml,
 )
 
 DAY = datetime(2024, 5, 17, 12, 0)

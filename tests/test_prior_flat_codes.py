@@ -47,7 +47,10 @@ def test_flat_codes_are_grouped_by_colour(flat):
 def test_merging_keeps_the_pictures_and_cuts_the_code_noise(vqgan, flat, drawings):
     items, images, tokens = drawings
     merged = merge_flat_codes(tokens, flat)
-    distinct = lambda grids: sum(len(grid.unique()) for grid in grids) / len(grids)
+
+    def distinct(grids):
+        return sum(len(grid.unique()) for grid in grids) / len(grids)
+
     assert distinct(merged) < distinct(tokens) - 3
     before = vqgan.decode(vqgan.tokens_to_z(tokens)).clamp(0, 1)
     after = vqgan.decode(vqgan.tokens_to_z(merged)).clamp(0, 1)

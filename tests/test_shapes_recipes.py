@@ -64,7 +64,8 @@ def test_recipe_from_the_command_line(tmp_path, capsys, monkeypatch):
 
 def test_clip_recipe_smoke_export_and_load(tmp_path):
     from vqclip.models.clip import load_clip
-    from vqclip.shapes.train_clip import ClipRecipe, train as train_clip
+    from vqclip.shapes.train_clip import ClipRecipe
+    from vqclip.shapes.train_clip import train as train_clip
 
     recipe = ClipRecipe(steps=3, contrast_groups=2, random_images=4, checkpoint_every=2, eval_images=8)
     vqgan_dir = tmp_path / "vqgan"
