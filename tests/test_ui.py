@@ -308,11 +308,10 @@ def start_form(client, extra: str = "", init_image=None):
 
 
 @pytest.fixture(scope="module")
-def page(tmp_path_factory):
+def page(tmp_path_factory, free_port):
     """`vqclip ui` in this process on a free loopback port, with its own upload folder."""
     pytest.importorskip("gradio_client", reason="the ui extra (gradio) is not installed")
     from gradio_client import Client
-    from ui_files import free_port
 
     from vqclip.ui.app import serve
 
@@ -381,11 +380,10 @@ def test_served_file_route_gives_the_outputs_folder_and_nothing_else(page, tmp_p
         assert fetch_status(route + str(path))[0] == 403, path
 
 
-def test_a_login_is_asked_for_when_given(tmp_path, monkeypatch):
+def test_a_login_is_asked_for_when_given(tmp_path, monkeypatch, free_port):
     pytest.importorskip("gradio_client", reason="the ui extra (gradio) is not installed")
     from gradio_client import Client
     from gradio_client.exceptions import AuthenticationError
-    from ui_files import free_port
 
     from vqclip.ui.app import serve
 

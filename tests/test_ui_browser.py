@@ -8,18 +8,79 @@ Set VQCLIP_UI_SCREENSHOT=docs/ui.png to also write the README's screenshot.
 
 from __future__ import annotations
 
+import importlib.util
 import io
 import os
 import re
+import shutil
 import subprocess
 import sys
 import time
+import urllib.request
+from pathlib import Path
 
 import numpy as np
 import pytest
 from PIL import Image
 
-from ui_files import find_chromium, missing_for_browser_test, start_ui, stop_ui
+CHROMIUM_NAMES = ("chromium", "chromium-browser")
+
+
+def find_chromium() -> str | None:
+    """Debian's Chromium (the only browser the tests use: no test tool may download one)."""
+    override = os.environ.get("VQCLIP_CHROMIUM")
+    if override:
+        return override if Path(override).is_file() else None
+    for name in CHROMIUM_NAMES:
+        found = shutil.which(name)
+        if found:
+            return found
+    return None
+
+
+def missing_for_browser_test() -> str | None:
+    """Why the browser test cannot run here, or None when it can."""
+    for module, extra in (("gradio", "ui"), ("playwright", "test")):
+        if importlib.util.find_spec(module) is None:
+            return f"{module} is not installed (pip install '.[{extra}]')"
+    if find_chromium() is None:
+        return ("Chromium is not installed (Debian: apt-get install chromium chromium-driver; "
+                "or set VQCLIP_CHROMIUM to a Chromium binary)")
+    return None
+
+
+def start_ui(port: int, outputs: Path, log_path: Path, *extra_args: str) -> tuple[subprocess.Popen, str]:
+    """`vqclip ui` on loopback `port`, in its own process; returns it and its URL once it answers."""
+    env = {**os.environ, "GRADIO_ANALYTICS_ENABLED": "False", "OMP_NUM_THREADS": "1"}
+    log = open(log_path, "wb")
+    process = subprocess.Popen(
+        [sys.executable, "-c", "import sys; from vqclip.cli import main; sys.exit(main())", "ui",
+         "--port", str(port), "--outputs", str(outputs), *extra_args],
+        stdout=log, stderr=subprocess.STDOUT, env=env)
+    log.close()
+    url = f"http://127.0.0.1:{port}/"
+    deadline = time.monotonic() + 120
+    while time.monotonic() < deadline:
+        if process.poll() is not None:
+            raise RuntimeError(f"vqclip ui exited with {process.returncode}:\n{log_path.read_text()}")
+        try:
+            with urllib.request.urlopen(url, timeout=2) as answer:
+                if answer.status == 200:
+                    return process, url
+        except OSError:
+            time.sleep(0.3)
+    stop_ui(process)
+    raise RuntimeError(f"vqclip ui did not answer at {url} within 120 s:\n{log_path.read_text()}")
+
+
+def stop_ui(process: subprocess.Popen) -> None:
+    process.terminate()
+    try:
+        process.wait(timeout=20)
+    except subprocess.TimeoutExpired:
+        process.kill()
+        process.wait()
+
 
 missing = missing_for_browser_test()
 pytestmark = pytest.mark.skipif(missing is not None, reason=f"browser test: {missing}")
@@ -32,9 +93,9 @@ RUN_TIMEOUT_S = 300  # generous: CI machines are slow and shared; the run itself
 
 
 @pytest.fixture
-def ui(tmp_path):
+def ui(tmp_path, free_port):
     outputs = tmp_path / "outputs"
-    process, url = start_ui(outputs, tmp_path / "ui.log", "--preview-every", "2")
+    process, url = start_ui(free_port(), outputs, tmp_path / "ui.log", "--preview-every", "2")
     try:
         yield url, outputs
     finally:
