@@ -6,6 +6,7 @@ import os
 
 import numpy as np
 import pytest
+import torch
 from PIL import Image
 
 import vqclip
@@ -250,7 +251,8 @@ def test_prior_sample_job_draws_what_vqclip_prior_sample_draws(tmp_path, monkeyp
                            {"count": 2, "seed": 3, "temperature": None, "top_k": None, "top_p": None,
                             "supercondition": None}, "shapes")
     job = {"kind": "prior-sample", "prompt": prompt, "preset": "shapes", "prior": "shapes", "num": 2, "seed": 3}
-    [result] = list(vqclip.batch.run([job], tmp_path / "batch", threads=1, contact_sheet=False))
+    threads = torch.get_num_threads()  # CPU results depend on it: the batch job uses what the CLI job did
+    [result] = list(vqclip.batch.run([job], tmp_path / "batch", threads=threads, contact_sheet=False))
     assert result.status == "ok", result.error
     assert [p.name for p in result.files] == [p.name for p in cli_files]
     for ours, theirs in zip(result.files, cli_files):  # pixels, scores and settings: the same bytes

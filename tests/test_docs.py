@@ -204,7 +204,7 @@ def _generation_config(preset, overrides, dotlist, from_image=None, resume_dir=N
     return SimpleNamespace(final_path=Path("run/final.png"), run_dir=Path("run"), output=Path("run/video.mp4"))
 
 
-def _fake_video(kind, inputs, config, models=None):
+def _fake_video(kind, inputs, config, models=None, **options):
     from vqclip.video.jobs import check_video_config
 
     check_video_config(config)

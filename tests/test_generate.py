@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import platform
+import re
 
 import kornia
 import open_clip
@@ -313,3 +314,20 @@ def test_a_prompt_that_is_a_config_key_is_a_warning(tiny_preset, tmp_path, capsy
     code, _, err = run_cli(["a red circle", "cutn", "-p", tiny_preset, "--steps", 1, "--run-dir", tmp_path], capsys)
     assert code == 0
     assert err.splitlines() == ["vqclip: warning: the prompt 'cutn' is also a config key: to set it, write cutn=VALUE"]
+
+
+def test_saved_starts_that_do_not_fit_are_one_line(tiny_preset, tmp_path):
+    from vqclip.errors import UserError
+
+    torch.save(torch.zeros(3, 5, dtype=torch.long), tmp_path / "small.pt")
+    torch.save(torch.full((16, 16), 10_000), tmp_path / "far.pt")
+    torch.save(torch.zeros(1, 3, 16, 16), tmp_path / "z.pt")
+    cases = [({"mode": "tokens"}, "init.mode=tokens needs init.tokens=PATH (a saved grid of token indices)"),
+             ({"mode": "tokens", "tokens": str(tmp_path / "small.pt")},
+              "init.tokens holds items of shape (3, 5), but size 32×32 with this VQGAN needs (16, 16)"),
+             ({"mode": "tokens", "tokens": str(tmp_path / "far.pt")}, "init.tokens holds indices outside the codebook"),
+             ({"mode": "latent", "latent": str(tmp_path / "z.pt")},
+              "init.latent holds items of shape (3, 16, 16), but size 32×32 with this VQGAN needs (16, 16, 16)")]
+    for init, message in cases:
+        with pytest.raises(UserError, match=re.escape(message)):
+            generate("x", preset=str(tiny_preset), steps=1, init=init, run_dir=str(tmp_path / "run"))

@@ -114,30 +114,30 @@ def noise_z(start: Start) -> torch.Tensor:
 
 def tokens_z(start: Start) -> torch.Tensor:
     """A saved grid of code indices (init.tokens)."""
-    init, vqgan, (rows, columns) = start.init, start.vqgan, start.grid
-    if not init.tokens:
-        raise UserError("init.mode=tokens needs init.tokens=PATH (a saved grid of token indices)")
-    tokens = load_latent(init.tokens).long().to(start.device)
-    tokens = tokens.reshape(-1, *tokens.shape[-2:])
-    if tuple(tokens.shape[-2:]) != (rows, columns):
-        raise UserError(f"init.tokens holds a {tokens.shape[-2]}×{tokens.shape[-1]} grid, but size "
-                        f"{start.size[0]}×{start.size[1]} needs {rows}×{columns}")
-    if tokens.min() < 0 or tokens.max() >= vqgan.n_embed:
-        raise UserError(f"init.tokens holds indices outside the codebook (0..{vqgan.n_embed - 1})")
-    return vqgan.tokens_to_z(tokens).expand(start.batch, -1, -1, -1).clone()
+    tokens = _saved_batch(start, "tokens", "a saved grid of token indices", start.grid).long()
+    if tokens.min() < 0 or tokens.max() >= start.vqgan.n_embed:
+        raise UserError(f"init.tokens holds indices outside the codebook (0..{start.vqgan.n_embed - 1})")
+    return start.vqgan.tokens_to_z(tokens)
 
 
 def latent_z(start: Start) -> torch.Tensor:
     """A saved z, or a run's state.pt (init.latent)."""
-    init, vqgan, (rows, columns) = start.init, start.vqgan, start.grid
-    if not init.latent:
-        raise UserError("init.mode=latent needs init.latent=PATH (a saved z or a run's state.pt)")
-    z = read_latent(init.latent).float().to(start.device)
-    z = z.reshape(-1, *z.shape[-3:])
-    if z.shape[1:] != (vqgan.embed_dim, rows, columns):
-        raise UserError(f"init.latent has shape {tuple(z.shape[1:])}, but this VQGAN at size "
-                        f"{start.size[0]}×{start.size[1]} needs {(vqgan.embed_dim, rows, columns)}")
-    return z[:1].expand(start.batch, -1, -1, -1).clone() if z.shape[0] != start.batch else z
+    return _saved_batch(start, "latent", "a saved z or a run's state.pt", (start.vqgan.embed_dim, *start.grid),
+                        read=read_latent).float()
+
+
+def _saved_batch(start: Start, key: str, what: str, shape: tuple[int, ...], read=load_latent) -> torch.Tensor:
+    """The tensor file init.<key> names, as a batch of the run's size: items of `shape`, the first
+    one repeated when the file holds another number of them."""
+    path = start.init[key]
+    if not path:
+        raise UserError(f"init.mode={key} needs init.{key}=PATH ({what})")
+    saved = read(path).to(start.device)
+    saved = saved.reshape(-1, *saved.shape[-len(shape):])
+    if tuple(saved.shape[1:]) != shape:
+        raise UserError(f"init.{key} holds items of shape {tuple(saved.shape[1:])}, but size "
+                        f"{start.size[0]}×{start.size[1]} with this VQGAN needs {shape}")
+    return saved if saved.shape[0] == start.batch else saved[:1].expand(start.batch, *shape).clone()
 
 
 INIT_MODES = {"random": random_z, "image": image_z, "noise": noise_z, "tokens": tokens_z, "latent": latent_z,
