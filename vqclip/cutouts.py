@@ -157,7 +157,10 @@ def make_cutouts(image: torch.Tensor, cut_size: int, cutn: int, *, cut_pow: floa
     cutouts = torch.cat(parts) if len(parts) > 1 else parts[0]
 
     if augment is not None:
-        cutouts = augment(cutouts)
+        # In fp32 with autocast off: under bf16 autocast Kornia's perspective warp solves its
+        # homography in bf16, and about 1 cutout in 300 came out NaN, which ended the run.
+        with torch.autocast(cutouts.device.type, enabled=False):
+            cutouts = augment(cutouts.float())
         if cutouts.shape[-2:] != (cut_size, cut_size):
             raise UserError(f"the augmentation pipeline turned {cut_size}px cutouts into "
                             f"{tuple(cutouts.shape[-2:])}: leave `size` out of crop/resize augmentations "
