@@ -245,6 +245,7 @@ def offline_cli(monkeypatch, tmp_path):
     import vqclip.batch
     import vqclip.bench
     import vqclip.cli
+    import vqclip.concurrency
     import vqclip.generation
     import vqclip.models.clip
     import vqclip.models.registry
@@ -254,6 +255,7 @@ def offline_cli(monkeypatch, tmp_path):
     import vqclip.shapes.train_clip
     import vqclip.shapes.train_prior
     import vqclip.shapes.train_vqgan
+    import vqclip.time_to_image
     import vqclip.ui.access
     import vqclip.ui.app
     import vqclip.video.jobs
@@ -286,6 +288,10 @@ def offline_cli(monkeypatch, tmp_path):
         (vqclip.batch, "run"): lambda *args, **kwargs: iter(()),
         (vqclip.bench, "bench"): lambda **kwargs: {},
         (vqclip.bench, "format_report"): lambda result: "",
+        (vqclip.concurrency, "concurrent"): lambda *args, **kwargs: {},
+        (vqclip.concurrency, "format_concurrent"): lambda result: "",
+        (vqclip.time_to_image, "time_to_image"): lambda *args, **kwargs: {},
+        (vqclip.time_to_image, "format_time_to_image"): lambda report: "",
     }
     for (module, name), fake in patches.items():
         assert hasattr(module, name), f"{module.__name__}.{name} is gone: update tests/test_docs.py"
