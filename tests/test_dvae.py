@@ -1,0 +1,260 @@
+"""OpenAI's DALL-E dVAE as a decoder: its published files read safely, runs, resume and re-runs.
+
+The published `encoder.pkl`/`decoder.pkl` are `torch.save(model)` of `dall_e` modules. The
+fixture writes files in that layout without the package: vqclip's own modules, renamed to the
+package's classes while they are pickled, so the file names exactly what a published one names.
+The parity test against the `dall_e` package needs it installed (`pip install --no-deps DALL-E`:
+its declared dependencies pull in mypy and blobfile, so it is not in the test extra).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import sys
+import types
+from pathlib import Path
+
+import pytest
+import torch
+import yaml
+from PIL import Image
+
+from vqclip.cli import main
+from vqclip.errors import UserError
+from vqclip.generation import generate, resume
+from vqclip.models import dvae
+from vqclip.models.checkpoint import UnsafeCheckpointError
+from vqclip.models.dvae import DVAE, Relaxation, load_dvae
+
+TINY = dict(n_hid=16, n_blk_per_group=1, vocab_size=64)  # 32 px → a 4 × 4 grid of 64 codes
+
+
+@contextlib.contextmanager
+def _as_dall_e_classes(model: torch.nn.Module, part: str):
+    """While the block runs, `model`'s modules are instances of classes named as the package's."""
+    names = {"utils": ["Conv2d"], part: [part.capitalize(), f"{part.capitalize()}Block"]}
+    added = {}
+    for module in ("dall_e", *(f"dall_e.{name}" for name in names)):
+        if module not in sys.modules:
+            added[module] = sys.modules[module] = types.ModuleType(module)
+    bases = {"Conv2d": dvae.Conv2d, part.capitalize(): type(model), f"{part.capitalize()}Block": dvae.Block}
+    fakes = {}
+    for module, classes in names.items():
+        for name in classes:
+            fakes[bases[name]] = type(name, (bases[name],), {"__module__": f"dall_e.{module}", "__qualname__": name})
+            setattr(sys.modules[f"dall_e.{module}"], name, fakes[bases[name]])
+    originals = [(m, type(m)) for m in model.modules() if type(m) in fakes]
+    try:
+        for m, cls in originals:
+            m.__class__ = fakes[cls]
+        yield
+    finally:
+        for m, cls in originals:
+            m.__class__ = cls
+        for module in added:
+            del sys.modules[module]
+
+
+def tiny_dvae(seed: int = 0, gain: float = 6.0) -> tuple[dvae.Decoder, dvae.Encoder]:
+    torch.manual_seed(seed)
+    decoder, encoder = dvae.Decoder(n_init=8, **TINY), dvae.Encoder(**TINY)
+    with torch.no_grad():
+        decoder.blocks.output.conv.w.mul_(gain)
+    return decoder, encoder
+
+
+def write_published_dvae(folder: Path, seed: int = 0, gain: float = 6.0) -> tuple[Path, Path]:
+    """decoder.pkl + encoder.pkl of a tiny random dVAE, pickled whole as OpenAI's files are.
+
+    The decoder's output convolution is scaled by `gain`: random weights otherwise decode to an
+    almost flat grey, and the tests want pictures whose pixels move.
+    """
+    decoder, encoder = tiny_dvae(seed, gain)
+    folder.mkdir(parents=True, exist_ok=True)
+    for model, part in ((decoder, "decoder"), (encoder, "encoder")):
+        with _as_dall_e_classes(model, part):
+            torch.save(model, folder / f"{part}.pkl")
+    return folder / "decoder.pkl", folder / "encoder.pkl"
+
+
+@pytest.fixture(scope="module")
+def dvae_files(tmp_path_factory) -> tuple[Path, Path]:
+    return write_published_dvae(tmp_path_factory.mktemp("dvae"))
+
+
+@pytest.fixture(scope="module")
+def dvae_preset(make_tiny_preset, dvae_files):
+    decoder, encoder = dvae_files
+    return make_tiny_preset(vqgan={"format": "dvae", "checkpoint": str(decoder), "encoder": str(encoder)},
+                            steps=6, checkpoint_every=3, save_every=0, lr=2.0, seed=5)
+
+
+# -- the files ----------------------------------------------------------------------------------------
+def test_published_layout_names_only_the_packages_classes(dvae_files):
+    decoder, encoder = dvae_files
+    for path, root in ((decoder, "dall_e.decoder.Decoder"), (encoder, "dall_e.encoder.Encoder")):
+        named = set(torch.serialization.get_unsafe_globals_in_checkpoint(str(path)))
+        assert {root, f"{root}Block", "dall_e.utils.Conv2d", "torch.nn.modules.container.Sequential"} <= named
+        assert named <= set(dvae.DVAE_CLASSES)
+
+
+def test_loads_into_vqclips_modules_with_the_same_weights(dvae_files):
+    decoder, encoder = dvae_files
+    model = load_dvae(decoder, encoder)
+    original = tiny_dvae()[0]  # what the fixture pickled
+    assert model.factor == 8 and model.n_embed == model.embed_dim == 64
+    for name, value in original.state_dict().items():
+        assert torch.equal(model.decoder.state_dict()[name], value), name
+    tokens = torch.randint(64, (2, 4, 4), generator=torch.Generator().manual_seed(0))
+    codes = model.quantize(model.tokens_to_z(tokens))
+    expected = ((torch.sigmoid(original(codes)[:, :3]) - 0.1) / 0.8).clamp(0, 1)
+    torch.testing.assert_close(model.decode(codes), expected, rtol=0, atol=0)
+    assert model.decode(codes).std() > 0.05  # the gain gives pictures, not a flat grey
+    assert torch.equal(model.z_to_tokens(model.tokens_to_z(tokens)), tokens)
+
+
+def test_parity_with_the_dall_e_package(tmp_path):
+    dall_e = pytest.importorskip("dall_e", reason="the dall_e package: pip install --no-deps DALL-E")
+    torch.manual_seed(3)
+    reference = {"decoder": dall_e.Decoder(n_init=8, n_hid=64, n_blk_per_group=1, vocab_size=512),
+                 "encoder": dall_e.Encoder(n_hid=64, n_blk_per_group=1, vocab_size=512)}
+    with torch.no_grad():
+        for p in reference["decoder"].parameters():
+            p.normal_(std=0.05)  # biases too: the package starts them at zero
+    for part, module in reference.items():
+        torch.save(module, tmp_path / f"{part}.pkl")
+    model = load_dvae(tmp_path / "decoder.pkl", tmp_path / "encoder.pkl")
+    images = torch.rand(2, 3, 32, 32, generator=torch.Generator().manual_seed(1))
+    with torch.no_grad():
+        logits = reference["encoder"](dall_e.map_pixels(images))
+        torch.testing.assert_close(model.encode(images), logits)
+        for codes in (model.quantize(logits), (logits / 2).softmax(1)):  # one-hot and soft
+            expected = dall_e.unmap_pixels(torch.sigmoid(reference["decoder"](codes)[:, :3].float()))
+            torch.testing.assert_close(model.decode(codes), expected)
+
+
+def test_a_file_naming_another_callable_is_refused_and_runs_nothing(tmp_path, dvae_files):
+    marker = tmp_path / "ran"
+
+    class Payload:
+        def __reduce__(self):
+            import os
+
+            return os.system, (f"touch {marker}",)
+
+    evil = tmp_path / "decoder.pkl"
+    torch.save({"blocks": Payload()}, evil)
+    with pytest.raises(UnsafeCheckpointError, match="names (posix|nt).system.*nothing in it was executed"):
+        load_dvae(evil)
+    assert not marker.exists()
+    module = torch.nn.Linear(2, 2)  # a harmless class, but not one a dVAE file holds
+    torch.save(module, tmp_path / "linear.pkl")
+    with pytest.raises(UnsafeCheckpointError, match="torch.nn.modules.linear.Linear"):
+        load_dvae(tmp_path / "linear.pkl")
+    with pytest.raises(UserError, match="holds dall_e.encoder.Encoder, not the dVAE's decoder"):
+        load_dvae(dvae_files[1])
+
+
+def test_truncated_and_swapped_files_are_one_line_errors(tmp_path, dvae_preset, dvae_files, capsys):
+    truncated = tmp_path / "decoder.pkl"
+    truncated.write_bytes(dvae_files[0].read_bytes()[:5000])
+    run_dir = tmp_path / "run"
+    code = main(["x", "-p", str(dvae_preset), "--run-dir", str(run_dir), f"vqgan.checkpoint={truncated}"])
+    error = capsys.readouterr().err.strip()
+    assert code == 2 and "\n" not in error and "cannot read checkpoint" in error and "complete" in error
+    assert not run_dir.exists()
+    code = main(["x", "-p", str(dvae_preset), "--run-dir", str(run_dir), f"vqgan.encoder={dvae_files[0]}"])
+    error = capsys.readouterr().err.strip()
+    assert code == 2 and "\n" not in error and "holds dall_e.decoder.Decoder, not the dVAE's encoder" in error
+    assert not run_dir.exists()
+
+
+# -- the relaxation -----------------------------------------------------------------------------------
+def test_relaxations(dvae_files):
+    model = load_dvae(dvae_files[0])
+    z = torch.randn(1, 64, 4, 4, generator=torch.Generator().manual_seed(0)) * 3
+    schedule = Relaxation("softmax", 1.0, 0.1, steps=11)
+    assert [round(schedule.temperature_at(s), 4) for s in (0, 5, 10, 50)] == [1.0, 0.3162, 0.1, 0.1]
+    torch.testing.assert_close(model.relax(z, 10, schedule), (z / 0.1).softmax(1))
+    gumbel = Relaxation("gumbel", 1.0, 0.1, steps=11, seed=7)
+    sample = model.relax(z, 3, gumbel)
+    assert torch.equal(sample, model.relax(z, 3, gumbel))  # seeded by (seed, step): resumable
+    assert not torch.equal(sample, model.relax(z, 4, gumbel))
+    assert torch.equal(sample.sum(1), torch.ones(1, 4, 4)) and set(sample.unique().tolist()) == {0.0, 1.0}
+    z.requires_grad_(True)
+    model.relax(z, 3, gumbel)[:, 5].sum().backward()
+    assert z.grad.abs().sum() > 0  # straight-through: the soft sample's gradient
+    hard = model.quantize(z)
+    assert torch.equal(hard.argmax(1), z.argmax(1)) and torch.equal(hard.sum(1), torch.ones(1, 4, 4))
+
+
+def test_without_encoder_image_init_is_a_user_error(dvae_files):
+    with pytest.raises(UserError, match="vqgan.encoder=encoder.pkl"):
+        load_dvae(dvae_files[0]).encode(torch.rand(1, 3, 32, 32))
+
+
+# -- runs -------------------------------------------------------------------------------------------
+@pytest.mark.parametrize("kind", ["softmax", "gumbel"])
+def test_generates_resumes_and_reruns_from_its_png(dvae_preset, dvae_files, tmp_path, kind, starting_z):
+    settings = dict(preset=str(dvae_preset), relaxation={"kind": kind})
+    whole = generate("a red circle", run_dir=str(tmp_path / "whole"), **settings)
+    assert whole.steps_done == 6 and whole.images.shape == (1, 3, 32, 32)
+    model = load_dvae(*dvae_files)
+    moved = model.z_to_tokens(whole.z) != model.z_to_tokens(starting_z[0])
+    assert moved.any()  # the optimisation changed codes
+    final = Image.open(tmp_path / "whole" / "final.png").tobytes()
+
+    # Stopped after step 3 of 6 (the temperature schedule spans the 6), then resumed.
+    generate("a red circle", run_dir=str(tmp_path / "part"), callback=lambda info: info.step < 3, **settings)
+    resumed = resume(tmp_path / "part")
+    assert resumed.steps_done == 6
+    assert Image.open(tmp_path / "part" / "final.png").tobytes() == final
+
+    assert main(["--from", str(tmp_path / "whole" / "final.png"), "--run-dir", str(tmp_path / "again")]) == 0
+    assert Image.open(tmp_path / "again" / "final.png").tobytes() == final
+    config = yaml.safe_load((tmp_path / "again" / "config.yaml").read_text())
+    assert config["vqgan"]["format"] == "dvae" and config["relaxation"]["kind"] == kind
+
+
+def test_pinned_pixels_of_a_seeded_run(dvae_preset, tmp_path):
+    result = generate("a red circle", preset=str(dvae_preset), run_dir=str(tmp_path / "run"))
+    expected = torch.tensor([[0.2776, 0.2785, 0.2784, 0.2789], [0.2180, 0.2175, 0.2175, 0.2172],
+                             [0.7080, 0.7084, 0.7083, 0.7087]])
+    torch.testing.assert_close(result.images[0, :, 0, :4], expected, atol=2e-3, rtol=0)
+
+
+def test_image_init_starts_from_the_encoders_logits(dvae_preset, dvae_files, tmp_path, starting_z):
+    picture = torch.zeros(3, 32, 32)
+    picture[0, 8:24, 8:24] = 1
+    Image.fromarray((picture.permute(1, 2, 0) * 255).byte().numpy()).save(tmp_path / "init.png")
+    generate("x", preset=str(dvae_preset), steps=1, run_dir=str(tmp_path / "run"),
+             init={"mode": "image", "image": str(tmp_path / "init.png")})
+    model = load_dvae(*dvae_files)
+    torch.testing.assert_close(starting_z[0], model.encode(picture[None]))
+
+
+def test_config_errors(dvae_preset, capsys):
+    assert main(["x", "-p", str(dvae_preset), "relaxation.kind=hard"]) == 2
+    assert "gumbel, softmax" in capsys.readouterr().err
+    assert main(["x", "-p", str(dvae_preset), "relaxation.temperature=0"]) == 2
+    assert "relaxation.temperature must be a positive" in capsys.readouterr().err
+    assert main(["x", "-p", "shapes", "vqgan.encoder=encoder.pkl"]) == 2
+    assert "vqgan.encoder is for vqgan.format=dvae" in capsys.readouterr().err
+
+
+def test_registry_entry(capsys):
+    from vqclip.models import registry
+
+    entry = registry.get_vqgan("dalle_dvae")
+    assert entry.format == "dvae"
+    assert entry.checkpoint.url == "https://cdn.openai.com/dall-e/decoder.pkl"
+    assert entry.encoder.url == "https://cdn.openai.com/dall-e/encoder.pkl"
+    assert main(["models", "list"]) == 0
+    assert "dalle_dvae" in capsys.readouterr().out
+
+
+def test_adapter_interface_matches_the_vqgans():
+    from vqclip.models.vqgan import VQGAN
+
+    shared = {"encode", "decode", "quantize", "relax", "tokens_to_z", "z_to_tokens", "z_min", "z_max"}
+    assert shared <= set(dir(DVAE)) and shared <= set(dir(VQGAN))
