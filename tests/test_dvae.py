@@ -10,8 +10,6 @@ its declared dependencies pull in mypy and blobfile, so it is not in the test ex
 from __future__ import annotations
 
 import contextlib
-import sys
-import types
 from pathlib import Path
 
 import pytest
@@ -30,29 +28,20 @@ TINY = dict(n_hid=16, n_blk_per_group=1, vocab_size=64)  # 32 px → a 4 × 4 gr
 
 
 @contextlib.contextmanager
-def _as_dall_e_classes(model: torch.nn.Module, part: str):
+def _as_dall_e_classes(model: torch.nn.Module, part: str, fake_class):
     """While the block runs, `model`'s modules are instances of classes named as the package's."""
-    names = {"utils": ["Conv2d"], part: [part.capitalize(), f"{part.capitalize()}Block"]}
-    added = {}
-    for module in ("dall_e", *(f"dall_e.{name}" for name in names)):
-        if module not in sys.modules:
-            added[module] = sys.modules[module] = types.ModuleType(module)
-    bases = {"Conv2d": dvae.Conv2d, part.capitalize(): type(model), f"{part.capitalize()}Block": dvae.Block}
-    fakes = {}
-    for module, classes in names.items():
-        for name in classes:
-            fakes[bases[name]] = type(name, (bases[name],), {"__module__": f"dall_e.{module}", "__qualname__": name})
-            setattr(sys.modules[f"dall_e.{module}"], name, fakes[bases[name]])
-    originals = [(m, type(m)) for m in model.modules() if type(m) in fakes]
-    try:
+    root = f"dall_e.{part}.{part.capitalize()}"
+    names = {dvae.Conv2d: "dall_e.utils.Conv2d", type(model): root, dvae.Block: f"{root}Block"}
+    with contextlib.ExitStack() as stack:
+        fakes = {cls: stack.enter_context(fake_class(name, (cls,))) for cls, name in names.items()}
+        originals = [(m, type(m)) for m in model.modules() if type(m) in fakes]
         for m, cls in originals:
             m.__class__ = fakes[cls]
-        yield
-    finally:
-        for m, cls in originals:
-            m.__class__ = cls
-        for module in added:
-            del sys.modules[module]
+        try:
+            yield
+        finally:
+            for m, cls in originals:
+                m.__class__ = cls
 
 
 def tiny_dvae(seed: int = 0, gain: float = 6.0) -> tuple[dvae.Decoder, dvae.Encoder]:
@@ -63,7 +52,7 @@ def tiny_dvae(seed: int = 0, gain: float = 6.0) -> tuple[dvae.Decoder, dvae.Enco
     return decoder, encoder
 
 
-def write_published_dvae(folder: Path, seed: int = 0, gain: float = 6.0) -> tuple[Path, Path]:
+def write_published_dvae(folder: Path, fake_class, seed: int = 0, gain: float = 6.0) -> tuple[Path, Path]:
     """decoder.pkl + encoder.pkl of a tiny random dVAE, pickled whole as OpenAI's files are.
 
     The decoder's output convolution is scaled by `gain`: random weights otherwise decode to an
@@ -72,14 +61,14 @@ def write_published_dvae(folder: Path, seed: int = 0, gain: float = 6.0) -> tupl
     decoder, encoder = tiny_dvae(seed, gain)
     folder.mkdir(parents=True, exist_ok=True)
     for model, part in ((decoder, "decoder"), (encoder, "encoder")):
-        with _as_dall_e_classes(model, part):
+        with _as_dall_e_classes(model, part, fake_class):
             torch.save(model, folder / f"{part}.pkl")
     return folder / "decoder.pkl", folder / "encoder.pkl"
 
 
 @pytest.fixture(scope="module")
-def dvae_files(tmp_path_factory) -> tuple[Path, Path]:
-    return write_published_dvae(tmp_path_factory.mktemp("dvae"))
+def dvae_files(tmp_path_factory, fake_class) -> tuple[Path, Path]:
+    return write_published_dvae(tmp_path_factory.mktemp("dvae"), fake_class)
 
 
 @pytest.fixture(scope="module")
