@@ -231,7 +231,9 @@ def test_config_errors(dvae_preset, capsys):
     assert "vqgan.encoder is for vqgan.format=dvae" in capsys.readouterr().err
 
 
-def test_registry_entry(capsys):
+def test_registry_entry_and_cached_files(tmp_path, monkeypatch, dvae_files, dvae_preset, capsys):
+    import shutil
+
     from vqclip.models import registry
 
     entry = registry.get_vqgan("dalle_dvae")
@@ -240,6 +242,17 @@ def test_registry_entry(capsys):
     assert entry.encoder.url == "https://cdn.openai.com/dall-e/encoder.pkl"
     assert main(["models", "list"]) == 0
     assert "dalle_dvae" in capsys.readouterr().out
+    monkeypatch.setenv("VQCLIP_CACHE", str(tmp_path))  # both files already there: no request is made
+    (tmp_path / "dalle_dvae").mkdir()
+    for path in dvae_files:
+        shutil.copy(path, tmp_path / "dalle_dvae" / path.name)
+    model = registry.load_vqgan_from_config({"name": "dalle_dvae"}, progress=False)
+    assert model.kind == "dvae" and model.encoder is not None
+    (tmp_path / "dalle_dvae" / "decoder.pkl").write_text("<html>Not found</html>")  # a dead mirror's answer
+    with pytest.raises(UserError, match="not a PyTorch checkpoint"):
+        registry.load_vqgan_from_config({"name": "dalle_dvae"}, progress=False)
+    assert main(["models", "check", "-p", str(dvae_preset)]) == 0
+    assert "VQGAN: dvae, 64 codes × 64, factor 8, decodes 2×2 tokens to (16, 16)" in capsys.readouterr().out
 
 
 def test_adapter_interface_matches_the_vqgans():
