@@ -260,3 +260,27 @@ def test_adapter_interface_matches_the_vqgans():
 
     shared = {"encode", "decode", "quantize", "relax", "tokens_to_z", "z_to_tokens", "z_min", "z_max"}
     assert shared <= set(dir(DVAE)) and shared <= set(dir(VQGAN))
+
+
+def test_videos_animate_and_morph(dvae_preset, dvae_files, tmp_path, draw_key):
+    from vqclip import video
+    from vqclip.outputs import load_image
+    from vqclip.video.run_state import decode_latent, encode_image
+
+    settings = dict(preset=str(dvae_preset), steps=2, quiet=True)
+    animated = video.animate("a red circle", output=str(tmp_path / "zoom.gif"), run_dir=str(tmp_path / "a"),
+                             video={"frames": 3, "first_frame_steps": 2, "steps_per_frame": 1, "zoom": 1.2},
+                             **settings)
+    assert len(animated.frames) == 3 and animated.frames[0].shape == (3, 32, 32)
+    assert (animated.frames[2] - animated.frames[0]).abs().mean() > 0.01  # zoomed, re-encoded, moved on
+    keys = [draw_key(tmp_path / "red.png", "circle", "red", size=32),
+            draw_key(tmp_path / "blue.png", "square", "blue", size=32)]
+    morph = video.interpolate([str(k) for k in keys], output=str(tmp_path / "morph.gif"), run_dir=str(tmp_path / "m"),
+                              video={"between": 3, "method": "lerp"}, **settings)
+    model = load_dvae(*dvae_files)
+    ends = [decode_latent(model, encode_image(model, load_image(k)[0], torch.device("cpu"))) for k in keys]
+    assert len(morph.frames) == 5
+    torch.testing.assert_close(morph.frames[0], ends[0], atol=1 / 255, rtol=0)
+    torch.testing.assert_close(morph.frames[-1], ends[1], atol=1 / 255, rtol=0)
+    middle = morph.frames[2]
+    assert (middle - ends[0]).abs().mean() > 0.005 and (middle - ends[1]).abs().mean() > 0.005
