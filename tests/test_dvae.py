@@ -52,17 +52,19 @@ def tiny_dvae(seed: int = 0, gain: float = 6.0) -> tuple[dvae.Decoder, dvae.Enco
     return decoder, encoder
 
 
-def write_published_dvae(folder: Path, fake_class, seed: int = 0, gain: float = 6.0) -> tuple[Path, Path]:
+def write_published_dvae(folder: Path, fake_class, seed: int = 0, gain: float = 6.0,
+                         legacy: bool = False) -> tuple[Path, Path]:
     """decoder.pkl + encoder.pkl of a tiny random dVAE, pickled whole as OpenAI's files are.
 
     The decoder's output convolution is scaled by `gain`: random weights otherwise decode to an
-    almost flat grey, and the tests want pictures whose pixels move.
+    almost flat grey, and the tests want pictures whose pixels move. `legacy`: torch's pre-zip
+    format (torch.save before 1.6), in case the published files are older than they look.
     """
     decoder, encoder = tiny_dvae(seed, gain)
     folder.mkdir(parents=True, exist_ok=True)
     for model, part in ((decoder, "decoder"), (encoder, "encoder")):
         with _as_dall_e_classes(model, part, fake_class):
-            torch.save(model, folder / f"{part}.pkl")
+            torch.save(model, folder / f"{part}.pkl", _use_new_zipfile_serialization=not legacy)
     return folder / "decoder.pkl", folder / "encoder.pkl"
 
 
@@ -142,6 +144,31 @@ def test_a_file_naming_another_callable_is_refused_and_runs_nothing(tmp_path, dv
         load_dvae(tmp_path / "linear.pkl")
     with pytest.raises(UserError, match="holds dall_e.encoder.Encoder, not the dVAE's decoder"):
         load_dvae(dvae_files[1])
+
+
+@pytest.mark.filterwarnings("ignore:Couldn't retrieve source code")
+def test_the_legacy_format_reads_the_same_and_refuses_the_same(tmp_path, dvae_files, fake_class):
+    decoder, encoder = write_published_dvae(tmp_path, fake_class, legacy=True)
+    assert decoder.read_bytes()[:2] == b"\x80\x02"  # a bare pickle, not a zip archive
+    legacy, current = load_dvae(decoder, encoder), load_dvae(*dvae_files)
+    for name, value in current.state_dict().items():
+        assert torch.equal(legacy.state_dict()[name], value), name
+    marker = tmp_path / "ran"
+
+    class Payload:
+        def __reduce__(self):
+            import os
+
+            return os.system, (f"touch {marker}",)
+
+    torch.save({"blocks": Payload()}, tmp_path / "evil.pkl", _use_new_zipfile_serialization=False)
+    with pytest.raises(UnsafeCheckpointError, match="names (posix|nt).system.*nothing in it was executed"):
+        load_dvae(tmp_path / "evil.pkl")
+    assert not marker.exists()
+    for cut in (decoder.read_bytes()[:3000], decoder.read_bytes()[:-3000]):
+        (tmp_path / "cut.pkl").write_bytes(cut)
+        with pytest.raises(UserError, match="cannot read checkpoint .*is the file complete"):
+            load_dvae(tmp_path / "cut.pkl")
 
 
 def test_truncated_and_swapped_files_are_one_line_errors(tmp_path, dvae_preset, dvae_files, capsys):

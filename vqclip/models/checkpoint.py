@@ -159,7 +159,48 @@ def load_pickled_module(path: str | Path, allowed: Collection[str], what: str) -
     path = Path(path)
     if not path.is_file():
         raise UserError(f"{what} not found: {path}")
-    return _torch_load(path, allowed, what)
+    if zipfile.is_zipfile(path):
+        return _torch_load(path, allowed, what)
+    return _legacy_module_load(path, allowed, what)
+
+
+def _legacy_module_load(path: Path, allowed: Collection[str], what: str) -> object:
+    """A module pickled in torch's legacy (pre-zip) format, which torch's weights-only loader
+    cannot read (it stores each module's class as a persistent id). torch's legacy reader runs
+    with a pickle module whose only findable names are the tensor rebuild functions, plain
+    containers and inert stand-ins for `allowed`: any other name stops the read before it is used."""
+    import collections
+    import pickle
+    import types
+    import warnings
+
+    calls: list[str] = []
+    findable = {"collections.OrderedDict": collections.OrderedDict, "builtins.set": set, "__builtin__.set": set,
+                "torch.device": torch.device,
+                "torch._utils._rebuild_tensor_v2": torch._utils._rebuild_tensor_v2,
+                "torch._utils._rebuild_parameter": torch._utils._rebuild_parameter,
+                **{name: _placeholder(name, calls) for name in allowed}}
+
+    class Unpickler(pickle.Unpickler):
+        def find_class(self, module: str, name: str):
+            if f"{module}.{name}" not in findable:
+                raise UnsafeCheckpointError(f"refusing to load {path}: it names {module}.{name}, which {what} "
+                                            "never holds; nothing in it was executed")
+            return findable[f"{module}.{name}"]
+
+    restricted = types.ModuleType("vqclip_restricted_pickle")
+    restricted.Unpickler, restricted.load = Unpickler, lambda file, **kw: Unpickler(file, **kw).load()
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")  # "couldn't retrieve source code" for each stand-in class
+            return torch.load(str(path), map_location="cpu", pickle_module=restricted, weights_only=False)
+    except UnsafeCheckpointError:
+        raise
+    except Exception as exc:  # a damaged or cut file fails in many ways, inside pickle or torch
+        if calls:
+            raise UnsafeCheckpointError(f"refusing to load {path}: it would call {calls[0]} while being read; "
+                                        "nothing was executed") from None
+        raise UserError(f"cannot read checkpoint {path}: {_first_sentence(exc)} (is the file complete?)") from None
 
 
 def record_class(record: object) -> str:
