@@ -311,3 +311,14 @@ def test_videos_animate_and_morph(dvae_preset, dvae_files, tmp_path, draw_key):
     torch.testing.assert_close(morph.frames[-1], ends[1], atol=1 / 255, rtol=0)
     middle = morph.frames[2]
     assert (middle - ends[0]).abs().mean() > 0.005 and (middle - ends[1]).abs().mean() > 0.005
+
+
+def test_a_batch_of_two_relaxations(dvae_preset, tmp_path):
+    batch = tmp_path / "jobs.yaml"
+    batch.write_text(yaml.safe_dump({"defaults": {"preset": str(dvae_preset), "steps": 2},
+                                     "grid": {"prompt": ["a red circle"], "relaxation.kind": ["softmax", "gumbel"]}}))
+    assert main(["batch", str(batch), "--out", str(tmp_path / "out"), "--threads", "1"]) == 0
+    finals = sorted((tmp_path / "out").glob("*/final.png"))
+    assert len(finals) == 2
+    kinds = {yaml.safe_load((final.parent / "config.yaml").read_text())["relaxation"]["kind"] for final in finals}
+    assert kinds == {"softmax", "gumbel"}
