@@ -196,12 +196,25 @@ def test_relaxations(dvae_files):
     sample = model.relax(z, 3, gumbel)
     assert torch.equal(sample, model.relax(z, 3, gumbel))  # seeded by (seed, step): resumable
     assert not torch.equal(sample, model.relax(z, 4, gumbel))
+    assert model.relax(z, 3, Relaxation("gumbel", seed=2**63 - 1)).shape == z.shape  # the largest seed a run takes
     assert torch.equal(sample.sum(1), torch.ones(1, 4, 4)) and set(sample.unique().tolist()) == {0.0, 1.0}
     z.requires_grad_(True)
     model.relax(z, 3, gumbel)[:, 5].sum().backward()
     assert z.grad.abs().sum() > 0  # straight-through: the soft sample's gradient
     hard = model.quantize(z)
     assert torch.equal(hard.argmax(1), z.argmax(1)) and torch.equal(hard.sum(1), torch.ones(1, 4, 4))
+
+
+def test_checkpointed_decoding_gives_the_same_image_and_gradient(dvae_files):
+    model = load_dvae(dvae_files[0])
+    z = torch.randn(1, 64, 4, 4, generator=torch.Generator().manual_seed(2), requires_grad=True)
+    results = []
+    for checkpoint in (False, True):
+        image = model.decode(model.relax(z, 0, Relaxation()), checkpoint=checkpoint)
+        (gradient,) = torch.autograd.grad(image.square().sum(), z)
+        results.append((image.detach(), gradient))
+    torch.testing.assert_close(results[0], results[1])
+    assert results[0][1].abs().sum() > 0
 
 
 def test_without_encoder_image_init_is_a_user_error(dvae_files):

@@ -211,7 +211,7 @@ class DVAE(nn.Module):
         t = relaxation.temperature_at(step)
         if relaxation.kind == "softmax":
             return (z / t).softmax(1)
-        generator = torch.Generator(z.device).manual_seed(relaxation.seed * 1_000_003 + step)
+        generator = torch.Generator(z.device).manual_seed((relaxation.seed * 1_000_003 + step) % 2**63)
         uniform = torch.rand(z.shape, generator=generator, device=z.device).clamp_(1e-10, 1 - 1e-7)
         soft = ((z - (-uniform.log()).log()) / t).softmax(1)
         return straight_through(soft, _one_hot(soft.argmax(1), self.n_embed, soft.dtype))
