@@ -335,3 +335,16 @@ def test_a_batch_of_two_relaxations(dvae_preset, tmp_path):
     assert len(finals) == 2
     kinds = {yaml.safe_load((final.parent / "config.yaml").read_text())["relaxation"]["kind"] for final in finals}
     assert kinds == {"softmax", "gumbel"}
+
+
+def test_the_published_architecture_with_random_weights():
+    """The published files' sizes: 43.8 M decoder and 53.8 M encoder parameters, f8, 8192 codes."""
+    torch.manual_seed(0)
+    model = DVAE(dvae.Decoder(), dvae.Encoder()).eval()
+    assert sum(p.numel() for p in model.decoder.parameters()) == 43_829_766  # as the package's Decoder()
+    assert sum(p.numel() for p in model.encoder.parameters()) == 53_786_240
+    with torch.no_grad():
+        z = model.encode(torch.rand(1, 3, 64, 64))
+        image = model.decode(model.quantize(z))
+    assert z.shape == (1, 8192, 8, 8) and image.shape == (1, 3, 64, 64)
+    assert 0 <= image.min() and image.max() <= 1
