@@ -8,7 +8,7 @@ checks the policy itself. The variable is set before torch is imported (OpenMP r
 Fixtures (a test asks for one by name; nothing here is imported by a test file):
   - tiny model files in the layouts real users have: `write_tiny_vqgan`, `write_tiny_clip`,
     `random_taming_state`, `save_lightning_checkpoint`, `taming_model_config`, `write_yaml`,
-    `tiny_ddconfig`; a preset over tiny models that runs in a second: `tiny_preset`, and
+    `tiny_ddconfig`, `fake_class`; a preset over tiny models that runs in a second: `tiny_preset`, and
     `make_tiny_preset(**overrides)` for one with other settings (the model files are written once);
   - `starting_z`: the latents a test's runs start optimising from (init's result, before any step);
   - the shipped shapes world: `shapes_models` (loaded once), `draw_key`, `moving_circle`, `write_clip`;
@@ -80,8 +80,9 @@ def _random_taming_state(kind: str = "vq", n_embed: int = 32, embed_dim: int = 1
 
 
 @contextlib.contextmanager
-def _fake_module(qualified_class: str):
-    """A class importable as `qualified_class` while the block runs, so pickle can name it."""
+def _fake_module(qualified_class: str, bases: tuple[type, ...] = ()):
+    """A class (a subclass of `bases`) importable as `qualified_class` while the block runs, so
+    pickle can name it; whatever the module held under that name before is put back."""
     module_name, _, class_name = qualified_class.rpartition(".")
     parts = module_name.split(".")
     added = []
@@ -90,11 +91,17 @@ def _fake_module(qualified_class: str):
         if name not in sys.modules:
             sys.modules[name] = types.ModuleType(name)
             added.append(name)
-    cls = type(class_name, (), {"__module__": module_name})
-    setattr(sys.modules[module_name], class_name, cls)
+    cls = type(class_name, bases, {"__module__": module_name, "__qualname__": class_name})
+    module = sys.modules[module_name]
+    previous = module.__dict__.get(class_name, _fake_module)
+    setattr(module, class_name, cls)
     try:
         yield cls
     finally:
+        if previous is _fake_module:
+            delattr(module, class_name)
+        else:
+            setattr(module, class_name, previous)
         for name in added:
             del sys.modules[name]
 
@@ -163,6 +170,13 @@ def random_taming_state():
 def save_lightning_checkpoint():
     """save_lightning_checkpoint(path, state): a Lightning-pickled `.ckpt` as taming writes it."""
     return _save_lightning_checkpoint
+
+
+@pytest.fixture(scope="session")
+def fake_class():
+    """fake_class(qualified_name, bases=()): a context in which a new class is importable under that
+    name (modules made up as needed), so that a test can pickle what a foreign package would."""
+    return _fake_module
 
 
 @pytest.fixture(scope="session")

@@ -45,6 +45,10 @@ def random_models(vqgan_name: str, clip_name: str, device: torch.device):
     entry = VQGANS[vqgan_name]
     if entry.format == "min-dalle":
         vqgan = build_min_dalle_detokenizer()
+    elif entry.format == "dvae":
+        from .models.dvae import DVAE, Decoder, Encoder
+
+        vqgan = DVAE(Decoder(), Encoder())  # the published files' architecture
     else:
         model = entry.model
         if "first_stage_config" in model.get("params", {}):  # Net2Net: the VQGAN is its first stage

@@ -140,7 +140,7 @@ def _check_models(preset: str | None, overrides: list[str]) -> int:
     models = load_models(config, torch.device("cpu"))
     vqgan = models.vqgan
     tokens = torch.zeros(1, 2, 2, dtype=torch.long)
-    image = vqgan.decode(vqgan.tokens_to_z(tokens))
+    image = vqgan.decode(vqgan.quantize(vqgan.tokens_to_z(tokens)))
     print(f"VQGAN: {vqgan.kind}, {vqgan.n_embed} codes × {vqgan.embed_dim}, factor {vqgan.factor}, "
           f"decodes 2×2 tokens to {tuple(image.shape[-2:])}")
     for member in models.clip.members:

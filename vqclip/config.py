@@ -25,7 +25,17 @@ class VQGANConfig:
     name: Optional[str] = "imagenet_f16_16384"  # a registry name (`vqclip models list`)
     config: Optional[str] = None  # or a taming YAML ...
     checkpoint: Optional[str] = None  # ... with its checkpoint (.ckpt, .pt, .safetensors)
-    format: str = "taming"  # taming | min-dalle (DALL-E mini's detoker.pt as checkpoint)
+    format: str = "taming"  # taming | min-dalle (DALL-E mini's detoker.pt as checkpoint) | dvae (DALL-E's decoder.pkl)
+    encoder: Optional[str] = None  # format=dvae: the dVAE's encoder.pkl (for image init); optional
+
+
+@dataclass
+class RelaxationConfig:
+    """How a DALL-E dVAE's logits become codes at each step (vqgan.format=dvae; docs/models.md)."""
+
+    kind: str = "softmax"  # softmax (annealed mixture of codes) | gumbel (straight-through Gumbel-softmax)
+    temperature: float = 1.0  # at the first step ...
+    temperature_end: float = 0.1  # ... falling geometrically to this at the last
 
 
 @dataclass
@@ -107,6 +117,7 @@ class RunConfig:
     vqgan: VQGANConfig = field(default_factory=VQGANConfig)
     clip: ClipConfig = field(default_factory=ClipConfig)
     init: InitConfig = field(default_factory=InitConfig)
+    relaxation: RelaxationConfig = field(default_factory=RelaxationConfig)  # dVAE decoders only
     video: VideoConfig = field(default_factory=VideoConfig)  # used by `vqclip video ...` only
     # Cutouts and augmentations.
     cutn: int = 32
@@ -143,6 +154,7 @@ CHOICES = {
     "precision": ("vqclip.precision", "PRECISION_CHOICES"),
     "lr_schedule": ("vqclip.optimize", "LR_SCHEDULES"),
     "vqgan.format": ("vqclip.models.registry", "VQGAN_FORMATS"),
+    "relaxation.kind": ("vqclip.models.dvae", "RELAXATIONS"),
 }
 
 
@@ -355,6 +367,9 @@ def _check_numbers(config: DictConfig) -> None:
     for key, value in finite.items():
         if not 0 <= value < float("inf"):
             raise UserError(f"{key} must be a finite number of 0 or more, not {value}")
+    for key in ("temperature", "temperature_end"):
+        if not 0 < config.relaxation[key] < float("inf"):
+            raise UserError(f"relaxation.{key} must be a positive finite number, not {config.relaxation[key]}")
     if not config.init.decay < 1 or not 0 < config.lr_drop_factor <= 1:
         raise UserError("init.decay must be below 1 and lr_drop_factor in (0, 1]")
 

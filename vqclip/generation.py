@@ -53,7 +53,7 @@ class Models:
             return self
         if dtype not in self.copies:
             constants = tuple(f"members.{i}.{name}" for i in range(len(self.clip.members)) for name in ("mean", "std"))
-            self.copies[dtype] = Models(compute_copy(self.vqgan, dtype, keep_fp32=("quantizer",)),
+            self.copies[dtype] = Models(compute_copy(self.vqgan, dtype, keep_fp32=self.vqgan.keep_fp32),
                                         compute_copy(self.clip, dtype, keep_fp32=constants), self.device)
         return self.copies[dtype]
 
@@ -344,13 +344,20 @@ def _objective(config: DictConfig, clip, timeline, generator: torch.Generator, a
 
 
 def _decoder(vqgan, compute_vqgan, config: DictConfig, size: tuple[int, int]):
-    """z → image for the step: quantised by the fp32 codebook, decoded by the compute copy."""
+    """(z, step) → image for the step: quantised (a dVAE: relaxed) by the fp32 model, decoded by the
+    compute copy."""
+    from .models.dvae import Relaxation
+
     checkpoint = config.checkpoint_decoder
     if checkpoint is None:  # auto: where the decoder's activations start to dominate memory
         checkpoint = size[0] * size[1] >= CHECKPOINT_FROM_PIXELS
-    decode = lambda latent: compute_vqgan.decode(vqgan.quantize(latent), checkpoint=checkpoint)  # noqa: E731
+    decode_codes = lambda codes: compute_vqgan.decode(codes, checkpoint=checkpoint)  # noqa: E731
     # The decoder is a fixed graph: worth compiling on a GPU for long runs (the first step compiles).
-    return torch.compile(decode, dynamic=False) if config.compile else decode
+    if config.compile:
+        decode_codes = torch.compile(decode_codes, dynamic=False)
+    relaxation = Relaxation(config.relaxation.kind, config.relaxation.temperature, config.relaxation.temperature_end,
+                            config.steps, config.seed or 0)
+    return lambda latent, step=0: decode_codes(vqgan.relax(latent, step, relaxation))
 
 
 CHECKPOINT_FROM_PIXELS = 512 * 512

@@ -36,20 +36,20 @@ class Step:
 LossFunction = Callable[[torch.Tensor, torch.Tensor, int], dict[str, torch.Tensor]]
 
 
-def optimize(z: torch.Tensor, decode: Callable[[torch.Tensor], torch.Tensor], loss_fn: LossFunction, *,
+def optimize(z: torch.Tensor, decode: Callable[[torch.Tensor, int], torch.Tensor], loss_fn: LossFunction, *,
              steps: int, optimizer: torch.optim.Optimizer, scheduler=None,
              z_min: torch.Tensor | None = None, z_max: torch.Tensor | None = None, start_step: int = 0,
              callback: Callable[[Step], bool | None] | None = None, disable: bool | None = None) -> int:
     """Run steps `start_step`..`steps` of gradient descent on `z` (a leaf tensor in `optimizer`).
 
-    Each step: image = decode(z); losses = loss_fn(image, z, step); backward; optimiser step;
+    Each step: image = decode(z, step); losses = loss_fn(image, z, step); backward; optimiser step;
     z clamped per channel to [z_min, z_max] (the codebook's range). Returns the last step done.
     """
     bar = trange(start_step, steps, disable=disable, unit="step", dynamic_ncols=True)
     step = start_step
     for step_index in bar:
         optimizer.zero_grad(set_to_none=True)
-        image = decode(z)
+        image = decode(z, step_index)
         terms = loss_fn(image, z, step_index)
         total = sum(terms.values())
         values = {name: float(term.detach()) for name, term in terms.items()}

@@ -15,6 +15,7 @@ from pathlib import Path
 from ..errors import UserError, unknown_choice
 
 HEIBOX = "https://heibox.uni-heidelberg.de/d"
+OPENAI_DALL_E = "https://cdn.openai.com/dall-e"
 BUNDLED = "bundled:"  # a file shipped inside the vqclip package, under vqclip/<path>
 
 
@@ -26,7 +27,8 @@ class RemoteFile:
     sha256: str | None = None
 
 
-VQGAN_FORMATS = ("taming", "min-dalle")  # vqgan.format: a taming YAML + checkpoint, or DALL-E mini's detoker.pt
+# vqgan.format: a taming YAML + checkpoint, DALL-E mini's detoker.pt, or DALL-E's dVAE (decoder.pkl [+ encoder.pkl])
+VQGAN_FORMATS = ("taming", "min-dalle", "dvae")
 
 
 @dataclass(frozen=True)
@@ -37,6 +39,7 @@ class VQGANEntry:
     config: RemoteFile | None = None
     format: str = "taming"
     note: str = ""
+    encoder: RemoteFile | None = None  # a dVAE's encoder, for image init (the checkpoint is its decoder)
 
 
 def _ddconfig(ch_mult, attn_resolutions) -> dict:
@@ -104,6 +107,10 @@ VQGANS: dict[str, VQGANEntry] = {e.name: e for e in [
     VQGANEntry("min-dalle", None,
                RemoteFile("detoker.pt", "https://huggingface.co/kuprel/min-dalle/resolve/main/detoker.pt", 187),
                format="min-dalle", note="DALL-E mini's decoder-only f16/16384 VQGAN"),
+    # Sizes unpublished: about 175 and 215 MB if stored in fp32 (43.8 M and 53.8 M parameters).
+    VQGANEntry("dalle_dvae", None, RemoteFile("decoder.pkl", f"{OPENAI_DALL_E}/decoder.pkl"), format="dvae",
+               encoder=RemoteFile("encoder.pkl", f"{OPENAI_DALL_E}/encoder.pkl"),
+               note="OpenAI's DALL-E discrete VAE (f8, 8192 codes)"),
 ]}
 
 MIN_DALLE_URL = "https://huggingface.co/kuprel/min-dalle/resolve/main"
@@ -193,7 +200,7 @@ def _looks_wrong(path: Path, file: RemoteFile) -> str | None:
         return f"only {size / 1e6:.1f} MB where about {file.approx_mb:.0f} MB were expected"
     with path.open("rb") as f:
         head = f.read(4)
-    if path.suffix in (".ckpt", ".pt", ".pth") and not (head.startswith(b"PK") or head[:1] == b"\x80"):
+    if path.suffix in (".ckpt", ".pt", ".pth", ".pkl") and not (head.startswith(b"PK") or head[:1] == b"\x80"):
         return "a file that is not a PyTorch checkpoint"
     return None
 
@@ -212,6 +219,12 @@ def fetch_vqgan(name: str, *, cache: Path | None = None, progress: bool = True) 
             config.unlink(missing_ok=True)
             raise UserError(f"the config downloaded for {name} is not usable ({exc}); the mirror may be dead") from None
     return config, fetch(entry.checkpoint, folder, progress=progress)
+
+
+def fetch_encoder(name: str, *, cache: Path | None = None, progress: bool = True) -> Path | None:
+    """A registry dVAE's encoder file in the cache, downloaded if missing; None for other models."""
+    entry = get_vqgan(name)
+    return fetch(entry.encoder, model_dir(name, cache), progress=progress) if entry.encoder else None
 
 
 def fetch_prior(name: str, *, cache: Path | None = None, progress: bool = True) -> Path:
@@ -240,7 +253,8 @@ def fetch_clip(name: str, pretrained: str) -> Path:
 def download_by_name(name: str, *, cache: Path | None = None, progress: bool = True) -> list[Path]:
     """`vqclip models download NAME`: a VQGAN, a prior, or `ARCH:TAG` for CLIP weights."""
     if name in VQGANS:
-        return [p for p in fetch_vqgan(name, cache=cache, progress=progress) if p is not None]
+        paths = [*fetch_vqgan(name, cache=cache, progress=progress), fetch_encoder(name, cache=cache, progress=progress)]
+        return [p for p in paths if p is not None]
     if name in PRIORS:
         return [fetch_prior(name, cache=cache, progress=progress)]
     arch, _, tag = name.partition(":")
@@ -250,14 +264,21 @@ def download_by_name(name: str, *, cache: Path | None = None, progress: bool = T
 
 
 def load_vqgan_from_config(vqgan: dict, device="cpu", *, progress: bool = True):
-    """The VQGAN a config's `vqgan:` section names: `name`, or `config` + `checkpoint`, with `format`."""
+    """The decoder a config's `vqgan:` section names: `name`, or `config` + `checkpoint` (a dVAE:
+    `checkpoint` + optional `encoder`), with `format`."""
+    from .dvae import load_dvae
     from .vqgan import load_min_dalle_detokenizer, load_vqgan
 
     name, config, checkpoint = vqgan.get("name"), vqgan.get("config"), vqgan.get("checkpoint")
     fmt = vqgan.get("format") or "taming"
     if fmt not in VQGAN_FORMATS:
         raise unknown_choice("vqgan.format", fmt, VQGAN_FORMATS)
+    if vqgan.get("encoder") and fmt != "dvae":
+        raise UserError("vqgan.encoder is for vqgan.format=dvae (DALL-E's encoder.pkl); a taming VQGAN's "
+                        "encoder is in its checkpoint")
     if checkpoint:  # explicit files win over a name
+        if fmt == "dvae":
+            return load_dvae(checkpoint, vqgan.get("encoder"), device)
         if fmt == "min-dalle":
             return load_min_dalle_detokenizer(checkpoint, device)
         if not config:
@@ -269,6 +290,8 @@ def load_vqgan_from_config(vqgan: dict, device="cpu", *, progress: bool = True):
         raise UserError("no VQGAN chosen: set vqgan.name, or vqgan.config and vqgan.checkpoint")
     entry = get_vqgan(name)
     config, checkpoint = fetch_vqgan(name, progress=progress)
+    if entry.format == "dvae":
+        return load_dvae(checkpoint, fetch_encoder(name, progress=progress), device)
     if entry.format == "min-dalle":
         return load_min_dalle_detokenizer(checkpoint, device)
     return load_vqgan(config, checkpoint, device)

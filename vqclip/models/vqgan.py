@@ -19,7 +19,7 @@ from torch import nn
 
 from ..errors import UserError
 from ..grad import clamp_with_grad, straight_through
-from .checkpoint import load_state_dict, state_dict_mismatch
+from .checkpoint import check_state_dict, load_state_dict
 
 VQ, GUMBEL = "vq", "gumbel"
 
@@ -78,6 +78,7 @@ class VQGAN(nn.Module):
             if isinstance(module, nn.GroupNorm):
                 module.eps = norm_eps
         self.kind = kind
+        self.keep_fp32 = ("quantizer",)  # a bf16 copy keeps the codebook exact: quantisation picks the same codes
         self.signed_output = signed_output  # taming decodes to [-1, 1], min-dalle to [0, 1]
         self.factor = 2 ** (len(ddconfig["ch_mult"]) - 1)
         self.n_embed, self.embed_dim = n_embed, embed_dim
@@ -110,6 +111,10 @@ class VQGAN(nn.Module):
     def quantize(self, z: torch.Tensor) -> torch.Tensor:
         """Nearest codes in the forward pass; the gradient reaches `z` unchanged (straight-through)."""
         return straight_through(z, self.tokens_to_z(self.z_to_tokens(z)).to(z.dtype))
+
+    def relax(self, z: torch.Tensor, step: int, relaxation=None) -> torch.Tensor:
+        """What optimisation step `step` decodes: the quantised z (the dVAE relaxes its logits here)."""
+        return self.quantize(z)
 
     # -- encode / decode ----------------------------------------------------------------------
     def encode(self, images: torch.Tensor) -> torch.Tensor:
@@ -221,13 +226,6 @@ def taming_state_dict(model: VQGAN) -> dict[str, torch.Tensor]:
     """The adapter's weights under taming's key names: what select_vqgan_weights reads back."""
     return {("quantize." + k[len("quantizer."):] if k.startswith("quantizer.") else k): v.detach()
             for k, v in model.state_dict().items()}
-
-
-def check_state_dict(model: nn.Module, state: dict[str, torch.Tensor], checkpoint: str, config: str) -> None:
-    """Strict key matching, reported as a short readable list that names the likely cause."""
-    mismatch = state_dict_mismatch(model.state_dict(), state)
-    if mismatch:
-        raise UserError(f"checkpoint {checkpoint} does not belong to {config}: {mismatch}")
 
 
 def _finish(model: VQGAN, state: dict[str, torch.Tensor], device: str | torch.device) -> VQGAN:
