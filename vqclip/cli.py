@@ -231,6 +231,24 @@ def _shapes_vqgan(folder: str | None):
     return load_vqgan(Path(folder) / "vqgan.yaml", Path(folder) / "vqgan.safetensors")
 
 
+# -- data sets and the general training recipes -----------------------------------------------
+@command("data")
+def data_command(argv: list[str]) -> int:
+    parser = Parser(prog="vqclip data", description="Write a ready-made captioned data set to train on.")
+    sub = parser.add_subparsers(dest="name", required=True)
+    digits = sub.add_parser("digits", help="scikit-learn's 1,797 handwritten digits as OUT/train and OUT/held-out "
+                            "(needs: pip install 'vqclip[digits]')")
+    digits.add_argument("out")
+    digits.add_argument("--size", type=int, default=32, help="image side in pixels (default 32)")
+    args = parser.parse_args(argv)
+
+    from .data import digits as digits_data
+
+    counts = digits_data.write_digits(args.out, args.size)
+    print(f"{args.out}: {counts['train']} training and {counts['held-out']} held-out images")
+    return 0
+
+
 # -- presets and info --------------------------------------------------------------------------
 @command("presets")
 def presets_command(argv: list[str]) -> int:
@@ -434,7 +452,9 @@ def prior_command(argv: list[str]) -> int:
     parser = Parser(prog="vqclip prior", description="The BART prior (DALL-E mini): build data, train, sample.")
     sub = parser.add_subparsers(dest="action", required=True)
     build = sub.add_parser("build-data", help="captioned images -> VQGAN token grids + text tokens, one file")
-    build.add_argument("source", help="a folder of images with same-name .txt captions, or a .csv/.jsonl list")
+    build.add_argument("source", help="a folder of images with same-name .txt captions or of class sub-folders, "
+                       "or a .csv/.jsonl list")
+    build.add_argument("--template", help="class sub-folders: the caption, with {} for the folder's name")
     build.add_argument("-o", "--out", required=True, help="the data file to write (e.g. data.pt)")
     build.add_argument("--size", type=int, help="images are resized to SIZE×SIZE (default: the config's width)")
     build.add_argument("--batch", type=int, default=32)
@@ -485,7 +505,7 @@ def prior_command(argv: list[str]) -> int:
         if size <= 0 or args.batch <= 0:
             raise UserError("--size and --batch must be at least 1")
         data = jobs.build_data_job(args.source, args.out, config, size=size, batch_size=args.batch,
-                                   resume=args.resume, progress=not args.quiet)
+                                   resume=args.resume, progress=not args.quiet, template=args.template)
         print(f"{args.out}: {len(data.captions)} images, token grid {tuple(data.image_tokens.shape[1:])}")
         return 0
     options = dict(count=args.num, temperature=args.temperature, top_k=args.top_k, top_p=args.top_p,
