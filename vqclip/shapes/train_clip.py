@@ -17,7 +17,6 @@ part of the product: git history holds them, last in commit 47041b5.)
 
 from __future__ import annotations
 
-import json
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
@@ -25,9 +24,9 @@ import torch
 import torch.nn.functional as F
 from tqdm.auto import trange
 
-from ..atomic import atomic_open, atomic_write_text
 from ..outputs import write_json
 from ..precision import training_autocast
+from ..train import clip as general_clip
 from ..training import load_checkpoint, save_checkpoint, warmup_cosine
 from . import world
 
@@ -162,11 +161,4 @@ def train(out: Path, recipe: ClipRecipe, vqgan=None, *, resume: bool = False, pr
 
 
 def export(model, recipe: ClipRecipe, out: Path) -> None:
-    """The open_clip hub layout: a model-config JSON with its preprocessing, and fp16 weights."""
-    from safetensors.torch import save
-
-    config = {"model_cfg": recipe.model_cfg, "preprocess_cfg": {"mean": list(MEAN), "std": list(STD)}}
-    atomic_write_text(out / "clip.json", json.dumps(config, indent=2) + "\n")
-    with atomic_open(out / "clip.safetensors") as f:
-        f.write(save({k: (v.detach().half() if v.is_floating_point() else v.detach()).contiguous()
-                      for k, v in model.state_dict().items()}))
+    general_clip.export(model, recipe.model_cfg, MEAN, STD, out)

@@ -17,13 +17,13 @@ from pathlib import Path
 
 import torch
 import torch.nn.functional as F
-import yaml
 from tqdm.auto import trange
 
-from ..atomic import atomic_open, atomic_write_text
-from ..models.vqgan import build_vqgan, taming_state_dict
+from ..models.vqgan import build_vqgan
 from ..outputs import write_json
 from ..precision import training_autocast
+from ..train import vqgan as general_vqgan
+from ..train.common import random_crops
 from ..training import load_checkpoint, save_checkpoint, warmup_cosine
 from . import judge, world
 
@@ -46,49 +46,6 @@ class VQGANRecipe:
     ddconfig: dict = field(default_factory=lambda: dict(
         double_z=False, z_channels=64, resolution=64, in_channels=3, out_ch=3, ch=64, ch_mult=[1, 2, 2],
         num_res_blocks=1, attn_resolutions=[], dropout=0.0))
-
-
-def taming_config(recipe: VQGANRecipe) -> dict:
-    """The YAML users' taming VQGANs come with (lossconfig omitted: vqclip never builds it)."""
-    return {"model": {"target": "taming.models.vqgan.VQModel",
-                      "params": {"embed_dim": recipe.embed_dim, "n_embed": recipe.n_embed,
-                                 "ddconfig": recipe.ddconfig}}}
-
-
-def taming_state(model) -> dict[str, torch.Tensor]:
-    """The weights under taming's key names, in fp16 (half the size; loaded as fp32)."""
-    return {k: v.half() for k, v in taming_state_dict(model).items()}
-
-
-def vq_losses(model, images: torch.Tensor, beta: float):
-    """(reconstruction, codebook, commitment, tokens) for a batch in [0, 1]."""
-    z = model.encode(images)
-    tokens = model.z_to_tokens(z.float())
-    z_q = model.tokens_to_z(tokens)
-    codebook = F.mse_loss(z_q, z.detach().float())
-    commitment = beta * F.mse_loss(z.float(), z_q.detach())
-    reconstruction = model.decode(model.quantize(z.float()))
-    recon = F.l1_loss(reconstruction.float(), images) + F.mse_loss(reconstruction.float(), images)
-    return recon, codebook, commitment, tokens
-
-
-def random_crops(images: torch.Tensor, size: int, generator: torch.Generator) -> torch.Tensor:
-    """One random size×size crop of each image (the network is convolutional: it works at 64 px)."""
-    if size >= images.shape[-1]:
-        return images
-    offsets = torch.randint(images.shape[-1] - size + 1, (len(images), 2), generator=generator).tolist()
-    return torch.stack([image[:, y:y + size, x:x + size] for image, (y, x) in zip(images, offsets)])
-
-
-def restart_dead_codes(model, usage: torch.Tensor, candidates: torch.Tensor, generator: torch.Generator) -> int:
-    """Move codes never chosen since the last restart onto random encoder outputs."""
-    dead = (usage == 0).nonzero().flatten()
-    if len(dead) == 0:
-        return 0
-    picks = torch.randint(len(candidates), (len(dead),), generator=generator)
-    with torch.no_grad():
-        model.codebook[dead] = candidates[picks].to(model.codebook.dtype)
-    return len(dead)
 
 
 def evaluate(model, count: int = 256) -> dict:
@@ -133,7 +90,7 @@ def train(out: Path, recipe: VQGANRecipe, *, resume: bool = False, progress: boo
     for step in bar:
         images = random_crops(world.batch(rng, recipe.batch_size)[0], recipe.crop, generator)
         with training_autocast(torch.device("cpu"), recipe.bf16):
-            recon, codebook, commitment, tokens = vq_losses(model, images, recipe.beta)
+            recon, codebook, commitment, tokens, _ = general_vqgan.vq_losses(model, images, recipe.beta)
         loss = recon + codebook + commitment
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
@@ -143,7 +100,7 @@ def train(out: Path, recipe: VQGANRecipe, *, resume: bool = False, progress: boo
         if (step + 1) % recipe.restart_every == 0:
             with torch.no_grad():
                 candidates = model.encode(images).movedim(1, -1).reshape(-1, recipe.embed_dim).float()
-            restart_dead_codes(model, usage, candidates, generator)
+            general_vqgan.restart_dead_codes(model, usage, candidates, generator)
             usage.zero_()
         bar.set_postfix(recon=f"{recon.item():.4f}", refresh=False)
         if (step + 1) % recipe.checkpoint_every == 0 or step + 1 == recipe.steps:
@@ -156,9 +113,5 @@ def train(out: Path, recipe: VQGANRecipe, *, resume: bool = False, progress: boo
 
 
 def export(model, recipe: VQGANRecipe, out: Path) -> None:
-    from safetensors.torch import save
-
-    atomic_write_text(out / "vqgan.yaml", yaml.safe_dump(taming_config(recipe), sort_keys=False))
-    with atomic_open(out / "vqgan.safetensors") as f:
-        f.write(save(taming_state(model)))
-
+    general_vqgan.export(model, {"kind": "vq", "ddconfig": recipe.ddconfig, "n_embed": recipe.n_embed,
+                                 "embed_dim": recipe.embed_dim}, out)
