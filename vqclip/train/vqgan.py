@@ -170,11 +170,11 @@ def train(data: str | Path, out: str | Path, config: VQGANTrainConfig, *, held_o
     """Train; checkpoint to OUT/train_state.pt; write OUT/vqgan.{yaml,safetensors} and OUT/vqgan-metrics.json."""
     check_positive(config, ("steps", "batch_size", "size", "sample_every", "checkpoint_every"))
     out, device = Path(out), torch.device(device)
-    train_set, held, report = training_data(data, config.size, held_out=held_out, held_out_count=config.held_out,
-                                            template=template, progress=progress)
     torch.manual_seed(config.seed)
     generator, rng = torch.Generator().manual_seed(config.seed), random.Random(config.seed)
-    model, spec = build_model(config)
+    model, spec = build_model(config)  # before the data is read: a wrong setting is told at once
+    train_set, held, report = training_data(data, config.size, held_out=held_out, held_out_count=config.held_out,
+                                            template=template, progress=progress)
     discriminator = build_discriminator(config)
     model, discriminator = model.to(device).train(), discriminator.to(device).train()
     optimizer = torch.optim.Adam(model.parameters(), lr=config.lr, betas=(0.5, 0.9))
