@@ -40,6 +40,11 @@ def apply_settings(config, settings: list[str]):
         expected = type(getattr(config, key))
         if expected is float and isinstance(value, int) and not isinstance(value, bool):
             value = float(value)
+        if expected is float and isinstance(value, str):  # YAML 1.1 reads 1e-5 (no dot) as text
+            try:
+                value = float(value)
+            except ValueError:
+                pass
         if type(value) is not expected or (expected is list and not all(isinstance(v, int) for v in value)):
             raise UserError(f"{key} must be a {expected.__name__}, not {text!r}")
         setattr(config, key, value)
