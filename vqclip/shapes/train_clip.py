@@ -25,7 +25,6 @@ import torch.nn.functional as F
 from tqdm.auto import trange
 
 from ..outputs import write_json
-from ..precision import training_autocast
 from ..train import clip as general_clip
 from ..training import load_checkpoint, save_checkpoint, warmup_cosine
 from . import world
@@ -140,16 +139,8 @@ def train(out: Path, recipe: ClipRecipe, vqgan=None, *, resume: bool = False, pr
     bar = trange(start, recipe.steps, disable=not progress, desc="clip", unit="step")
     for step in bar:
         images, captions = training_batch(rng, recipe, generator, vqgan)
-        with training_autocast(torch.device("cpu"), recipe.bf16):
-            text_features = model.encode_text(tokenizer(captions), normalize=True)
-            image_features = model.encode_image(normalize(images), normalize=True)
-        loss = loss_fn(image_features.float(), text_features.float(), model.logit_scale.exp())
-        optimizer.zero_grad(set_to_none=True)
-        loss.backward()
-        optimizer.step()
-        schedule.step()
-        with torch.no_grad():
-            model.logit_scale.clamp_(0, 4.6052)  # at most 100, as in CLIP
+        loss = general_clip.contrastive_step(model, optimizer, schedule, tokenizer(captions), normalize(images),
+                                             loss_fn, torch.device("cpu"), recipe.bf16)
         bar.set_postfix(loss=f"{loss.item():.3f}", refresh=False)
         if (step + 1) % recipe.checkpoint_every == 0 or step + 1 == recipe.steps:
             save_checkpoint(state_path, step + 1, model, optimizer, schedule, rng, generator)

@@ -150,6 +150,23 @@ def zero_shot(model, tokenizer, preprocess, images: torch.Tensor, captions: list
     return {"zero_shot_accuracy": round(right / len(images), 4), "choices": len(choices)}
 
 
+def contrastive_step(model, optimizer, schedule, tokens: torch.Tensor, pixels: torch.Tensor, loss_fn,
+                     device: torch.device, bf16: bool) -> torch.Tensor:
+    """One step: both towers (bf16 autocast where fast), `loss_fn(image, text, scale)`, the update, and
+    the logit scale kept at most 100 as in CLIP. Returns the loss."""
+    with training_autocast(device, bf16):
+        text = model.encode_text(tokens, normalize=True)
+        image = model.encode_image(pixels, normalize=True)
+    loss = loss_fn(image.float(), text.float(), model.logit_scale.exp())
+    optimizer.zero_grad(set_to_none=True)
+    loss.backward()
+    optimizer.step()
+    schedule.step()
+    with torch.no_grad():
+        model.logit_scale.clamp_(0, 4.6052)
+    return loss.detach()
+
+
 def train(data: str | Path, out: str | Path, config: ClipTrainConfig, *, held_out: str | Path | None = None,
           template: str | None = None, resume: bool = False, device: str = "cpu", progress: bool = True) -> dict:
     """Train; checkpoint to OUT/train_state.pt; write OUT/clip.{json,safetensors} and OUT/clip-metrics.json."""
@@ -179,16 +196,8 @@ def train(data: str | Path, out: str | Path, config: ClipTrainConfig, *, held_ou
         index = torch.randint(len(train_set), (config.batch_size,), generator=generator)
         images = augment(train_set.floats(index), config, generator).to(device)
         captions = [train_set.captions[i] for i in index.tolist()]
-        with training_autocast(device, config.bf16):
-            text = model.encode_text(tokenizer(captions).to(device), normalize=True)
-            image = model.encode_image(preprocess(images), normalize=True)
-        loss = contrastive_loss(image.float(), text.float(), model.logit_scale.exp(), captions)
-        optimizer.zero_grad(set_to_none=True)
-        loss.backward()
-        optimizer.step()
-        schedule.step()
-        with torch.no_grad():
-            model.logit_scale.clamp_(0, 4.6052)  # at most 100, as in CLIP
+        loss = contrastive_step(model, optimizer, schedule, tokenizer(captions).to(device), preprocess(images),
+                                lambda i, t, scale: contrastive_loss(i, t, scale, captions), device, config.bf16)
         bar.set_postfix(loss=f"{loss.item():.3f}", refresh=False)
         done = step + 1
         if done % config.eval_every == 0 or done == config.steps:
