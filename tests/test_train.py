@@ -197,7 +197,8 @@ def test_train_prior_from_the_command_line(shapes_folder, tmp_path, capsys):
     assert printed["images"] == 20 and printed["held_out"]["images"] == 4 and "history" not in printed
     prior = load_prior(tmp_path / "prior")
     assert prior.model.config.grid == [8, 8] and prior.model.config.codebook_size == 32
-    assert Image.open(tmp_path / "prior" / "samples" / "final.png").size == (6 * 34 - 2, 4 * 34 - 2)
+    for step in (2, 4):  # every eval_every steps: a row of 6 samples for each of 4 held-out captions
+        assert Image.open(tmp_path / "prior" / "samples" / f"step-{step:06d}.png").size == (6 * 34 - 2, 4 * 34 - 2)
     assert main(args + ["--resume"]) == 0  # finished: nothing encoded or trained again
 
 

@@ -4,8 +4,9 @@ The two steps of `vqclip prior build-data` + `vqclip prior train`, over the same
 other recipes: (1) the images, brought to `size`, are encoded with the VQGAN into DIR/data.pt and
 the held-out ones into DIR/held-out.pt (kept: a rerun or `--resume` encodes nothing again);
 (2) vqclip.prior.train fits the prior (settings: its TrainConfig keys, e.g. steps=2000 width=256);
-(3) a grid of samples for a few held-out captions goes to DIR/samples/. The result is
-DIR/prior.json + DIR/prior.safetensors, usable as `init.prior=DIR`.
+(3) at each held-out evaluation (`eval_every`) a grid of samples for four held-out captions goes to
+DIR/samples/step-NNNNNN.png. The result is DIR/prior.json + DIR/prior.safetensors, usable as
+`init.prior=DIR`.
 """
 
 from __future__ import annotations
@@ -18,6 +19,7 @@ from ..errors import UserError
 from ..outputs import write_json
 from ..prior import data as prior_data
 from ..prior.train import TrainConfig
+from ..prior.weights import LoadedPrior
 from .common import save_grid, training_data
 
 SAMPLE = {"supercondition": 2.0, "top_k": 16, "temperature": 0.7}  # recommended in prior.json (a sweep on shapes)
@@ -75,26 +77,25 @@ def train(data: str | Path, out: str | Path, config: TrainConfig, *, vqgan: str,
     description = {"vqgan": str(vqgan), "size": size, "codebook_size": int(model.n_embed), "factor": int(model.factor)}
     tokens = encode(train_set, model, description, out / "data.pt", resume=resume, progress=progress)
     held_tokens = encode(held, model, description, out / "held-out.pt", resume=resume, progress=progress)
+    captions = sorted(set(held.captions))[:4]
+
+    def samples(step: int, prior, tokenizer) -> None:
+        grid = sample_grid(LoadedPrior(prior, tokenizer, {"sample": SAMPLE}), model, captions, config.seed)
+        save_grid(out / "samples" / f"step-{step:06d}.png", grid,
+                  {"recipe": "prior", "step": step, "rows": captions})
+
     metrics = prior_train.train(tokens, out, config, held_out=held_tokens, resume=resume, progress=progress,
                                 device=device, info={"recipe": "vqclip train prior", "sample": SAMPLE},
-                                log=lambda line: None)
-    metrics["samples"] = str(sample_grid(out, model, sorted(set(held.captions))[:4], config.seed, device))
+                                log=lambda line: None, on_eval=samples)
     metrics.update(report)
     write_json(out / "prior-metrics.json", metrics)
     return metrics
 
 
-def sample_grid(out: Path, vqgan, captions: list[str], seed: int, device, count: int = 6) -> Path:
-    """OUT/samples/final.png: a row of `count` samples per caption (the prior alone, no CLIP)."""
+@torch.no_grad()
+def sample_grid(prior, vqgan, captions: list[str], seed: int, count: int = 6) -> list[torch.Tensor]:
+    """A row of `count` samples (the prior alone, no CLIP) per caption."""
     from ..prior.sample import sample_images, settings_for
-    from ..prior.weights import load_prior
 
-    prior = load_prior(out, device)
-    rows = []
-    with torch.no_grad():
-        for index, caption in enumerate(captions):
-            settings = settings_for(prior, count=count, seed=seed + index)
-            rows.append(sample_images(prior, vqgan, caption, settings).images)
-    path = out / "samples" / "final.png"
-    save_grid(path, rows, {"recipe": "prior", "rows": captions})
-    return path
+    return [sample_images(prior, vqgan, caption, settings_for(prior, count=count, seed=seed + index)).images
+            for index, caption in enumerate(captions)]
