@@ -169,12 +169,27 @@ def train(data: str | Path, out: str | Path, config: VQGANTrainConfig, *, held_o
           template: str | None = None, resume: bool = False, device: str = "cpu", progress: bool = True) -> dict:
     """Train; checkpoint to OUT/train_state.pt; write OUT/vqgan.{yaml,safetensors} and OUT/vqgan-metrics.json."""
     check_positive(config, ("steps", "batch_size", "size", "sample_every", "checkpoint_every"))
-    out, device = Path(out), torch.device(device)
     torch.manual_seed(config.seed)
     generator, rng = torch.Generator().manual_seed(config.seed), random.Random(config.seed)
     model, spec = build_model(config)  # before the data is read: a wrong setting is told at once
     train_set, held, report = training_data(data, config.size, held_out=held_out, held_out_count=config.held_out,
                                             template=template, progress=progress)
+
+    def draw() -> torch.Tensor:
+        return train_set.floats(torch.randint(len(train_set), (config.batch_size,), generator=generator))
+
+    metrics = fit(model, spec, draw, held.floats(), Path(out), config, rng=rng, generator=generator, resume=resume,
+                  device=torch.device(device), progress=progress)
+    metrics.update(report)
+    write_json(Path(out) / "vqgan-metrics.json", metrics)
+    return metrics
+
+
+def fit(model, spec: dict, draw, held: torch.Tensor, out: Path, config: VQGANTrainConfig, *, rng: random.Random,
+        generator: torch.Generator, resume: bool, device: torch.device, progress: bool) -> dict:
+    """The loop over the batches `draw()` returns (images in [0, 1]; any source: a folder, the shapes
+    world); `rng` and `generator` are the streams it draws from, saved with every checkpoint.
+    Writes OUT/vqgan.{yaml,safetensors}; returns the held-out figures and the history."""
     discriminator = build_discriminator(config)
     model, discriminator = model.to(device).train(), discriminator.to(device).train()
     optimizer = torch.optim.Adam(model.parameters(), lr=config.lr, betas=(0.5, 0.9))
@@ -189,57 +204,66 @@ def train(data: str | Path, out: str | Path, config: VQGANTrainConfig, *, held_o
         discriminator.load_state_dict(state["discriminator"])
         d_optimizer.load_state_dict(state["d_optimizer"])
         usage, start, history = state["usage"], int(state["step"]), list(state["history"])
-    watch = held.floats(slice(0, 8))
     bar = trange(start, config.steps, initial=start, total=config.steps, disable=not progress, desc="vqgan")
     for step in bar:
-        index = torch.randint(len(train_set), (config.batch_size,), generator=generator)
-        images = random_crops(train_set.floats(index), config.crop, generator).to(device)
-        adversarial = 0 <= config.disc_start <= step
-        with training_autocast(device, config.bf16):
-            recon, codebook, commitment, tokens, reconstruction = vq_losses(model, images, config.beta)
-            loss = recon + codebook + commitment
-            if adversarial:
-                g_loss = -discriminator(2 * reconstruction - 1).float().mean()
-                weight = adaptive_weight(recon, g_loss, model.decoder.conv_out.weight) * config.disc_weight
-                loss = loss + weight * g_loss
-        optimizer.zero_grad(set_to_none=True)
-        loss.backward()
-        optimizer.step()
+        images = random_crops(draw(), config.crop, generator).to(device)
+        recon, tokens = train_step(model, discriminator, optimizer, d_optimizer, images, config,
+                                   adversarial=0 <= config.disc_start <= step)
         schedule.step()
-        if adversarial:
-            with training_autocast(device, config.bf16):
-                d_loss = hinge_d_loss(discriminator(2 * images - 1).float(),
-                                      discriminator(2 * reconstruction.detach() - 1).float())
-            d_optimizer.zero_grad(set_to_none=True)
-            d_loss.backward()
-            d_optimizer.step()
         usage += torch.bincount(tokens.flatten().cpu(), minlength=model.n_embed)
         if config.restart_every and (step + 1) % config.restart_every == 0:
             with torch.no_grad():
                 candidates = model.encode(images).movedim(1, -1).reshape(-1, model.embed_dim).float()
             restart_dead_codes(model, usage, candidates, generator)
             usage.zero_()
-        bar.set_postfix(recon=f"{recon.item():.4f}", refresh=False)
+        bar.set_postfix(recon=f"{recon:.4f}", refresh=False)
         done = step + 1
         if done % config.sample_every == 0 or done == config.steps:
-            model.eval()
-            history.append({"step": done, "recon_loss": round(recon.item(), 5),
-                            **evaluate(model, held.floats(), device)})
-            with torch.no_grad():
-                shown = model.decode(model.quantize(model.encode(watch.to(device))))
-            save_grid(out / "samples" / f"step-{done:06d}.png", [watch, shown],
-                      {"recipe": "vqgan", "step": done, "rows": "held-out images, reconstructions"})
-            model.train()
+            history.append({"step": done, "recon_loss": round(recon, 5), **watch(model, held, out, done, device)})
         if done % config.checkpoint_every == 0 or done == config.steps:
             save_checkpoint(state_path, done, model, optimizer, schedule, rng, generator, usage=usage,
                             history=history, config=asdict(config), discriminator=discriminator.state_dict(),
                             d_optimizer=d_optimizer.state_dict())
     model.eval()
     export(model, spec, out)
-    metrics = {**evaluate(model, held.floats(), device), "steps": config.steps, "history": history, **report,
-               "config": asdict(config)}
-    write_json(out / "vqgan-metrics.json", metrics)
-    return metrics
+    return {**evaluate(model, held, device), "steps": config.steps, "history": history, "config": asdict(config)}
+
+
+def train_step(model, discriminator, optimizer, d_optimizer, images: torch.Tensor, config: VQGANTrainConfig, *,
+               adversarial: bool) -> tuple[float, torch.Tensor]:
+    """One update of the VQGAN (and, once it has joined, of the discriminator); (reconstruction loss, tokens)."""
+    device = images.device
+    with training_autocast(device, config.bf16):
+        recon, codebook, commitment, tokens, reconstruction = vq_losses(model, images, config.beta)
+        loss = recon + codebook + commitment
+        if adversarial:
+            g_loss = -discriminator(2 * reconstruction - 1).float().mean()
+            weight = adaptive_weight(recon, g_loss, model.decoder.conv_out.weight) * config.disc_weight
+            loss = loss + weight * g_loss
+    optimizer.zero_grad(set_to_none=True)
+    loss.backward()
+    optimizer.step()
+    if adversarial:
+        with training_autocast(device, config.bf16):
+            d_loss = hinge_d_loss(discriminator(2 * images - 1).float(),
+                                  discriminator(2 * reconstruction.detach() - 1).float())
+        d_optimizer.zero_grad(set_to_none=True)
+        d_loss.backward()
+        d_optimizer.step()
+    return recon.item(), tokens
+
+
+def watch(model, held: torch.Tensor, out: Path, step: int, device: torch.device) -> dict:
+    """The held-out figures now, and OUT/samples/step-N.png: 8 held-out images over their reconstructions."""
+    model.eval()
+    shown = held[:8]
+    with torch.no_grad():
+        again = model.decode(model.quantize(model.encode(shown.to(device))))
+    save_grid(out / "samples" / f"step-{step:06d}.png", [shown, again],
+              {"recipe": "vqgan", "step": step, "rows": "held-out images, reconstructions"})
+    figures = evaluate(model, held, device)
+    model.train()
+    return figures
 
 
 def taming_config(spec: dict) -> dict:
