@@ -170,8 +170,6 @@ def contrastive_step(model, optimizer, schedule, tokens: torch.Tensor, pixels: t
 def train(data: str | Path, out: str | Path, config: ClipTrainConfig, *, held_out: str | Path | None = None,
           template: str | None = None, resume: bool = False, device: str = "cpu", progress: bool = True) -> dict:
     """Train; checkpoint to OUT/train_state.pt; write OUT/clip.{json,safetensors} and OUT/clip-metrics.json."""
-    import open_clip
-
     check_positive(config, ("steps", "batch_size", "size", "eval_every", "checkpoint_every"))
     out, device = Path(out), torch.device(device)
     model_cfg, mean, std = model_config(config)
@@ -180,7 +178,32 @@ def train(data: str | Path, out: str | Path, config: ClipTrainConfig, *, held_ou
     choices = sorted(set(train_set.captions) | set(held.captions))
     torch.manual_seed(config.seed)
     generator, rng = torch.Generator().manual_seed(config.seed), random.Random(config.seed)
-    model = build_model(config, model_cfg).to(device).train()
+    model = build_model(config, model_cfg)
+
+    def draw():
+        index = torch.randint(len(train_set), (config.batch_size,), generator=generator)
+        return augment(train_set.floats(index), config, generator), [train_set.captions[i] for i in index.tolist()]
+
+    def figures(model, tokenizer, preprocess) -> dict:
+        return zero_shot(model, tokenizer, preprocess, held.floats(), held.captions, choices, device)
+
+    history = fit(model, model_cfg, mean, std, draw, contrastive_loss, figures, out, config, rng=rng,
+                  generator=generator, resume=resume, device=device, progress=progress)
+    metrics = {**history[-1], "steps": config.steps, "history": history, **report, "config": asdict(config)}
+    metrics.pop("step")
+    write_json(out / "clip-metrics.json", metrics)
+    return metrics
+
+
+def fit(model, model_cfg: dict, mean, std, draw, loss_fn, figures, out: Path, config: ClipTrainConfig, *,
+        rng: random.Random, generator: torch.Generator, resume: bool, device: torch.device,
+        progress: bool) -> list[dict]:
+    """The loop over `draw()`'s batches ((images in [0, 1], captions): a folder, the shapes world) with
+    `loss_fn(image, text, scale, captions)`; every `eval_every` steps `figures(model, tokenizer,
+    preprocess)` joins the history. Writes OUT/clip.{json,safetensors}; returns the history."""
+    import open_clip
+
+    model = model.to(device).train()
     preprocess = Preprocess(model_cfg, mean, std)
     tokenizer = open_clip.SimpleTokenizer(context_length=model_cfg["text_cfg"].get("context_length", 77))
     optimizer = torch.optim.AdamW(model.parameters(), lr=config.lr, weight_decay=config.weight_decay)
@@ -193,27 +216,22 @@ def train(data: str | Path, out: str | Path, config: ClipTrainConfig, *, held_ou
         start, history = int(state["step"]), list(state["history"])
     bar = trange(start, config.steps, initial=start, total=config.steps, disable=not progress, desc="clip")
     for step in bar:
-        index = torch.randint(len(train_set), (config.batch_size,), generator=generator)
-        images = augment(train_set.floats(index), config, generator).to(device)
-        captions = [train_set.captions[i] for i in index.tolist()]
-        loss = contrastive_step(model, optimizer, schedule, tokenizer(captions).to(device), preprocess(images),
-                                lambda i, t, scale: contrastive_loss(i, t, scale, captions), device, config.bf16)
+        images, captions = draw()
+        loss = contrastive_step(model, optimizer, schedule, tokenizer(captions).to(device),
+                                preprocess(images.to(device)),
+                                lambda image, text, scale: loss_fn(image, text, scale, captions), device, config.bf16)
         bar.set_postfix(loss=f"{loss.item():.3f}", refresh=False)
         done = step + 1
         if done % config.eval_every == 0 or done == config.steps:
             model.eval()
-            history.append({"step": done, "loss": round(loss.item(), 4),
-                            **zero_shot(model, tokenizer, preprocess, held.floats(), held.captions, choices, device)})
+            history.append({"step": done, "loss": round(loss.item(), 4), **figures(model, tokenizer, preprocess)})
             model.train()
         if done % config.checkpoint_every == 0 or done == config.steps:
             save_checkpoint(state_path, done, model, optimizer, schedule, rng, generator, history=history,
                             config=asdict(config))
     model.eval()
     export(model, model_cfg, mean, std, out)
-    metrics = {**zero_shot(model, tokenizer, preprocess, held.floats(), held.captions, choices, device),
-               "steps": config.steps, "history": history, **report, "config": asdict(config)}
-    write_json(out / "clip-metrics.json", metrics)
-    return metrics
+    return history
 
 
 def export(model, model_cfg: dict, mean, std, out: Path) -> None:
