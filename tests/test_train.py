@@ -221,6 +221,19 @@ def test_bad_input_is_one_line_and_writes_nothing(shapes_folder, tmp_path, capsy
     assert not (tmp_path / "out").exists()
 
 
+def test_unreadable_images_are_skipped_warned_and_counted(shapes_folder, tmp_path, capsys):
+    data = tmp_path / "data"
+    shutil.copytree(shapes_folder, data)
+    (data / "99.png").write_bytes(b"\x89PNG\r\n\x1a\ntruncated")
+    (data / "99.txt").write_text("a broken file")
+    assert main(["train", "clip", str(data), "--out", str(tmp_path / "clip"), "--steps", "1", "--quiet",
+                 "width=8", "embed_dim=16", "text_width=32", "text_layers=1", "held_out=4", "batch_size=4"]) == 0
+    out, err = capsys.readouterr()
+    assert "skipped 1 unreadable image(s)" in err and "99.png" in err
+    printed = json.loads(out.strip().splitlines()[-1])
+    assert printed["skipped"] == 1 and printed["images"] == 20  # 24 readable, 4 held out
+
+
 def test_train_all_settings_go_to_their_recipe(tmp_path):
     config = build_config("all", tmp_path, ["vqgan.n_embed=64", "clip.steps=7", "prior.width=64", "steps=12"],
                           steps=None, size=None, seed=3, base=None)

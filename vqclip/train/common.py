@@ -2,12 +2,15 @@
 
 from __future__ import annotations
 
+import logging
 from pathlib import Path
 
 import torch
 
 from ..data.images import ImageSet, load_images
 from ..errors import UserError
+
+log = logging.getLogger(__name__)
 
 
 def training_data(source: str | Path, size: int, *, held_out: str | Path | None = None, held_out_count: int = 0,
@@ -19,8 +22,10 @@ def training_data(source: str | Path, size: int, *, held_out: str | Path | None 
     the figures are measured on the first images of the training data, and the report says so."""
     data = load_images(source, size, template=template, progress=progress)
     report = {"data": str(source), **data.report()}
+    warn_skipped(source, data)
     if held_out is not None:
         held = load_images(held_out, size, template=template, progress=progress)
+        warn_skipped(held_out, held)
         return data, held, {**report, "held_out": {"source": str(held_out), **held.report()}}
     count = min(held_out_count, len(data) // 5)
     if count == 0:
@@ -31,6 +36,11 @@ def training_data(source: str | Path, size: int, *, held_out: str | Path | None 
     rest = sorted(set(range(len(data))) - set(chosen))
     return (data.subset(rest), data.subset(chosen),
             {**report, "images": len(rest), "held_out": {"source": "spread over the data", "images": len(chosen)}})
+
+
+def warn_skipped(source, images: ImageSet) -> None:
+    if images.skipped:
+        log.warning("%s: skipped %d unreadable image(s), e.g. %s", source, len(images.skipped), images.skipped[0][1])
 
 
 def random_crops(images: torch.Tensor, size: int, generator: torch.Generator) -> torch.Tensor:
