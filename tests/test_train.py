@@ -208,6 +208,8 @@ def test_train_prior_from_the_command_line(shapes_folder, tmp_path, capsys):
     (["train", "clip", "{data}", "--out", "{out}", "--size", "48"], "multiple of 32"),
     (["train", "clip", "{data}", "--out", "{out}", "model=ViT-Q-99"], "unknown CLIP architecture"),
     (["train", "prior", "{data}", "--out", "{out}"], "needs --vqgan"),
+    (["train", "prior", "{data}", "--out", "{out}", "--from", "shapes"], "not --from"),
+    (["train", "clip", "{data}", "--out", "{out}", "--vqgan", "shapes"], "not --vqgan"),
     (["train", "all", "{data}", "--out", "{out}", "--from", "shapes"], "vqgan.base"),
     (["train", "vqgan", "{empty}", "--out", "{out}"], "no images"),
     (["train", "vqgan", "{data}", "--out", "{out}", "--steps", "0"], "at least 1"),

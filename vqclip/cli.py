@@ -273,6 +273,9 @@ def train_command(argv: list[str]) -> int:
     for name in ("steps", "size"):
         if getattr(args, name) is not None and getattr(args, name) <= 0:
             raise UserError(f"--{name} must be at least 1, not {getattr(args, name)}")
+    if args.vqgan and args.recipe != "prior" or args.base and args.recipe == "prior":
+        raise UserError(f"train {args.recipe} takes " + ("--vqgan (the VQGAN whose tokens it writes), not --from"
+                        if args.recipe == "prior" else "--from, not --vqgan (that is for train prior)"))
 
     from .generation import pick_device
     from .train import jobs
