@@ -205,6 +205,9 @@ def test_train_prior_from_the_command_line(shapes_folder, tmp_path, capsys):
 @pytest.mark.parametrize("argv, message", [
     (["train", "vqgan", "{data}", "--out", "{out}", "n_embeds=3"], "key one of"),
     (["train", "vqgan", "{data}", "--out", "{out}", "ch=48"], "multiple of 32"),
+    (["train", "vqgan", "{data}", "--out", "{out}", "--size", "30"], "multiple of the VQGAN's factor 4"),
+    (["train", "vqgan", "{data}", "--out", "{out}", "--from", "shapes", "crop=18"], "crop=18 must be a multiple"),
+    (["train", "vqgan", "{data}", "--out", "{out}", "crop=64"], "must not exceed"),
     (["train", "clip", "{data}", "--out", "{out}", "--size", "48"], "multiple of 32"),
     (["train", "clip", "{data}", "--out", "{out}", "model=ViT-Q-99"], "unknown CLIP architecture"),
     (["train", "prior", "{data}", "--out", "{out}"], "needs --vqgan"),

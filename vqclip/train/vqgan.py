@@ -97,15 +97,22 @@ def build_model(config: VQGANTrainConfig) -> tuple[torch.nn.Module, dict]:
     from ..models.vqgan import load_vqgan
 
     if not config.base:
-        if config.ch % 32 or config.size % 2 ** (len(config.ch_mult) - 1):
-            raise UserError(f"ch={config.ch} must be a multiple of 32 and size={config.size} a multiple of "
-                            f"2^(len(ch_mult)-1) = {2 ** (len(config.ch_mult) - 1)}")
+        if config.ch % 32:
+            raise UserError(f"ch={config.ch} must be a multiple of 32 (taming's GroupNorm has 32 groups)")
         spec = scratch_spec(config)
+    else:
+        yaml_path, checkpoint = base_files(config.base)
+        spec = read_taming_config(yaml_path)
+        if spec["kind"] != VQ:
+            raise UserError(f"--from {config.base}: only VQ VQGANs can be fine-tuned here, not {spec['kind']}")
+    factor = 2 ** (len(spec["ddconfig"]["ch_mult"]) - 1)
+    for name in ("size", "crop"):
+        if getattr(config, name) % factor:
+            raise UserError(f"{name}={getattr(config, name)} must be a multiple of the VQGAN's factor {factor}")
+    if config.crop > config.size:
+        raise UserError(f"crop={config.crop} must not exceed size={config.size}")
+    if not config.base:
         return build_vqgan(spec), spec
-    yaml_path, checkpoint = base_files(config.base)
-    spec = read_taming_config(yaml_path)
-    if spec["kind"] != VQ:
-        raise UserError(f"--from {config.base}: only VQ VQGANs can be fine-tuned here, not {spec['kind']}")
     model = load_vqgan(yaml_path, checkpoint)
     return model.requires_grad_(True), {k: spec[k] for k in ("kind", "n_embed", "embed_dim", "ddconfig")}
 
