@@ -239,6 +239,26 @@ def test_unreadable_images_are_skipped_warned_and_counted(shapes_folder, tmp_pat
     assert printed["skipped"] == 1 and printed["images"] == 20  # 24 readable, 4 held out
 
 
+def test_the_recipes_read_every_layout(shapes_folder, tmp_path, capsys):
+    classes = tmp_path / "classes"  # the same images as class sub-folders, and as a CSV list
+    rows = ["image,caption"]
+    for image in sorted(shapes_folder.glob("*.png")):
+        caption = image.with_suffix(".txt").read_text()
+        (classes / caption.replace(" ", "_")).mkdir(parents=True, exist_ok=True)
+        shutil.copy(image, classes / caption.replace(" ", "_") / image.name)
+        rows.append(f"{image},{caption}")
+    (tmp_path / "list.csv").write_text("\n".join(rows) + "\n")
+    tiny = ["--steps", "1", "--quiet", "width=8", "embed_dim=16", "text_width=32", "text_layers=1", "held_out=4",
+            "batch_size=4"]
+    assert main(["train", "clip", str(classes), "--template", "{} drawn", "--out", str(tmp_path / "a"), *tiny]) == 0
+    assert json.loads(capsys.readouterr().out.strip().splitlines()[-1])["choices"] == 6
+    history = json.loads((tmp_path / "a" / "clip-metrics.json").read_text())["history"]
+    assert len(history) == 1
+    assert main(["train", "clip", str(tmp_path / "list.csv"), "--out", str(tmp_path / "b"), *tiny]) == 0
+    printed = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+    assert printed["images"] == 20 and printed["choices"] == 6
+
+
 def test_train_all_settings_go_to_their_recipe(tmp_path):
     config = build_config("all", tmp_path, ["vqgan.n_embed=64", "clip.steps=7", "prior.width=64", "steps=12"],
                           steps=None, size=None, seed=3, base=None)
