@@ -256,9 +256,11 @@ def offline_cli(monkeypatch, tmp_path):
     import vqclip.shapes.train_prior
     import vqclip.shapes.train_vqgan
     import vqclip.time_to_image
+    import vqclip.train.jobs
     import vqclip.ui.access
     import vqclip.ui.app
     import vqclip.video.jobs
+    from vqclip.data import digits
 
     monkeypatch.chdir(tmp_path)  # nothing is written, but if it were, it would land here
     patches = {
@@ -278,6 +280,8 @@ def offline_cli(monkeypatch, tmp_path):
         (vqclip.shapes.train_clip, "train"): lambda *args, **kwargs: {},
         (vqclip.shapes.train_prior, "train"): lambda *args, **kwargs: {},
         (vqclip.cli, "_shapes_vqgan"): lambda folder: None,
+        (vqclip.train.jobs, "run"): lambda *args, **kwargs: {},  # the settings are built (and checked) before
+        (digits, "write_digits"): lambda out, size=32: {"train": 0, "held-out": 0},
         (vqclip.models.clip, "load_clip_ensemble"): lambda *args, **kwargs: None,
         (vqclip.cli, "_check_models"): _fake_check_models,
         (vqclip.models.registry, "download_by_name"): lambda name: [],
@@ -354,15 +358,36 @@ def test_shown_setting_is_accepted(where, item):
     if item == "key=value":  # the placeholder itself
         return
     training = {field.name for field in dataclasses.fields(TrainConfig)}
-    assert key in key_names() | training, f"{where}: {key} is neither a config key nor a prior training setting"
+    recipes = recipe_settings()
+    assert key in key_names() | training | set(recipes), \
+        f"{where}: {key} is neither a config key nor a training setting"
     if not value or value == "..." or re.fullmatch(r"[A-Z_]+", value):  # `threads=`, `cutn=VALUE`: the key alone
         return
     try:
         build_config(None, dotlist=[item])
     except UserError as exc:
-        if key not in training:
+        if key not in training and key not in recipes:
             raise AssertionError(f"{where}: {item}: {exc}") from None
-        train_config_from([item])
+        if key in recipes:
+            from vqclip.train.jobs import build_config as recipe_config
+
+            recipe_config(recipes[key], Path("nowhere"), [item])
+        else:
+            train_config_from([item])
+
+
+def recipe_settings() -> dict[str, str]:
+    """{setting: the `vqclip train` recipe that takes it}: each recipe's keys, and `train all`'s
+    own and prefixed ones (vqgan.n_embed=...)."""
+    from vqclip.train.jobs import RECIPES, recipe_class
+
+    found = {}
+    for recipe in RECIPES:
+        for field in dataclasses.fields(recipe_class(recipe)):
+            found.setdefault(field.name, recipe)
+            if recipe != "all":
+                found.setdefault(f"{recipe}.{field.name}", "all")
+    return found
 
 
 # -- batch files shown --------------------------------------------------------------------------

@@ -93,22 +93,6 @@ def test_build_data_resumes_and_matches_a_straight_build(tmp_path, shapes_vqgan,
                               tmp_path / "d.pt", resume=True, progress=False)
 
 
-def test_read_pairs_from_folder_csv_and_jsonl(tmp_path):
-    (tmp_path / "a.png").write_bytes(b"")
-    (tmp_path / "a.txt").write_text("a red circle\n")
-    (tmp_path / "b.png").write_bytes(b"")  # no caption: skipped
-    assert prior_data.read_pairs(tmp_path) == [(str(tmp_path / "a.png"), "a red circle")]
-    (tmp_path / "list.csv").write_text("image,caption\na.png,a red circle\n")
-    assert prior_data.read_pairs(tmp_path / "list.csv") == [(str(tmp_path / "a.png"), "a red circle")]
-    (tmp_path / "list.jsonl").write_text(json.dumps({"path": "a.png", "text": "x"}) + "\n")
-    assert prior_data.read_pairs(tmp_path / "list.jsonl") == [(str(tmp_path / "a.png"), "x")]
-    (tmp_path / "bad.jsonl").write_text(json.dumps({"path": "a.png"}) + "\n")
-    with pytest.raises(UserError, match="caption"):
-        prior_data.read_pairs(tmp_path / "bad.jsonl")
-    with pytest.raises(UserError, match="no images"):
-        prior_data.read_pairs(tmp_path / "empty" if (tmp_path / "empty").mkdir() is None else None)
-
-
 # -- training ------------------------------------------------------------------------------------
 def test_training_lowers_the_loss_writes_a_prior_and_resumes_exactly(tmp_path, world_data):
     config = TrainConfig(**TINY)

@@ -231,6 +231,75 @@ def _shapes_vqgan(folder: str | None):
     return load_vqgan(Path(folder) / "vqgan.yaml", Path(folder) / "vqgan.safetensors")
 
 
+# -- data sets and the general training recipes -----------------------------------------------
+@command("data")
+def data_command(argv: list[str]) -> int:
+    parser = Parser(prog="vqclip data", description="Write a ready-made captioned data set to train on.")
+    sub = parser.add_subparsers(dest="name", required=True)
+    digits = sub.add_parser("digits", help="scikit-learn's 1,797 handwritten digits as OUT/train and OUT/held-out "
+                            "(needs: pip install 'vqclip[digits]')")
+    digits.add_argument("out")
+    digits.add_argument("--size", type=int, default=32, help="image side in pixels (default 32)")
+    args = parser.parse_args(argv)
+
+    from .data import digits as digits_data
+
+    counts = digits_data.write_digits(args.out, args.size)
+    print(f"{args.out}: {counts['train']} training and {counts['held-out']} held-out images")
+    return 0
+
+
+@command("train")
+def train_command(argv: list[str]) -> int:
+    parser = Parser(prog="vqclip train", description="Train a VQGAN, a CLIP, a prior, or all three and a preset, "
+                    "on a folder of captioned images (see docs/training.md).",
+                    epilog="Settings as key=value, e.g. n_embed=1024 (train all: vqgan.n_embed=1024 clip.steps=500).")
+    parser.add_argument("recipe", choices=["vqgan", "clip", "prior", "all"])
+    parser.add_argument("data", help="images with same-name .txt captions, a .csv/.jsonl list, or class sub-folders")
+    parser.add_argument("--out", required=True, help="folder for the weights, metrics, samples and training state")
+    parser.add_argument("--held-out", help="captioned images for the figures (default: some kept out of DATA)")
+    parser.add_argument("--template", help="class sub-folders: the caption, with {} for the folder's name")
+    parser.add_argument("--steps", type=int, help="training steps (train all: of each recipe)")
+    parser.add_argument("--size", type=int, help="the training images' side in pixels")
+    parser.add_argument("--seed", type=int)
+    parser.add_argument("--from", dest="base", help="vqgan: a VQGAN to fine-tune (a name, a folder or a taming "
+                        "YAML); clip: an open_clip checkpoint file")
+    parser.add_argument("--vqgan", help="prior: the VQGAN whose tokens it writes (a folder from train vqgan, or a name)")
+    parser.add_argument("--resume", action="store_true", help="continue from OUT's training state")
+    parser.add_argument("--device", default="cpu", help="cpu | cuda | cuda:N (bf16 autocast where it is fast)")
+    parser.add_argument("--quiet", action="store_true", help="no progress bars")
+    parser.add_argument("settings", nargs="*", help="key=value")
+    args = parser.parse_intermixed_args(argv)
+    for name in ("steps", "size"):
+        if getattr(args, name) is not None and getattr(args, name) <= 0:
+            raise UserError(f"--{name} must be at least 1, not {getattr(args, name)}")
+    if args.vqgan and args.recipe != "prior" or args.base and args.recipe == "prior":
+        raise UserError(f"train {args.recipe} takes " + ("--vqgan (the VQGAN whose tokens it writes), not --from"
+                        if args.recipe == "prior" else "--from, not --vqgan (that is for train prior)"))
+
+    from .generation import pick_device
+    from .train import jobs
+
+    flags = {"steps": args.steps, "seed": args.seed, "base": args.base}
+    if args.recipe != "prior":
+        flags["size"] = args.size
+    config = jobs.build_config(args.recipe, args.out, args.settings, resume=args.resume, **flags)
+    options = dict(held_out=args.held_out, template=args.template, resume=args.resume,
+                   device=str(pick_device(args.device)), progress=not args.quiet)
+    if args.recipe == "prior":
+        options.update(vqgan=args.vqgan, size=args.size)
+    metrics = jobs.run(args.recipe, args.data, args.out, config, **options)
+    print(json.dumps(summary(metrics)))
+    return 0
+
+
+def summary(metrics: dict) -> dict:
+    """The figures of a metrics dict, without its history and settings (those are in the JSON files)."""
+    if all(isinstance(v, dict) for v in metrics.values()):
+        return {name: summary(value) for name, value in metrics.items()}
+    return {k: v for k, v in metrics.items() if k not in ("history", "config", "train", "skipped_examples")}
+
+
 # -- presets and info --------------------------------------------------------------------------
 @command("presets")
 def presets_command(argv: list[str]) -> int:
@@ -434,7 +503,9 @@ def prior_command(argv: list[str]) -> int:
     parser = Parser(prog="vqclip prior", description="The BART prior (DALL-E mini): build data, train, sample.")
     sub = parser.add_subparsers(dest="action", required=True)
     build = sub.add_parser("build-data", help="captioned images -> VQGAN token grids + text tokens, one file")
-    build.add_argument("source", help="a folder of images with same-name .txt captions, or a .csv/.jsonl list")
+    build.add_argument("source", help="a folder of images with same-name .txt captions or of class sub-folders, "
+                       "or a .csv/.jsonl list")
+    build.add_argument("--template", help="class sub-folders: the caption, with {} for the folder's name")
     build.add_argument("-o", "--out", required=True, help="the data file to write (e.g. data.pt)")
     build.add_argument("--size", type=int, help="images are resized to SIZE×SIZE (default: the config's width)")
     build.add_argument("--batch", type=int, default=32)
@@ -485,7 +556,7 @@ def prior_command(argv: list[str]) -> int:
         if size <= 0 or args.batch <= 0:
             raise UserError("--size and --batch must be at least 1")
         data = jobs.build_data_job(args.source, args.out, config, size=size, batch_size=args.batch,
-                                   resume=args.resume, progress=not args.quiet)
+                                   resume=args.resume, progress=not args.quiet, template=args.template)
         print(f"{args.out}: {len(data.captions)} images, token grid {tuple(data.image_tokens.shape[1:])}")
         return 0
     options = dict(count=args.num, temperature=args.temperature, top_k=args.top_k, top_p=args.top_p,

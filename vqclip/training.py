@@ -10,6 +10,7 @@ Which dtype a training step computes in is decided in vqclip/precision.py (`trai
 
 from __future__ import annotations
 
+import dataclasses
 import math
 import random
 from pathlib import Path
@@ -17,7 +18,37 @@ from pathlib import Path
 import torch
 
 from .atomic import atomic_open
+from .errors import UserError
 from .rng import restore_rng, rng_state
+
+
+def apply_settings(config, settings: list[str]):
+    """A copy of the dataclass `config` with `key=value` strings (YAML values) applied; unknown keys
+    and wrong types are refused with the valid keys named (what `vqclip ... train` takes as settings)."""
+    import yaml
+
+    config = dataclasses.replace(config)
+    known = {f.name for f in dataclasses.fields(config)}
+    for item in settings:
+        key, eq, text = item.partition("=")
+        if not eq or key not in known:
+            raise UserError(f"{item!r}: training settings are key=value with key one of {', '.join(sorted(known))}")
+        try:
+            value = yaml.safe_load(text)
+        except yaml.YAMLError:
+            raise UserError(f"{key}={text!r} is not a value (write e.g. {key}=3, {key}=0.5 or {key}=[1,2])") from None
+        expected = type(getattr(config, key))
+        if expected is float and isinstance(value, int) and not isinstance(value, bool):
+            value = float(value)
+        if expected is float and isinstance(value, str):  # YAML 1.1 reads 1e-5 (no dot) as text
+            try:
+                value = float(value)
+            except ValueError:
+                pass
+        if type(value) is not expected or (expected is list and not all(isinstance(v, int) for v in value)):
+            raise UserError(f"{key} must be a {expected.__name__}, not {text!r}")
+        setattr(config, key, value)
+    return config
 
 
 def warmup_cosine(warmup: int, steps: int):

@@ -1,8 +1,8 @@
 """`vqclip prior build-data`: captioned images → VQGAN token grids + text tokens, in one cache file.
 
-Sources: a folder of images whose captions are same-name `.txt` files, or a CSV (columns
-`image`/`path` and `caption`/`text`) or JSONL (the same keys) whose relative paths are read from
-the list's folder. The cache file (a torch pickle of plain tensors, lists and strings, read back
+Sources: any layout of captioned images that vqclip/data/pairs.py reads (same-name `.txt`
+captions, a CSV/JSONL list, class sub-folders); images that cannot be read are skipped there.
+The cache file (a torch pickle of plain tensors, lists and strings, read back
 with the weights-only loader) holds the image tokens (int16, B × rows × columns), the captions,
 their open_clip BPE ids (int32, B × L, padded with -1), and the VQGAN they were encoded with.
 It is rewritten atomically every `save_every` images, so an interrupted build continues where
@@ -11,8 +11,6 @@ it stopped (`resume=True`): the source list must be the same.
 
 from __future__ import annotations
 
-import csv
-import json
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -25,7 +23,6 @@ from ..models.checkpoint import load_file
 from .tokenizer import clip_bpe_ids
 
 FORMAT = "vqclip-prior-data/1"
-IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".webp", ".bmp")
 MAX_BPE = 62  # BPE ids kept per caption: room for begin and end in a 64-token encoder
 
 
@@ -40,60 +37,6 @@ class PriorData:
     def bpe_rows(self, indices) -> list[list[int]]:
         rows = self.text_bpe[indices]
         return [[int(t) for t in row if t >= 0] for row in rows]
-
-
-def read_pairs(source: str | Path) -> list[tuple[str, str]]:
-    """(image path, caption) from a folder with .txt captions, a .csv or a .jsonl list."""
-    source = Path(source)
-    if source.is_dir():
-        return _pairs_from_folder(source)
-    if not source.is_file():
-        raise UserError(f"{source} is neither a folder of images nor a CSV/JSONL list")
-    return _pairs_from_list(source, _read_records(source))
-
-
-def _pairs_from_folder(folder: Path) -> list[tuple[str, str]]:
-    """Each image with a same-name .txt caption beside it; images without one are left out."""
-    pairs = []
-    for image in sorted(p for p in folder.iterdir() if p.suffix.lower() in IMAGE_SUFFIXES):
-        text = image.with_suffix(".txt")
-        if text.is_file():
-            pairs.append((str(image), text.read_text(encoding="utf-8", errors="replace").strip()))
-    if not pairs:
-        raise UserError(f"{folder} holds no images with a same-name .txt caption (a.png + a.txt)")
-    return pairs
-
-
-def _read_records(source: Path) -> list:
-    """The rows of a .csv (as dicts) or the values of a .jsonl file (dicts, if it is well formed)."""
-    try:
-        text = source.read_text(encoding="utf-8")
-    except (OSError, UnicodeDecodeError) as exc:
-        raise UserError(f"cannot read {source}: {exc}") from None
-    if source.suffix.lower() == ".csv":
-        return list(csv.DictReader(text.splitlines()))
-    if source.suffix.lower() in (".jsonl", ".json"):
-        try:
-            return [json.loads(line) for line in text.splitlines() if line.strip()]
-        except json.JSONDecodeError as exc:
-            raise UserError(f"{source} is not JSON lines: {exc}") from None
-    raise UserError(f"{source}: give a folder, a .csv or a .jsonl file")
-
-
-def _pairs_from_list(source: Path, records: list) -> list[tuple[str, str]]:
-    """(image, caption) of each record; relative image paths are read from the list's folder."""
-    pairs = []
-    for number, record in enumerate(records, 1):
-        record = record if isinstance(record, dict) else {}  # a JSON line may hold a list or a number
-        image = record.get("image") or record.get("path")
-        caption = record.get("caption", record.get("text"))
-        if not image or caption is None:
-            raise UserError(f"{source} entry {number} needs an image (or path) and a caption (or text)")
-        path = Path(image) if Path(image).is_absolute() else source.parent / image
-        pairs.append((str(path), str(caption)))
-    if not pairs:
-        raise UserError(f"{source} lists no images")
-    return pairs
 
 
 def bpe_tensor(captions: list[str]) -> torch.Tensor:
@@ -162,13 +105,14 @@ def build_data(batches, sources: list[str], vqgan, vqgan_info: dict, out: str | 
 
 
 def file_batches(pairs: list[tuple[str, str]], size: int, batch_size: int = 32):
-    """`batches(start)` for build_data over image files, resized to size × size."""
-    from ..outputs import load_image
+    """`batches(start)` for build_data over image files, each brought to a size × size RGB square
+    (vqclip/data/images.py: shorter side resized, centre cut out)."""
+    from ..data.images import decode
 
     def batches(start: int):
         for first in range(start, len(pairs), batch_size):
             chunk = pairs[first:first + batch_size]
-            images = torch.cat([load_image(path, (size, size), what="training image") for path, _ in chunk])
+            images = torch.stack([decode(path, size) for path, _ in chunk])
             yield images, [caption for _, caption in chunk]
 
     return batches

@@ -7,15 +7,16 @@ generation chooses them, so `-p shapes` or `vqgan.config=... vqgan.checkpoint=..
 from __future__ import annotations
 
 import dataclasses
+import logging
 from pathlib import Path
-
-import yaml
 
 from ..errors import UserError
 from . import data as prior_data
 from .sample import SampleSettings, sample_images, settings_for
 from .train import TrainConfig, stored_config, train
 from .weights import load_prior
+
+log = logging.getLogger(__name__)
 
 
 def load_vqgan(config, device):
@@ -32,14 +33,20 @@ def vqgan_description(config, vqgan) -> dict:
 
 
 def build_data_job(source: str, out: str, config, *, size: int, batch_size: int = 32, resume: bool = False,
-                   progress: bool = True) -> prior_data.PriorData:
+                   progress: bool = True, template: str | None = None) -> prior_data.PriorData:
+    from ..data.images import usable_pairs
+    from ..data.pairs import read_pairs
     from ..generation import pick_device
 
     device = pick_device(config.device)
     vqgan = load_vqgan(config, device)
     if size % vqgan.factor:
         raise UserError(f"--size {size} is not a multiple of the VQGAN's factor {vqgan.factor}")
-    pairs = prior_data.read_pairs(source)
+    pairs, skipped = usable_pairs(read_pairs(source, template))
+    if not pairs:
+        raise UserError(f"none of the images of {source} could be read (first: {skipped[0][1]})")
+    for path, why in skipped:
+        log.warning("skipped %s", why)
     return prior_data.build_data(prior_data.file_batches(pairs, size, batch_size), [p for p, _ in pairs], vqgan,
                                  vqgan_description(config, vqgan), out, resume=resume, progress=progress)
 
@@ -47,19 +54,9 @@ def build_data_job(source: str, out: str, config, *, size: int, batch_size: int 
 def train_config_from(settings: list[str], base: TrainConfig | None = None) -> TrainConfig:
     """`key=value` strings (YAML values) over `base` (default: TrainConfig()) → TrainConfig;
     unknown keys and wrong types are refused."""
-    config = dataclasses.replace(base) if base is not None else TrainConfig()
-    known = {f.name: f for f in dataclasses.fields(TrainConfig)}
-    for item in settings:
-        key, eq, text = item.partition("=")
-        if not eq or key not in known:
-            raise UserError(f"{item!r}: training settings are key=value with key one of {', '.join(known)}")
-        value = yaml.safe_load(text)
-        expected = type(getattr(config, key))
-        if expected is float and isinstance(value, int) and not isinstance(value, bool):
-            value = float(value)
-        if type(value) is not expected:
-            raise UserError(f"{key} must be a {expected.__name__}, not {text!r}")
-        setattr(config, key, value)
+    from ..training import apply_settings
+
+    config = apply_settings(base if base is not None else TrainConfig(), settings)
     positive = ("steps", "batch_size", "width", "heads", "glu", "decoder_layers", "encoder_layers", "text_length",
                 "eval_every", "checkpoint_every", "eval_items")
     for key in positive:

@@ -120,8 +120,11 @@ def held_out_loss(model: BartPrior, text: torch.Tensor, images: torch.Tensor, de
 
 def train(data: PriorData, out: str | Path, config: TrainConfig, *, held_out: PriorData | None = None,
           resume: bool = False, progress: bool = True, device: str | torch.device = "cpu",
-          info: dict | None = None, log=print) -> dict:
-    """Train and write OUT/prior.{json,safetensors}; returns the metrics (also OUT/prior-metrics.json)."""
+          info: dict | None = None, log=print, on_eval=lambda step, model, tokenizer: None) -> dict:
+    """Train and write OUT/prior.{json,safetensors}; returns the metrics (also OUT/prior-metrics.json).
+
+    `on_eval(step, model, tokenizer)` is called after each held-out evaluation (with the model in
+    eval mode), e.g. to draw samples; it must not draw from the training's random streams."""
     out, device = Path(out), torch.device(device)
     if held_out is None:
         if len(data.captions) <= 2 * config.eval_items:
@@ -192,6 +195,9 @@ def train(data: PriorData, out: str | Path, config: TrainConfig, *, held_out: Pr
                                                                  config.bf16), 4)})
             log(f"step {done}: train loss {loss_value:.4f}, held-out loss {history[-1]['held_out_loss']:.4f}, "
                 f"{tokens_per_step * (done - start) / seconds:.0f} tokens/s")
+            model.eval()
+            on_eval(done, model, tokenizer)
+            model.train()
         if done % config.checkpoint_every == 0 or done == config.steps:
             save_checkpoint(state_path, done, model, optimizer, schedule, rng, generator, history=history,
                             train=asdict(config))

@@ -1,4 +1,5 @@
-"""Recipe: a tiny CLIP for the shapes world — open_clip's own CLIP class, tokenizer and loss.
+"""Recipe: a tiny CLIP for the shapes world — open_clip's own CLIP class, tokenizer and loss, trained
+by the general recipe's loop (vqclip/train/clip.py) on batches drawn from the world.
 
 The image tower is open_clip's ModifiedResNet (layers 1,1,1,1, width 16), the text tower a
 3-layer transformer of width 64, so the state dict has the OpenAI layout and the model loads
@@ -17,18 +18,14 @@ part of the product: git history holds them, last in commit 47041b5.)
 
 from __future__ import annotations
 
-import json
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 import torch
 import torch.nn.functional as F
-from tqdm.auto import trange
 
-from ..atomic import atomic_open, atomic_write_text
 from ..outputs import write_json
-from ..precision import training_autocast
-from ..training import load_checkpoint, save_checkpoint, warmup_cosine
+from ..train import clip as general_clip
 from . import world
 
 MEAN, STD = (0.5, 0.5, 0.5), (0.25, 0.25, 0.25)
@@ -44,6 +41,7 @@ class ClipRecipe:
     weight_decay: float = 0.1
     warmup: int = 100
     noise: float = 0.05  # up to this much Gaussian noise per image
+    eval_every: int = 500  # zero-shot figures into the history
     checkpoint_every: int = 100
     eval_images: int = 256
     seed: int = 0
@@ -122,51 +120,32 @@ def evaluate(model, tokenizer, count: int, vqgan=None) -> dict:
     return result
 
 
+def general_config(recipe: ClipRecipe) -> general_clip.ClipTrainConfig:
+    """The general recipe's settings for this one (its batches and loss are the world's own)."""
+    return general_clip.ClipTrainConfig(
+        steps=recipe.steps, batch_size=3 * recipe.contrast_groups + recipe.random_images,
+        size=recipe.model_cfg["vision_cfg"]["image_size"], lr=recipe.lr, weight_decay=recipe.weight_decay,
+        warmup=recipe.warmup, noise=recipe.noise, eval_every=recipe.eval_every,
+        checkpoint_every=recipe.checkpoint_every, seed=recipe.seed, bf16=recipe.bf16, model="tiny")
+
+
 def train(out: Path, recipe: ClipRecipe, vqgan=None, *, resume: bool = False, progress: bool = True) -> dict:
-    """Train; checkpoint to out/train_state.pt; write out/clip.json + out/clip.safetensors."""
+    """vqclip.train.clip's loop on the world's batches with open_clip's loss; writes out/clip.json +
+    out/clip.safetensors and out/clip-metrics.json (zero-shot accuracy per attribute)."""
     import open_clip
 
     out.mkdir(parents=True, exist_ok=True)
     torch.manual_seed(recipe.seed)
     generator = torch.Generator().manual_seed(recipe.seed)
     rng = world.make_rng(recipe.seed)
-    model = build_model(recipe).train()
-    tokenizer = open_clip.SimpleTokenizer(context_length=recipe.model_cfg["text_cfg"]["context_length"])
-    loss_fn = open_clip.ClipLoss()
-    optimizer = torch.optim.AdamW(model.parameters(), lr=recipe.lr, weight_decay=recipe.weight_decay)
-    schedule = torch.optim.lr_scheduler.LambdaLR(optimizer, warmup_cosine(recipe.warmup, recipe.steps))
-    state_path, start = out / "train_state.pt", 0
-    if resume and state_path.exists():
-        start = load_checkpoint(state_path, model, optimizer, schedule, rng, generator)["step"]
-    bar = trange(start, recipe.steps, disable=not progress, desc="clip", unit="step")
-    for step in bar:
-        images, captions = training_batch(rng, recipe, generator, vqgan)
-        with training_autocast(torch.device("cpu"), recipe.bf16):
-            text_features = model.encode_text(tokenizer(captions), normalize=True)
-            image_features = model.encode_image(normalize(images), normalize=True)
-        loss = loss_fn(image_features.float(), text_features.float(), model.logit_scale.exp())
-        optimizer.zero_grad(set_to_none=True)
-        loss.backward()
-        optimizer.step()
-        schedule.step()
-        with torch.no_grad():
-            model.logit_scale.clamp_(0, 4.6052)  # at most 100, as in CLIP
-        bar.set_postfix(loss=f"{loss.item():.3f}", refresh=False)
-        if (step + 1) % recipe.checkpoint_every == 0 or step + 1 == recipe.steps:
-            save_checkpoint(state_path, step + 1, model, optimizer, schedule, rng, generator)
-    model.eval()
-    export(model, recipe, out)
-    metrics = evaluate(model, tokenizer, recipe.eval_images, vqgan)
-    write_json(out / "clip-metrics.json", {**metrics, "recipe": asdict(recipe)})
+    model = build_model(recipe)
+    loss = open_clip.ClipLoss()
+    history = general_clip.fit(
+        model, recipe.model_cfg, MEAN, STD, lambda: training_batch(rng, recipe, generator, vqgan),
+        lambda image, text, scale, captions: loss(image, text, scale),
+        lambda model, tokenizer, preprocess: evaluate(model, tokenizer, recipe.eval_images, vqgan), out,
+        general_config(recipe), rng=rng, generator=generator, resume=resume, device=torch.device("cpu"),
+        progress=progress)
+    metrics = {k: v for k, v in history[-1].items() if k not in ("step", "loss")}
+    write_json(out / "clip-metrics.json", {**metrics, "history": history, "recipe": asdict(recipe)})
     return metrics
-
-
-def export(model, recipe: ClipRecipe, out: Path) -> None:
-    """The open_clip hub layout: a model-config JSON with its preprocessing, and fp16 weights."""
-    from safetensors.torch import save
-
-    config = {"model_cfg": recipe.model_cfg, "preprocess_cfg": {"mean": list(MEAN), "std": list(STD)}}
-    atomic_write_text(out / "clip.json", json.dumps(config, indent=2) + "\n")
-    with atomic_open(out / "clip.safetensors") as f:
-        f.write(save({k: (v.detach().half() if v.is_floating_point() else v.detach()).contiguous()
-                      for k, v in model.state_dict().items()}))

@@ -1,7 +1,8 @@
 """Recipe: a tiny taming-format VQGAN for the shapes world, trained on the CPU in minutes.
 
-Reconstruction (L1 + MSE) and the two VQ-VAE codebook terms, no perceptual loss (LPIPS needs VGG
-weights that cannot be had). Codes unused for a while are restarted on encoder outputs, so most
+The general recipe's loop (vqclip/train/vqgan.py) on batches drawn from the world, without its
+discriminator: reconstruction (L1 + MSE) and the two VQ-VAE codebook terms, no perceptual loss
+(LPIPS needs VGG weights that cannot be had). Codes unused for a while are restarted on encoder outputs, so most
 of the codebook stays in use. The result is written in the taming layout users have (a YAML and
 a state dict with taming's key names) and loads through the same loader as their VQGANs.
 
@@ -17,14 +18,10 @@ from pathlib import Path
 
 import torch
 import torch.nn.functional as F
-import yaml
-from tqdm.auto import trange
 
-from ..atomic import atomic_open, atomic_write_text
-from ..models.vqgan import build_vqgan, taming_state_dict
+from ..models.vqgan import build_vqgan
 from ..outputs import write_json
-from ..precision import training_autocast
-from ..training import load_checkpoint, save_checkpoint, warmup_cosine
+from ..train import vqgan as general_vqgan
 from . import judge, world
 
 
@@ -39,6 +36,7 @@ class VQGANRecipe:
     n_embed: int = 512
     embed_dim: int = 64
     restart_every: int = 100  # restart codes unused over this many steps
+    sample_every: int = 500  # held-out figures and a grid of reconstructions in out/samples/
     checkpoint_every: int = 100
     eval_images: int = 256  # held-out images for the final figures
     seed: int = 0
@@ -46,49 +44,6 @@ class VQGANRecipe:
     ddconfig: dict = field(default_factory=lambda: dict(
         double_z=False, z_channels=64, resolution=64, in_channels=3, out_ch=3, ch=64, ch_mult=[1, 2, 2],
         num_res_blocks=1, attn_resolutions=[], dropout=0.0))
-
-
-def taming_config(recipe: VQGANRecipe) -> dict:
-    """The YAML users' taming VQGANs come with (lossconfig omitted: vqclip never builds it)."""
-    return {"model": {"target": "taming.models.vqgan.VQModel",
-                      "params": {"embed_dim": recipe.embed_dim, "n_embed": recipe.n_embed,
-                                 "ddconfig": recipe.ddconfig}}}
-
-
-def taming_state(model) -> dict[str, torch.Tensor]:
-    """The weights under taming's key names, in fp16 (half the size; loaded as fp32)."""
-    return {k: v.half() for k, v in taming_state_dict(model).items()}
-
-
-def vq_losses(model, images: torch.Tensor, beta: float):
-    """(reconstruction, codebook, commitment, tokens) for a batch in [0, 1]."""
-    z = model.encode(images)
-    tokens = model.z_to_tokens(z.float())
-    z_q = model.tokens_to_z(tokens)
-    codebook = F.mse_loss(z_q, z.detach().float())
-    commitment = beta * F.mse_loss(z.float(), z_q.detach())
-    reconstruction = model.decode(model.quantize(z.float()))
-    recon = F.l1_loss(reconstruction.float(), images) + F.mse_loss(reconstruction.float(), images)
-    return recon, codebook, commitment, tokens
-
-
-def random_crops(images: torch.Tensor, size: int, generator: torch.Generator) -> torch.Tensor:
-    """One random size×size crop of each image (the network is convolutional: it works at 64 px)."""
-    if size >= images.shape[-1]:
-        return images
-    offsets = torch.randint(images.shape[-1] - size + 1, (len(images), 2), generator=generator).tolist()
-    return torch.stack([image[:, y:y + size, x:x + size] for image, (y, x) in zip(images, offsets)])
-
-
-def restart_dead_codes(model, usage: torch.Tensor, candidates: torch.Tensor, generator: torch.Generator) -> int:
-    """Move codes never chosen since the last restart onto random encoder outputs."""
-    dead = (usage == 0).nonzero().flatten()
-    if len(dead) == 0:
-        return 0
-    picks = torch.randint(len(candidates), (len(dead),), generator=generator)
-    with torch.no_grad():
-        model.codebook[dead] = candidates[picks].to(model.codebook.dtype)
-    return len(dead)
 
 
 def evaluate(model, count: int = 256) -> dict:
@@ -112,53 +67,32 @@ def scene_dict(scene) -> dict:
     return {"colour": scene.colour, "shape": scene.shape, "background": scene.background}
 
 
+def general_config(recipe: VQGANRecipe) -> general_vqgan.VQGANTrainConfig:
+    """The general recipe's settings for this one: the same loop, without the discriminator."""
+    ddconfig = recipe.ddconfig
+    return general_vqgan.VQGANTrainConfig(
+        steps=recipe.steps, batch_size=recipe.batch_size, size=ddconfig["resolution"], crop=recipe.crop, lr=recipe.lr,
+        warmup=recipe.warmup, beta=recipe.beta, restart_every=recipe.restart_every, disc_start=-1,
+        sample_every=recipe.sample_every, checkpoint_every=recipe.checkpoint_every, seed=recipe.seed,
+        bf16=recipe.bf16, n_embed=recipe.n_embed, embed_dim=recipe.embed_dim, ch=ddconfig["ch"],
+        ch_mult=list(ddconfig["ch_mult"]), num_res_blocks=ddconfig["num_res_blocks"],
+        z_channels=ddconfig["z_channels"], attn_resolutions=list(ddconfig["attn_resolutions"]))
+
+
 def train(out: Path, recipe: VQGANRecipe, *, resume: bool = False, progress: bool = True) -> dict:
-    """Train, checkpointing to out/train_state.pt; write out/vqgan.yaml + out/vqgan.safetensors."""
+    """vqclip.train.vqgan's loop on batches drawn from the world; writes out/vqgan.{yaml,safetensors},
+    out/samples/ and out/vqgan-metrics.json (with the pixel judge's figures)."""
     out.mkdir(parents=True, exist_ok=True)
     torch.manual_seed(recipe.seed)
     generator = torch.Generator().manual_seed(recipe.seed)
     rng = world.make_rng(recipe.seed)
-    model = build_vqgan({"kind": "vq", "ddconfig": recipe.ddconfig, "n_embed": recipe.n_embed,
-                         "embed_dim": recipe.embed_dim})
-    model.train()
-    optimizer = torch.optim.Adam(model.parameters(), lr=recipe.lr, betas=(0.5, 0.9))
-    schedule = torch.optim.lr_scheduler.LambdaLR(optimizer, warmup_cosine(recipe.warmup, recipe.steps))
-    usage = torch.zeros(recipe.n_embed, dtype=torch.long)
-    start = 0
-    state_path = out / "train_state.pt"
-    if resume and state_path.exists():
-        state = load_checkpoint(state_path, model, optimizer, schedule, rng, generator)
-        usage, start = state["usage"], state["step"]
-    bar = trange(start, recipe.steps, disable=not progress, desc="vqgan", unit="step")
-    for step in bar:
-        images = random_crops(world.batch(rng, recipe.batch_size)[0], recipe.crop, generator)
-        with training_autocast(torch.device("cpu"), recipe.bf16):
-            recon, codebook, commitment, tokens = vq_losses(model, images, recipe.beta)
-        loss = recon + codebook + commitment
-        optimizer.zero_grad(set_to_none=True)
-        loss.backward()
-        optimizer.step()
-        schedule.step()
-        usage += torch.bincount(tokens.flatten(), minlength=recipe.n_embed)
-        if (step + 1) % recipe.restart_every == 0:
-            with torch.no_grad():
-                candidates = model.encode(images).movedim(1, -1).reshape(-1, recipe.embed_dim).float()
-            restart_dead_codes(model, usage, candidates, generator)
-            usage.zero_()
-        bar.set_postfix(recon=f"{recon.item():.4f}", refresh=False)
-        if (step + 1) % recipe.checkpoint_every == 0 or step + 1 == recipe.steps:
-            save_checkpoint(state_path, step + 1, model, optimizer, schedule, rng, generator, usage=usage)
-    model.eval()
-    export(model, recipe, out)
+    spec = {"kind": "vq", "ddconfig": recipe.ddconfig, "n_embed": recipe.n_embed, "embed_dim": recipe.embed_dim}
+    model = build_vqgan(spec)
+    held = torch.stack([world.to_tensor(image) for image, _, _ in world.held_out(recipe.eval_images)])
+    history = general_vqgan.fit(model, spec, lambda: world.batch(rng, recipe.batch_size)[0], held, out,
+                                general_config(recipe), rng=rng, generator=generator, resume=resume,
+                                device=torch.device("cpu"), progress=progress)["history"]
     metrics = evaluate(model, recipe.eval_images)
-    write_json(out / "vqgan-metrics.json", {**metrics, "recipe": asdict(recipe)})
+    write_json(out / "vqgan-metrics.json", {**metrics, "history": history, "recipe": asdict(recipe)})
     return metrics
-
-
-def export(model, recipe: VQGANRecipe, out: Path) -> None:
-    from safetensors.torch import save
-
-    atomic_write_text(out / "vqgan.yaml", yaml.safe_dump(taming_config(recipe), sort_keys=False))
-    with atomic_open(out / "vqgan.safetensors") as f:
-        f.write(save(taming_state(model)))
 
