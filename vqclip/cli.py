@@ -42,6 +42,13 @@ def generate_parser() -> Parser:
     parser.add_argument("--size", type=int, nargs=2, metavar=("W", "H"))
     parser.add_argument("--seed", type=int)
     parser.add_argument("--init-image", help="start from this image (sets init.mode=image)")
+    parser.add_argument("--mask", help="edit part of the start image: a greyscale or alpha mask, white = may change, "
+                        "black = keep (mask.* keys: feather, keep_weight, composite, cutouts, fill)")
+    parser.add_argument("--mask-box", type=float, nargs=4, metavar=("X0", "Y0", "X1", "Y1"),
+                        help="the region that may change, as a box: fractions of the image (all ≤ 1) or pixels")
+    parser.add_argument("--mask-invert", action="store_true", help="change the black part of the mask instead")
+    parser.add_argument("--outpaint", type=int, nargs=4, metavar=("LEFT", "TOP", "RIGHT", "BOTTOM"),
+                        help="grow the canvas around the init image by these pixels and fill the new border")
     parser.add_argument("--image-prompt", action="append", default=[], help="PATH[:weight], repeatable")
     parser.add_argument("--noise-prompt", action="append", default=[], help="SEED[:weight], repeatable")
     parser.add_argument("--batch", type=int, help="candidates optimised together; the best is final.png")
@@ -68,7 +75,8 @@ def generate_command(argv: list[str]) -> int:
         "prompts": prompts or None, "steps": args.steps, "size": args.size, "seed": args.seed,
         "output": args.output, "batch": args.batch, "run_dir": args.run_dir, "quiet": args.quiet or None,
         "threads": args.threads, "image_prompt": args.image_prompt or None, "noise_prompt": args.noise_prompt or None,
-        "init_image": args.init_image})
+        "init_image": args.init_image, "mask": args.mask, "mask_box": args.mask_box,
+        "mask_invert": args.mask_invert or None, "outpaint": args.outpaint})
     result = generate_from_cli(preset=args.preset, overrides=overrides, dotlist=dotlist,
                                from_image=args.from_image, resume_dir=args.resume_dir)
     print(result.final_path)
