@@ -100,12 +100,12 @@ def plan_edit(config, size: tuple[int, int], factor: int, *, auto_size: bool = F
     mask = config.mask
     if not is_editing(mask):
         return None
-    if config.init.mode not in STARTS_TO_KEEP:
-        raise UserError(f"a mask edits a start image, and init.mode={config.init.mode} has none: give "
-                        "--init-image PATH (or init.mode=prior, latent or tokens)")
     if mask.outpaint and config.init.mode != "image":
         raise UserError(f"--outpaint grows the init image, and init.mode={config.init.mode} has none: "
                         "give --init-image PATH")
+    if config.init.mode not in STARTS_TO_KEEP:
+        raise UserError(f"a mask edits a start image, and init.mode={config.init.mode} has none: give "
+                        "--init-image PATH (or init.mode=prior, latent or tokens)")
     borders = outpaint_borders(mask.outpaint, factor)
     canvas, inner = _canvas(size, borders, factor, auto_size)
     if auto_size and borders:
@@ -198,6 +198,9 @@ def box_mask(box: list[float], size: tuple[int, int]) -> torch.Tensor:
     """H × W with ones inside the box X0 Y0 X1 Y1: fractions of the image when all are ≤ 1, else pixels."""
     width, height = size
     fractions = all(value <= 1 for value in box)
+    if not fractions and any(value != int(value) for value in box):
+        raise UserError(f"mask.box {box} mixes fractions and pixels: give four fractions from 0 to 1, or four "
+                        "whole numbers of pixels")
     scale = (width, height, width, height) if fractions else (1, 1, 1, 1)
     x0, y0, x1, y1 = (round(value * factor) for value, factor in zip(box, scale))
     if x1 > width or y1 > height or x1 <= x0 or y1 <= y0:
