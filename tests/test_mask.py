@@ -223,3 +223,34 @@ def test_an_all_white_mask_is_a_warning_and_a_plain_run(tiny_preset, tmp_path, c
     assert code == 0, err
     plain = Image.open(tmp_path / "plain" / "final.png").tobytes()
     assert Image.open(tmp_path / "white" / "final.png").tobytes() == plain
+
+
+# ---- video: a restyle that changes only the masked region ----------------------------------------------
+
+
+def test_restyle_under_a_mask_video_keeps_each_source_frame_outside_it(shapes_models, tmp_path, write_clip):
+    from vqclip import video
+    from vqclip.video.frames import read_frames, write_video
+
+    clip = write_clip(tmp_path / "clip", 3)  # a folder of PNG frames: no lossy codec between us and the pixels
+    masks = [torch.zeros(3, 64, 64) for _ in range(3)]
+    for index, mask in enumerate(masks):
+        mask[:, :, 40 - 4 * index:] = 1  # a region that moves: each frame has its own mask
+    write_video(tmp_path / "masks", masks, 8.0, {})
+    settings = dict(models=shapes_models, preset="shapes-zoom", steps=4, cutn=4, seed=2, quiet=True,
+                    init={"weight": 1.0}, video={"first_frame_steps": 4, "steps_per_frame": 4})
+    result = video.restyle(str(clip), "a blue square", output=str(tmp_path / "styled"), run_dir=str(tmp_path / "run"),
+                           mask={"image": str(tmp_path / "masks")}, **settings)
+    sources, _ = read_frames(clip)
+    for index, (styled, source) in enumerate(zip(result.frames, sources)):
+        edge = 40 - 4 * index
+        assert torch.equal(styled[:, :, :edge], source[:, :, :edge])
+        assert (styled[:, :, edge + 4:] - source[:, :, edge + 4:]).abs().mean() > 0.02
+    with pytest.raises(UserError, match="has 2 frames and the input 3"):
+        write_video(tmp_path / "short", masks[:2], 8.0, {})
+        video.restyle(str(clip), "a blue square", output=str(tmp_path / "x"), run_dir=str(tmp_path / "short-run"),
+                      mask={"image": str(tmp_path / "short")}, **settings)
+    assert not (tmp_path / "short-run").exists()
+    with pytest.raises(UserError, match="a mask in a video is for restyle"):
+        video.animate("a red circle", models=shapes_models, mask={"box": [0, 0, 0.5, 1]}, video={"frames": 2},
+                      run_dir=str(tmp_path / "animate"))

@@ -49,7 +49,7 @@ class Edit:
     blend: torch.Tensor  # 1 × 1 × H × W: the decoded image's share in the written image (composite=pixels)
     keep_weight: float
     composite_mode: str
-    picture: torch.Tensor | None = None  # 1 × 3 × H × W: the start image on the canvas (init.mode=image)
+    picture: torch.Tensor | None = None  # 1 × 3 × H × W: init.image on the canvas (init.mode=image: the start too)
     reference: torch.Tensor | None = None  # 1 × 3 × H × W: the pixels kept (set once the start is known)
 
     @property
@@ -117,7 +117,7 @@ def plan_edit(config, size: tuple[int, int], factor: int, *, auto_size: bool = F
         log.warning("the mask lets the whole image change: running as a plain run from the start image")
         return None
     picture = None
-    if config.init.mode == "image":
+    if config.init.image:  # the pixels to keep (init.mode=image: also the start)
         from .outputs import load_image
 
         start = load_image(config.init.image, (inner[2], inner[3]))
