@@ -493,7 +493,7 @@ def _comments(cls) -> dict[str, tuple[str, str]]:
 
 
 def schema_keys() -> list[tuple[str, list[SchemaKey]]]:
-    """(group, keys) in the schema's order: the top level, vqgan, clip, init, video."""
+    """(group, keys) in the schema's order: the top level, vqgan, clip, init, mask, video."""
     from omegaconf import OmegaConf
 
     from vqclip import config as schema
@@ -517,6 +517,7 @@ def schema_keys() -> list[tuple[str, list[SchemaKey]]]:
             ("vqgan", keys(schema.VQGANConfig, "vqgan.", defaults["vqgan"])),
             ("clip", clip),
             ("init", keys(schema.InitConfig, "init.", defaults["init"])),
+            ("mask", keys(schema.MaskConfig, "mask.", defaults["mask"])),
             ("video", keys(schema.VideoConfig, "video.", defaults["video"]))]
 
 
@@ -579,7 +580,7 @@ def test_configuration_page_covers_every_key_the_cli_knows():
     from vqclip.config import key_names
 
     shown = {key.replace("[]", "") for key in documented_keys(CONFIGURATION.read_text(encoding="utf-8"))}
-    containers = {"vqgan", "clip", "init", "video"}
+    containers = {"vqgan", "clip", "init", "mask", "video"}
     assert key_names() - containers <= shown
 
 

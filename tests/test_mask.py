@@ -254,3 +254,38 @@ def test_restyle_under_a_mask_video_keeps_each_source_frame_outside_it(shapes_mo
     with pytest.raises(UserError, match="a mask in a video is for restyle"):
         video.animate("a red circle", models=shapes_models, mask={"box": [0, 0, 0.5, 1]}, video={"frames": 2},
                       run_dir=str(tmp_path / "animate"))
+
+
+def test_a_resumed_masked_run_gives_the_pixels_of_one_never_stopped(tiny_preset, tmp_path):
+    """The kept pixels of a prior or latent start are the decoded start: the state carries them."""
+    from vqclip.generation import resume
+
+    tokens = tmp_path / "tokens.pt"
+    save_latent(tokens, torch.randint(32, (16, 16), generator=torch.Generator().manual_seed(5)))
+    settings = dict(preset=str(tiny_preset), seed=3, init={"mode": "tokens", "tokens": str(tokens)},
+                    mask={"box": [0, 0, 1, 0.5], "cutouts": "inside"}, checkpoint_every=2)
+    whole = generate("a red circle", steps=6, run_dir=str(tmp_path / "whole"), **settings)
+    generate("a red circle", steps=4, run_dir=str(tmp_path / "part"), **settings)
+    resumed = resume(tmp_path / "part", {"steps": 6})
+    assert torch.equal(resumed.images, whole.images)
+
+
+def test_the_page_turns_outpaint_buttons_and_painted_layers_into_settings(tmp_path):
+    from vqclip.ui.mask_editor import editor_parts, grow, parse_outpaint, preview
+
+    assert grow("", 2) == "0 0 32 0" and grow("0 0 32 0", 2) == "0 0 64 0" and grow("junk", 0) == "32 0 0 0"
+    assert parse_outpaint(" 0, 8 0 0") == [0, 8, 0, 0] and parse_outpaint("0 0 0 0") is None
+    with pytest.raises(UserError, match="four numbers"):
+        parse_outpaint("8 8")
+    Image.new("RGB", (8, 8), (30, 70, 220)).save(tmp_path / "start.png")
+    layer = Image.new("RGBA", (8, 8), (0, 0, 0, 0))
+    layer.paste((255, 0, 255, 255), (4, 0, 8, 8))
+    layer.save(tmp_path / "layer.png")
+    value = {"background": str(tmp_path / "start.png"), "layers": [str(tmp_path / "layer.png")], "composite": None}
+    background, painted = editor_parts(value)
+    assert background == str(tmp_path / "start.png") and painted[:, 4:].all() and not painted[:, :4].any()
+    assert editor_parts({**value, "layers": []})[1] is None and editor_parts(str(tmp_path / "start.png"))[1] is None
+    shown = preview(value, False, "0 0 0 2").astype(int)
+    assert shown.shape == (10, 8, 3)
+    assert (shown[:8, :4] == (np.array([30, 70, 220]) * 0.35).round()).all()  # kept: dimmed
+    assert (shown[:, 4:, 0] > shown[:, 4:, 1]).all() and (shown[8:, :, 0] > shown[8:, :, 1]).all()  # tinted
