@@ -383,6 +383,12 @@ def video_parser(action: str) -> Parser:
     parser.add_argument("--quiet", action="store_true", help="no progress bars")
     if action == "animate":
         parser.add_argument("--frames", type=int, help="frames to make")
+    if action == "restyle":
+        parser.add_argument("--mask", help="restyle only this region: a mask picture (white = may change) for every "
+                            "frame, or a mask video of the same length")
+        parser.add_argument("--mask-box", type=float, nargs=4, metavar=("X0", "Y0", "X1", "Y1"),
+                            help="the region to restyle, as a box: fractions of the frame (all ≤ 1) or pixels")
+        parser.add_argument("--mask-invert", action="store_true", help="restyle the black part of the mask instead")
     if action == "interpolate":
         parser.add_argument("--between", type=int, help="frames made between each pair of keys")
         parser.add_argument("--method", help="lerp | slerp")
@@ -421,9 +427,9 @@ def video_command(argv: list[str]) -> int:
     items = [a for a in args.items if not _is_override(a)]
     dotlist = [a for a in args.items if _is_override(a)]  # video.zoom=0: 1.0, 30: 1.05 works unquoted
     flags = ("fps", "steps_per_frame", "frames", "between", "method", "ease", "guided", "size", "seed", "output",
-             "run_dir", "threads")
+             "run_dir", "threads", "mask", "mask_box")
     overrides = overrides_from_flags({**{name: getattr(args, name, None) for name in flags},
-                                      "quiet": args.quiet or None})
+                                      "quiet": args.quiet or None, "mask_invert": getattr(args, "mask_invert", None) or None})
     if action == "animate":
         result = video.animate(items or None, preset=args.preset, dotlist=dotlist, **overrides)
     elif action == "interpolate":
