@@ -289,3 +289,19 @@ def test_the_page_turns_outpaint_buttons_and_painted_layers_into_settings(tmp_pa
     assert shown.shape == (10, 8, 3)
     assert (shown[:8, :4] == (np.array([30, 70, 220]) * 0.35).round()).all()  # kept: dimmed
     assert (shown[:, 4:, 0] > shown[:, 4:, 1]).all() and (shown[8:, :, 0] > shown[8:, :, 1]).all()  # tinted
+
+
+def test_each_candidate_of_a_batch_keeps_its_own_start(tiny_preset, tmp_path):
+    """A latent start of two candidates: each keeps its own decoded pixels outside the box."""
+    from vqclip.generation import load_models
+
+    tokens = torch.randint(32, (2, 16, 16), generator=torch.Generator().manual_seed(7))
+    save_latent(tmp_path / "tokens.pt", tokens)
+    result = generate("a red circle", preset=str(tiny_preset), batch_size=2, run_dir=str(tmp_path / "run"),
+                      init={"mode": "tokens", "tokens": str(tmp_path / "tokens.pt")}, mask={"box": [0.5, 0, 1, 1]})
+    vqgan = load_models(build_config(str(tiny_preset))).vqgan
+    with torch.no_grad():
+        starts = vqgan.decode(vqgan.quantize(vqgan.tokens_to_z(tokens)))
+    kept = [image[:, :, :16] for image in result.images]  # ranked by score: either order
+    matches = [[torch.allclose(k, s, atol=1e-6) for s in starts[:, :, :, :16]] for k in kept]
+    assert matches in ([[True, False], [False, True]], [[False, True], [True, False]]), matches

@@ -302,7 +302,7 @@ def _start(config: DictConfig, models: Models, size: tuple[int, int], generator:
 
     z = start(config.init.mode)
     if edit is not None:
-        edit.reference = edit.picture if edit.picture is not None else _decoded(models.vqgan, z[:1])
+        edit.reference = edit.picture if edit.picture is not None else _decoded(models.vqgan, z)  # per candidate
         if config.mask.fill != "image":
             z = edit.fill(z, start(config.mask.fill))
     anchor = None

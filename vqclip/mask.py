@@ -50,7 +50,7 @@ class Edit:
     keep_weight: float
     composite_mode: str
     picture: torch.Tensor | None = None  # 1 × 3 × H × W: init.image on the canvas (init.mode=image: the start too)
-    reference: torch.Tensor | None = None  # 1 × 3 × H × W: the pixels kept (set once the start is known)
+    reference: torch.Tensor | None = None  # 1 or B × 3 × H × W: the pixels kept (set once the start is known)
 
     @property
     def cells(self) -> torch.Tensor:
