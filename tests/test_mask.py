@@ -305,3 +305,15 @@ def test_each_candidate_of_a_batch_keeps_its_own_start(tiny_preset, tmp_path):
     kept = [image[:, :, :16] for image in result.images]  # ranked by score: either order
     matches = [[torch.allclose(k, s, atol=1e-6) for s in starts[:, :, :, :16]] for k in kept]
     assert matches in ([[True, False], [False, True]], [[False, True], [True, False]]), matches
+
+
+def test_a_bad_mask_for_every_frame_stops_a_restyle_before_its_folder(shapes_models, tmp_path, write_clip):
+    from vqclip import video
+
+    clip = write_clip(tmp_path / "clip", 2)
+    Image.new("L", (8, 8), 0).save(tmp_path / "black.png")
+    for mask, expected in (({"image": str(tmp_path / "black.png")}, "all black"),
+                           ({"box": [0, 0, 80, 64]}, "outside the 64×64 image")):
+        with pytest.raises(UserError, match=expected):
+            video.restyle(str(clip), "a blue square", models=shapes_models, mask=mask, run_dir=str(tmp_path / "run"))
+        assert not (tmp_path / "run").exists()

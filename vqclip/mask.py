@@ -110,7 +110,7 @@ def plan_edit(config, size: tuple[int, int], factor: int, *, auto_size: bool = F
     canvas, inner = _canvas(size, borders, factor, auto_size)
     if auto_size and borders:
         config.size = [inner[2], inner[3]]  # recorded: the start image's size, as without size=auto
-    wanted = _wanted(mask, (inner[2], inner[3]))
+    wanted = wanted_region(mask, (inner[2], inner[3]))
     change = torch.ones(1, 1, canvas[1], canvas[0])
     change[..., inner[1]:inner[1] + inner[3], inner[0]:inner[0] + inner[2]] = wanted
     if not borders and bool((wanted > 0.5).all()):
@@ -152,7 +152,7 @@ def _canvas(size: tuple[int, int], borders, factor: int, auto_size: bool):
     return canvas, (left, top, *size)
 
 
-def _wanted(mask, size: tuple[int, int]) -> torch.Tensor:
+def wanted_region(mask, size: tuple[int, int]) -> torch.Tensor:
     """H × W: 1 where the user's mask (file, box, or both: either) lets the start image change."""
     if not mask.image and mask.box is None:
         return torch.zeros(size[1], size[0])  # outpainting only: the start image is kept whole

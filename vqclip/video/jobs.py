@@ -84,7 +84,7 @@ def check_inputs(kind: str, inputs: list[str], config: DictConfig) -> tuple[tupl
     if kind == "restyle" or interpolation_mode(inputs) == "upconvert":
         frames, fps = read_frames(inputs[0])  # an unreadable video fails here, before anything is written
         if kind == "restyle":
-            mask_frames(config, len(frames))
+            mask_frames(config, len(frames), tuple(reversed(frames[0].shape[-2:])))
         if kind == "interpolate" and len(frames) < 2:
             raise UserError(f"{inputs[0]} has one frame: up-conversion needs at least two")
         height, width = frames[0].shape[-2:]

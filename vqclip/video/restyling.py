@@ -19,7 +19,7 @@ import torch
 from .. import outputs
 from ..errors import UserError
 from ..init import check_size
-from ..mask import is_editing, plan_edit
+from ..mask import is_editing, plan_edit, wanted_region
 from .animation import chain_frames
 from .frames import is_video_input, read_frames
 from .interpolation import lerp
@@ -31,10 +31,13 @@ def check_restyle(config) -> None:
         raise UserError(f"video.blend is the previous styled frame's share: keep it in [0, 1), not {config.video.blend}")
 
 
-def mask_frames(config, count: int) -> list[torch.Tensor] | None:
-    """Frame k's mask picture when mask.image is a mask video or frame folder (None otherwise)."""
+def mask_frames(config, count: int, size: tuple[int, int] | None = None) -> list[torch.Tensor] | None:
+    """Frame k's mask picture when mask.image is a mask video or frame folder (None otherwise).
+    Given the frames' `size`, a mask for every frame (a picture, a box) is checked against it too."""
     path = config.mask.image
     if not path or not is_video_input(path):
+        if size is not None and is_editing(config.mask):
+            wanted_region(config.mask, size)  # all black, a box outside the frame: said before any work
         return None
     masks, _ = read_frames(path)
     if len(masks) != count:
