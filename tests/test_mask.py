@@ -317,3 +317,13 @@ def test_a_bad_mask_for_every_frame_stops_a_restyle_before_its_folder(shapes_mod
         with pytest.raises(UserError, match=expected):
             video.restyle(str(clip), "a blue square", models=shapes_models, mask=mask, run_dir=str(tmp_path / "run"))
         assert not (tmp_path / "run").exists()
+
+
+def test_a_mask_cannot_be_added_to_a_plain_run_while_resuming(tiny_preset, tmp_path, draw_key):
+    from vqclip.generation import resume
+
+    start = draw_key(tmp_path / "start.png", "square", "blue", size=32)
+    generate("a red circle", preset=str(tiny_preset), steps=2, checkpoint_every=2, run_dir=str(tmp_path / "run"),
+             init={"mode": "image", "image": str(start)})
+    with pytest.raises(UserError, match="a mask cannot be added while resuming"):
+        resume(tmp_path / "run", {"steps": 4, "mask": {"box": [0.5, 0, 1, 1]}})

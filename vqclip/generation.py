@@ -291,6 +291,9 @@ def _start(config: DictConfig, models: Models, size: tuple[int, int], generator:
     if state is not None:
         z, anchor = state["z"].to(models.device), state.get("anchor")
         if edit is not None:
+            if state.get("mask_reference") is None:
+                raise UserError("this run was not a masked edit, and a mask cannot be added while resuming it: start "
+                                "a new run with --init-image and the mask")
             edit.reference = state["mask_reference"].to(models.device)
         return z, anchor.to(models.device) if anchor is not None else None, edit
 
