@@ -327,3 +327,17 @@ def test_a_mask_cannot_be_added_to_a_plain_run_while_resuming(tiny_preset, tmp_p
              init={"mode": "image", "image": str(start)})
     with pytest.raises(UserError, match="a mask cannot be added while resuming"):
         resume(tmp_path / "run", {"steps": 4, "mask": {"box": [0.5, 0, 1, 1]}})
+
+
+def test_the_page_takes_a_mask_file_only_from_its_own_folders(tmp_path):
+    from vqclip.ui.forms import Form, config_from_form
+
+    outside = tmp_path / "elsewhere.png"
+    Image.new("L", (8, 8), 255).save(outside)
+    with pytest.raises(UserError, match="mask.image"):
+        config_from_form(Form(prompts="a red circle", extra=f"mask.image={outside}"), str(tmp_path / "outputs"))
+    inside = tmp_path / "outputs" / "mine.png"
+    inside.parent.mkdir()
+    Image.new("L", (8, 8), 255).save(inside)
+    config = config_from_form(Form(prompts="a red circle", extra=f"mask.image={inside}"), str(tmp_path / "outputs"))
+    assert config.mask.image == str(inside)
