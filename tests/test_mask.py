@@ -251,6 +251,11 @@ def test_restyle_under_a_mask_video_keeps_each_source_frame_outside_it(shapes_mo
         video.restyle(str(clip), "a blue square", output=str(tmp_path / "x"), run_dir=str(tmp_path / "short-run"),
                       mask={"image": str(tmp_path / "short")}, **settings)
     assert not (tmp_path / "short-run").exists()
+    with pytest.raises(UserError, match="frame 1 of the mask video .* is all black"):
+        write_video(tmp_path / "gap", [masks[0], torch.zeros(3, 64, 64), masks[2]], 8.0, {})
+        video.restyle(str(clip), "a blue square", output=str(tmp_path / "x"), run_dir=str(tmp_path / "gap-run"),
+                      mask={"image": str(tmp_path / "gap")}, **settings)
+    assert not (tmp_path / "gap-run").exists()
     with pytest.raises(UserError, match="a mask in a video is for restyle"):
         video.animate("a red circle", models=shapes_models, mask={"box": [0, 0, 0.5, 1]}, video={"frames": 2},
                       run_dir=str(tmp_path / "animate"))

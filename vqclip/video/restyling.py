@@ -43,6 +43,11 @@ def mask_frames(config, count: int, size: tuple[int, int] | None = None) -> list
     if len(masks) != count:
         raise UserError(f"the mask video {path} has {len(masks)} frames and the input {count}: give a mask video "
                         "of the same length, or one mask picture for every frame")
+    for index, mask in enumerate(masks):  # each frame's run would refuse it; say so before any work
+        changes = (mask.mean(0) >= 0.5) != bool(config.mask.invert)
+        if not changes.any():
+            raise UserError(f"frame {index} of the mask video {path} is all {'white' if config.mask.invert else 'black'}"
+                            ": nothing may change there (white = may change, black = keep)")
     return masks
 
 
