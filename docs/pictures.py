@@ -1,7 +1,7 @@
 """Make the pictures in README.md and docs/ again, from the shipped shapes world (offline).
 
     python docs/pictures.py                  # all of them
-    python docs/pictures.py contact-sheet    # or some: contact-sheet, morph, ui
+    python docs/pictures.py contact-sheet    # or some: contact-sheet, morph, masks, ui
 
 Each takes a minute or two on 2 CPU cores. `ui` drives the web page in Debian's Chromium
 (`apt-get install chromium`) through the browser test, which writes the screenshot.
@@ -56,6 +56,44 @@ def morph(work: Path) -> None:
     gif.with_name(gif.name + ".json").unlink(missing_ok=True)  # the settings file written beside a video
 
 
+def masks(work: Path) -> None:
+    """docs/masks.png: a blue square, the right half masked, "a red circle" drawn there (composite
+    pixels, then latent, then started from the prior), and the picture outpainted to the right; 3×
+    with sharp pixels."""
+    from PIL import Image, ImageDraw
+
+    import vqclip
+
+    start, mask = work / "blue.png", work / "right.png"
+    picture = Image.new("RGB", (64, 64), (245, 245, 245))
+    picture.paste((30, 70, 220), (8, 18, 28, 46))
+    picture.save(start)
+    Image.new("L", (64, 64), 0).save(mask)
+    Image.new("L", (32, 64), 255).save(work / "half.png")
+    right = Image.open(mask)
+    right.paste(Image.open(work / "half.png"), (32, 0))
+    right.save(mask)
+    common = dict(preset="shapes", seed=1, init={"mode": "image", "image": str(start)}, quiet=True)
+    edits = [("before", picture), ("mask", right.convert("RGB"))]
+    for label, settings in (("composite=pixels", {"image": str(mask)}),
+                            ("composite=latent", {"image": str(mask), "composite": "latent"}),
+                            ("fill=prior", {"image": str(mask), "fill": "prior"}),
+                            ("--outpaint 0 0 32 0", {"outpaint": [0, 0, 32, 0]})):
+        result = vqclip.generate("a red circle", mask=settings, run_dir=str(work / label.strip("-")), **common)
+        edits.append((label, Image.open(result.final_path).convert("RGB")))
+    scale, gap = 3, 8
+    width = sum(image.width * scale for _, image in edits) + gap * (len(edits) - 1)
+    sheet = Image.new("RGB", (width, 64 * scale + 18), (255, 255, 255))
+    x = 0
+    for label, image in edits:
+        sheet.paste(image.resize((image.width * scale, image.height * scale), Image.Resampling.NEAREST), (x, 0))
+        draw = ImageDraw.Draw(sheet)
+        draw.rectangle((x, 0, x + image.width * scale - 1, 64 * scale - 1), outline=(160, 160, 160))
+        draw.text((x + 2, 64 * scale + 4), label, fill=(0, 0, 0))
+        x += image.width * scale + gap
+    sheet.save(DOCS / "masks.png", optimize=True)
+
+
 def ui(work: Path) -> None:
     environment = {**os.environ, "VQCLIP_UI_SCREENSHOT": str(DOCS / "ui.png")}
     subprocess.run([sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", "tests/test_ui_browser.py",
@@ -64,7 +102,7 @@ def ui(work: Path) -> None:
         raise SystemExit("the browser test did not write docs/ui.png (is Chromium installed?)")
 
 
-PICTURES = {"contact-sheet": contact_sheet, "morph": morph, "ui": ui}
+PICTURES = {"contact-sheet": contact_sheet, "morph": morph, "masks": masks, "ui": ui}
 
 
 def main(names: list[str]) -> int:

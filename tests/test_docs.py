@@ -518,7 +518,7 @@ def _comments(cls) -> dict[str, tuple[str, str]]:
 
 
 def schema_keys() -> list[tuple[str, list[SchemaKey]]]:
-    """(group, keys) in the schema's order: the top level, vqgan, clip, init, relaxation, video."""
+    """(group, keys) in the schema's order: the top level, vqgan, clip, init, relaxation, mask, video."""
     from omegaconf import OmegaConf
 
     from vqclip import config as schema
@@ -543,6 +543,7 @@ def schema_keys() -> list[tuple[str, list[SchemaKey]]]:
             ("clip", clip),
             ("init", keys(schema.InitConfig, "init.", defaults["init"])),
             ("relaxation", keys(schema.RelaxationConfig, "relaxation.", defaults["relaxation"])),
+            ("mask", keys(schema.MaskConfig, "mask.", defaults["mask"])),
             ("video", keys(schema.VideoConfig, "video.", defaults["video"]))]
 
 
@@ -605,7 +606,7 @@ def test_configuration_page_covers_every_key_the_cli_knows():
     from vqclip.config import key_names
 
     shown = {key.replace("[]", "") for key in documented_keys(CONFIGURATION.read_text(encoding="utf-8"))}
-    containers = {"vqgan", "clip", "init", "relaxation", "video"}
+    containers = {"vqgan", "clip", "init", "relaxation", "mask", "video"}
     assert key_names() - containers <= shown
 
 

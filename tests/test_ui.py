@@ -302,9 +302,15 @@ def test_video_keys_and_presets_from_the_page_stay_in_the_outputs_folder(folders
 
 
 # -- the served page, through gradio_client -----------------------------------------------------
-def start_form(client, extra: str = "", init_image=None):
-    """Press Start with 3 steps on the shapes preset; (message, status) as the page shows them."""
-    return client.predict("a red circle", "shapes", 3, 64, 64, 1, 4, init_image, [], 1.0, extra, api_name="/start")
+def start_form(client, extra: str = "", init_image=None, layers=(), invert=False, outpaint=""):
+    """Press Start with 3 steps on the shapes preset; (message, status) as the page shows them.
+    `init_image`, `layers`: files for the image editor's background and the layers painted on it."""
+    from gradio_client import handle_file
+
+    editor = {"background": handle_file(str(init_image)), "layers": [handle_file(str(layer)) for layer in layers],
+              "composite": None} if init_image else None
+    return client.predict("a red circle", "shapes", 3, 64, 64, 1, 4, editor, [], 1.0, extra, invert, outpaint,
+                          api_name="/start")
 
 
 @pytest.fixture(scope="module")
@@ -352,19 +358,38 @@ def test_served_page_refuses_run_dir_and_writes_nothing_there(page, tmp_path):
 
 
 def test_served_page_runs_from_an_uploaded_init_image(page, tmp_path):
-    from gradio_client import handle_file
-
     _, outputs, uploads, client = page
     red = tmp_path / "red.png"
     Image.new("RGB", (64, 64), (200, 30, 30)).save(red)
-    assert start_form(client, init_image=handle_file(str(red))) == ("", "waiting")
+    assert start_form(client, init_image=red) == ("", "waiting")
     status = client.predict(api_name="/watch")[1]  # the job started by this client's Start
     assert status.startswith("done: 3 steps · "), status
     run_dir = Path(status.split(" · ")[1]).parent
     init = read_yaml(run_dir / "config.yaml")["init"]
     uploaded = Path(init["image"])
     assert init["mode"] == "image" and uploaded.resolve().is_relative_to(uploads.resolve())
-    assert uploaded.read_bytes() == red.read_bytes() and run_dir.parent.parent == outputs
+    assert np.array_equal(np.asarray(Image.open(uploaded).convert("RGB")), np.asarray(Image.open(red)))
+    assert run_dir.parent.parent == outputs
+
+
+def test_served_page_edits_the_painted_region_and_outpaints(page, tmp_path):
+    """A layer painted on the init image is the mask (written under outputs/masks); Outpaint grows it."""
+    _, outputs, _, client = page
+    blue = tmp_path / "blue.png"
+    Image.new("RGB", (64, 64), (30, 70, 220)).save(blue)
+    strokes = Image.new("RGBA", (64, 64), (0, 0, 0, 0))
+    strokes.paste((255, 0, 255, 255), (32, 0, 64, 64))
+    strokes.save(tmp_path / "layer.png")
+    assert start_form(client, init_image=blue, layers=[tmp_path / "layer.png"], outpaint="0 0 0 8") == ("", "waiting")
+    status = client.predict(api_name="/watch")[1]
+    assert status.startswith("done: 3 steps · "), status
+    final = Path(status.split(" · ")[1])
+    mask = read_yaml(final.parent / "config.yaml")["mask"]
+    assert Path(mask["image"]).parent == outputs / "masks" and mask["outpaint"] == [0, 0, 0, 8]
+    painted = np.asarray(Image.open(mask["image"]))
+    assert painted[:, 32:].min() == 255 and painted[:, :32].max() == 0
+    pixels = np.asarray(Image.open(final).convert("RGB"))
+    assert pixels.shape == (72, 64, 3) and (pixels[:64, :32] == (30, 70, 220)).all()  # the kept half, exactly
 
 
 def test_served_file_route_gives_the_outputs_folder_and_nothing_else(page, tmp_path):

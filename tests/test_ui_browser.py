@@ -21,6 +21,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import yaml
 from PIL import Image
 
 CHROMIUM_NAMES = ("chromium", "chromium-browser")
@@ -217,3 +218,47 @@ def test_generate_preview_final_gallery_and_bad_input(ui, page):
     assert "\n" not in message.strip()
     assert "Traceback" not in page.content()
     assert list(outputs.glob("*/*/final.png")) == finals
+
+
+def test_paint_a_mask_on_the_init_image_and_get_an_edited_image(ui, page, tmp_path):
+    """Upload a blue square, paint over its right part with the brush, see the region previewed,
+    run: the final image keeps every unpainted pixel exactly and changes the painted ones."""
+    url, outputs = ui
+    start = tmp_path / "blue.png"
+    picture = Image.new("RGB", (64, 64), (245, 245, 245))
+    picture.paste((30, 70, 220), (8, 18, 28, 46))
+    picture.save(start)
+    page.goto(url)
+    page.locator("#prompts textarea").fill("a red circle")
+    fill_number(page, "seed", 1)
+    page.locator("#edit").get_by_text("Edit an image").click()
+    page.locator("#init-image input[type=file]").set_input_files(str(start))
+    page.locator("#init-image canvas").first.wait_for(timeout=30_000)
+    page.locator("#init-image button[aria-label='Brush']").first.click()
+    canvas = page.locator("#init-image canvas").first.bounding_box()
+    for fraction in (0.4, 0.5, 0.6):  # strokes across the right edge of the picture, centred in the canvas
+        y = canvas["y"] + canvas["height"] * fraction
+        page.mouse.move(canvas["x"] + canvas["width"] * 0.68, y)
+        page.mouse.down()
+        page.mouse.move(canvas["x"] + canvas["width"] * 0.8, y, steps=8)
+        page.mouse.up()
+    # The preview shows the painted region in magenta over the dimmed picture.
+    deadline, tinted = time.monotonic() + 30, np.zeros((64, 64), dtype=bool)
+    while not tinted.any() and time.monotonic() < deadline:
+        time.sleep(0.3)
+        if src := image_src(page, "mask-preview"):
+            shown = fetch_image(page, src).astype(int)
+            tinted = (shown[..., 0] > 120) & (shown[..., 2] > 120) & (shown[..., 1] < shown[..., 0] - 60)
+    assert tinted[:, 48:].any() and not tinted[:, :8].any()
+    page.locator("#start").click()
+    wait_for_text(page, "status", r"done: 30 steps", RUN_TIMEOUT_S)
+
+    finals = list(outputs.glob("*/*/final.png"))
+    assert len(finals) == 1
+    config = yaml.safe_load((finals[0].parent / "config.yaml").read_text())
+    painted = np.asarray(Image.open(config["mask"]["image"])) > 127
+    assert 0 < painted.mean() < 0.6 and painted[:, 56:].any() and not painted[:, :8].any()
+    edited = fetch_image(page, image_src(page, "final")).astype(int)
+    original = np.asarray(Image.open(start)).astype(int)
+    assert np.array_equal(edited[~painted], original[~painted])
+    assert np.abs(edited[painted] - original[painted]).mean() > 10

@@ -42,6 +42,13 @@ def generate_parser() -> Parser:
     parser.add_argument("--size", type=int, nargs=2, metavar=("W", "H"))
     parser.add_argument("--seed", type=int)
     parser.add_argument("--init-image", help="start from this image (sets init.mode=image)")
+    parser.add_argument("--mask", help="edit part of the start image: a greyscale or alpha mask, white = may change, "
+                        "black = keep (mask.* keys: feather, keep_weight, composite, cutouts, fill)")
+    parser.add_argument("--mask-box", type=float, nargs=4, metavar=("X0", "Y0", "X1", "Y1"),
+                        help="the region that may change, as a box: fractions of the image (all ≤ 1) or pixels")
+    parser.add_argument("--mask-invert", action="store_true", help="change the black part of the mask instead")
+    parser.add_argument("--outpaint", type=int, nargs=4, metavar=("LEFT", "TOP", "RIGHT", "BOTTOM"),
+                        help="grow the canvas around the init image by these pixels and fill the new border")
     parser.add_argument("--image-prompt", action="append", default=[], help="PATH[:weight], repeatable")
     parser.add_argument("--noise-prompt", action="append", default=[], help="SEED[:weight], repeatable")
     parser.add_argument("--batch", type=int, help="candidates optimised together; the best is final.png")
@@ -68,7 +75,8 @@ def generate_command(argv: list[str]) -> int:
         "prompts": prompts or None, "steps": args.steps, "size": args.size, "seed": args.seed,
         "output": args.output, "batch": args.batch, "run_dir": args.run_dir, "quiet": args.quiet or None,
         "threads": args.threads, "image_prompt": args.image_prompt or None, "noise_prompt": args.noise_prompt or None,
-        "init_image": args.init_image})
+        "init_image": args.init_image, "mask": args.mask, "mask_box": args.mask_box,
+        "mask_invert": args.mask_invert or None, "outpaint": args.outpaint})
     result = generate_from_cli(preset=args.preset, overrides=overrides, dotlist=dotlist,
                                from_image=args.from_image, resume_dir=args.resume_dir)
     print(result.final_path)
@@ -444,6 +452,12 @@ def video_parser(action: str) -> Parser:
     parser.add_argument("--quiet", action="store_true", help="no progress bars")
     if action == "animate":
         parser.add_argument("--frames", type=int, help="frames to make")
+    if action == "restyle":
+        parser.add_argument("--mask", help="restyle only this region: a mask picture (white = may change) for every "
+                            "frame, or a mask video of the same length")
+        parser.add_argument("--mask-box", type=float, nargs=4, metavar=("X0", "Y0", "X1", "Y1"),
+                            help="the region to restyle, as a box: fractions of the frame (all ≤ 1) or pixels")
+        parser.add_argument("--mask-invert", action="store_true", help="restyle the black part of the mask instead")
     if action == "interpolate":
         parser.add_argument("--between", type=int, help="frames made between each pair of keys")
         parser.add_argument("--method", help="lerp | slerp")
@@ -482,9 +496,9 @@ def video_command(argv: list[str]) -> int:
     items = [a for a in args.items if not _is_override(a)]
     dotlist = [a for a in args.items if _is_override(a)]  # video.zoom=0: 1.0, 30: 1.05 works unquoted
     flags = ("fps", "steps_per_frame", "frames", "between", "method", "ease", "guided", "size", "seed", "output",
-             "run_dir", "threads")
+             "run_dir", "threads", "mask", "mask_box")
     overrides = overrides_from_flags({**{name: getattr(args, name, None) for name in flags},
-                                      "quiet": args.quiet or None})
+                                      "quiet": args.quiet or None, "mask_invert": getattr(args, "mask_invert", None) or None})
     if action == "animate":
         result = video.animate(items or None, preset=args.preset, dotlist=dotlist, **overrides)
     elif action == "interpolate":

@@ -65,6 +65,22 @@ class InitConfig:
 
 
 @dataclass
+class MaskConfig:
+    """Edit one region of the start image and keep the rest (vqclip/mask.py); white = may change."""
+
+    image: Optional[str] = None  # a greyscale or alpha mask (any size, resized); restyle: also a mask video
+    box: Optional[list[float]] = None  # [x0, y0, x1, y1] to change: fractions of the image (all ≤ 1) or pixels
+    invert: bool = False  # change the black part instead
+    outpaint: Optional[list[int]] = None  # [left, top, right, bottom] px to grow the canvas (rounded up to the factor)
+    fill: str = "random"  # how the region starts: random (codes) | image (outpainting: its edge stretched) | prior
+    feather: int = 1  # latent cells over which the gradient mask fades out, so seams blend
+    keep_weight: float = 100.0  # pull of the kept pixels toward the start image: weight · masked mse
+    composite: str = "pixels"  # the written kept region: pixels (the original's) | latent (as decoded)
+    cutouts: str = "all"  # what CLIP sees: all (the whole image, for context) | inside (crops that overlap the region)
+    sha256: Optional[str] = None  # recorded: the mask file's hash; a run given one refuses a changed file
+
+
+@dataclass
 class VideoConfig:
     """`vqclip video ...`: animations, interpolations and restyled videos (vqclip/video/)."""
 
@@ -118,6 +134,7 @@ class RunConfig:
     clip: ClipConfig = field(default_factory=ClipConfig)
     init: InitConfig = field(default_factory=InitConfig)
     relaxation: RelaxationConfig = field(default_factory=RelaxationConfig)  # dVAE decoders only
+    mask: MaskConfig = field(default_factory=MaskConfig)  # inpainting and outpainting
     video: VideoConfig = field(default_factory=VideoConfig)  # used by `vqclip video ...` only
     # Cutouts and augmentations.
     cutn: int = 32
@@ -155,6 +172,9 @@ CHOICES = {
     "lr_schedule": ("vqclip.optimize", "LR_SCHEDULES"),
     "vqgan.format": ("vqclip.models.registry", "VQGAN_FORMATS"),
     "relaxation.kind": ("vqclip.models.dvae", "RELAXATIONS"),
+    "mask.fill": ("vqclip.mask", "FILLS"),
+    "mask.composite": ("vqclip.mask", "COMPOSITES"),
+    "mask.cutouts": ("vqclip.mask", "CUTOUT_REGIONS"),
 }
 
 
@@ -171,7 +191,8 @@ def choices(key: str) -> tuple[str, ...]:
 FLAG_KEYS = {"prompt": "prompts", "batch": "batch_size", "image_prompt": "image_prompts",
              "noise_prompt": "noise_prompts", "init_image": "init.image",
              "frames": "video.frames", "fps": "video.fps", "between": "video.between", "method": "video.method",
-             "ease": "video.ease", "steps_per_frame": "video.steps_per_frame", "guided": "video.guided_steps"}
+             "ease": "video.ease", "steps_per_frame": "video.steps_per_frame", "guided": "video.guided_steps",
+             "mask": "mask.image", "mask_box": "mask.box", "mask_invert": "mask.invert", "outpaint": "mask.outpaint"}
 LIST_KEYS = ("prompts", "image_prompts", "noise_prompts")  # a single value given for these is a list of one
 
 
@@ -322,6 +343,7 @@ def validate(config: DictConfig) -> None:
     _check_numbers(config)
     _check_machine(config)
     _check_schedules(config)
+    _check_mask(config)
     if not config.clip.models:
         raise UserError("clip.models is empty: name at least one CLIP model")
 
@@ -362,7 +384,7 @@ def _check_numbers(config: DictConfig) -> None:
     if config.seed is not None and not 0 <= config.seed < 2**63:
         raise UserError(f"seed must be between 0 and 2**63-1, not {config.seed}")
     finite = {"cut_pow": config.cut_pow, "noise_fac": config.noise_fac, "tv_weight": config.tv_weight,
-              "init.weight": config.init.weight,
+              "init.weight": config.init.weight, "mask.keep_weight": config.mask.keep_weight,
               "init.decay": config.init.decay, "lr_drop_factor": config.lr_drop_factor}
     for key, value in finite.items():
         if not 0 <= value < float("inf"):
@@ -395,6 +417,31 @@ def _check_schedules(config: DictConfig) -> None:
             raise UserError(f"{key} must be 0 (off) or positive, not {config[key]}")
     if any(step < 0 for step in config.schedule):
         raise UserError("schedule steps must be 0 or more")
+
+
+def _check_mask(config: DictConfig) -> None:
+    """The mask's numbers; whether they fit the image is checked once its size is known (vqclip/mask.py)."""
+    mask = config.mask
+    if mask.box is not None:
+        x0, y0, x1, y1 = _four(mask.box, "mask.box", "X0 Y0 X1 Y1")
+        if not (0 <= x0 < x1 and 0 <= y0 < y1):
+            raise UserError(f"mask.box {list(mask.box)} is not a box: give X0 Y0 X1 Y1 with X0 < X1, Y0 < Y1, "
+                            "none below 0 (fractions of the image, or pixels)")
+    if mask.outpaint is not None:
+        sides = _four(mask.outpaint, "mask.outpaint", "LEFT TOP RIGHT BOTTOM")
+        if min(sides) < 0 or max(sides) <= 0:
+            raise UserError(f"--outpaint {' '.join(map(str, sides))}: give the pixels to add on each side "
+                            "(LEFT TOP RIGHT BOTTOM), none below 0 and at least one above 0")
+        if max(sides) > MAX_SIDE:
+            raise UserError(f"--outpaint {' '.join(map(str, sides))} is beyond {MAX_SIDE} px a side")
+    if not 0 <= mask.feather <= 64:
+        raise UserError(f"mask.feather is a number of latent cells from 0 to 64, not {mask.feather}")
+
+
+def _four(values, key: str, names: str) -> list:
+    if len(values) != 4:
+        raise UserError(f"{key} takes four numbers, {names}: not {list(values)}")
+    return list(values)
 
 
 def to_yaml(config: DictConfig) -> str:

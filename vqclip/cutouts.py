@@ -33,12 +33,13 @@ CUTOUT_MODES = ("classic", "pooled", "mix")
 
 
 def sample_cutout_boxes(height: int, width: int, cut_size: int, cutn: int, cut_pow: float = 1.0,
-                        generator: torch.Generator | None = None) -> torch.Tensor:
+                        generator: torch.Generator | None = None, region: torch.Tensor | None = None) -> torch.Tensor:
     """`cutn` random square boxes inside a height×width image: int64 [cutn, 4] = (x0, y0, w, h), w == h.
 
     size = rand^cut_pow · (min_side − smallest) + smallest, with smallest = min(min_side, cut_size):
     cut_pow > 1 favours small crops (detail), < 1 large ones (composition). An image smaller than
-    cut_size gives crops of its whole min side, upsampled later.
+    cut_size gives crops of its whole min side, upsampled later. `region` (H × W booleans, a mask's
+    pixels that may change): each box holds a pixel of it, drawn uniformly, and lies anywhere around it.
     """
     if height < 1 or width < 1 or cut_size < 1 or cutn < 1:
         raise ValueError(f"bad cutout request: image {height}x{width}, cut_size {cut_size}, cutn {cutn}")
@@ -47,11 +48,18 @@ def sample_cutout_boxes(height: int, width: int, cut_size: int, cutn: int, cut_p
     min_side = min(height, width)
     smallest = min(min_side, cut_size)
     device = generator.device if generator is not None else torch.device("cpu")
-    u = torch.rand(3, cutn, generator=generator, device=device, dtype=torch.float64).cpu()
+    u = torch.rand(3 if region is None else 4, cutn, generator=generator, device=device, dtype=torch.float64).cpu()
     sizes = (u[0] ** cut_pow * (min_side - smallest) + smallest).long().clamp(smallest, min_side)
-    # Offsets uniform on 0..side-size inclusive; the clamp only guards the u -> 1 rounding edge.
-    x0 = (u[1] * (width - sizes + 1)).long().clamp(max=width - sizes)
-    y0 = (u[2] * (height - sizes + 1)).long().clamp(max=height - sizes)
+    low_x, high_x = torch.zeros_like(sizes), width - sizes
+    low_y, high_y = torch.zeros_like(sizes), height - sizes
+    if region is not None:  # the offsets that keep the drawn pixel inside the box
+        ys, xs = region.nonzero(as_tuple=True)
+        pick = (u[3] * len(ys)).long().clamp(max=len(ys) - 1)
+        low_x, high_x = (xs[pick] - sizes + 1).clamp(min=0), torch.minimum(xs[pick], high_x)
+        low_y, high_y = (ys[pick] - sizes + 1).clamp(min=0), torch.minimum(ys[pick], high_y)
+    # Offsets uniform on low..high inclusive; the clamp only guards the u -> 1 rounding edge.
+    x0 = (low_x + u[1] * (high_x - low_x + 1)).long().clamp(max=high_x)
+    y0 = (low_y + u[2] * (high_y - low_y + 1)).long().clamp(max=high_y)
     return torch.stack([x0, y0, sizes, sizes], dim=1)
 
 
@@ -132,12 +140,12 @@ def pooled_view(image: torch.Tensor, cut_size: int) -> torch.Tensor:
 
 def make_cutouts(image: torch.Tensor, cut_size: int, cutn: int, *, cut_pow: float = 1.0,
                  mode: str = "classic", noise_fac: float = 0.1, augment: nn.Module | None = None,
-                 generator: torch.Generator | None = None) -> torch.Tensor:
+                 generator: torch.Generator | None = None, region: torch.Tensor | None = None) -> torch.Tensor:
     """Cutouts of `image` [B, 3, H, W] in [0, 1] for a CLIP model that takes cut_size² inputs.
 
     mode: 'classic' random crops (sample_cutout_boxes), 'pooled' the whole image pooled (diversity
     only from `augment`), 'mix' half of each. Then `augment`, then per-cutout noise
-    U(0, noise_fac)·N(0, 1). Returns [cutn·B, 3, cut_size, cut_size]; gradients reach `image`.
+    U(0, noise_fac)·N(0, 1). `region`: the random crops each overlap it (sample_cutout_boxes). Returns [cutn·B, 3, cut_size, cut_size]; gradients reach `image`.
     """
     if mode not in CUTOUT_MODES:
         raise unknown_choice("cutout mode", mode, CUTOUT_MODES)
@@ -150,7 +158,7 @@ def make_cutouts(image: torch.Tensor, cut_size: int, cutn: int, *, cut_pow: floa
     n_classic = {"classic": cutn, "pooled": 0, "mix": (cutn + 1) // 2}[mode]
     parts = []
     if n_classic:
-        boxes = sample_cutout_boxes(*image.shape[-2:], cut_size, n_classic, cut_pow, generator)
+        boxes = sample_cutout_boxes(*image.shape[-2:], cut_size, n_classic, cut_pow, generator, region)
         parts.append(resample_boxes(image, boxes, cut_size))
     if cutn - n_classic:
         parts.append(pooled_view(image, cut_size).repeat(cutn - n_classic, 1, 1, 1))

@@ -26,6 +26,7 @@ from .config import build_config, read_yaml, to_dict
 from .errors import UserError
 from .init import check_size, initial_z
 from .interrupt import Interrupted, stop_on_signals
+from .mask import Edit, is_editing, plan_edit
 from .objective import Objective
 from .optimize import NumericalError, Step, make_optimizer, make_scheduler, optimize
 from .precision import compute_copy, in_autocast, resolve_precision
@@ -84,11 +85,12 @@ def load_models(config: DictConfig, device: torch.device | None = None) -> Model
     vqgan = load_vqgan_from_config(plain["vqgan"], device, progress=not config.quiet)
     clip = load_clip_ensemble([resolve_clip(spec) for spec in plain["clip"]["models"]], device)
     prior = None
-    if config.init.mode == "prior":
+    if needs_prior(config):
         from .prior.weights import load_prior
 
         if not config.init.prior:
-            raise UserError("init.mode=prior needs init.prior: a prior name (vqclip models list) or a folder")
+            raise UserError("init.mode=prior and mask.fill=prior need init.prior: a prior name (vqclip models "
+                            "list) or a folder")
         prior = load_prior(config.init.prior, device, progress=not config.quiet)
     return Models(vqgan, clip, device, prior=prior)
 
@@ -96,9 +98,13 @@ def load_models(config: DictConfig, device: torch.device | None = None) -> Model
 def models_key(config: DictConfig) -> str:
     """What `load_models` reads from a config: runs whose keys agree can share loaded models."""
     plain = to_dict(config)
-    prior = plain["init"]["prior"] if plain["init"]["mode"] == "prior" else None
+    prior = plain["init"]["prior"] if needs_prior(config) else None
     return json.dumps({"vqgan": plain["vqgan"], "clip": plain["clip"], "device": plain["device"], "prior": prior},
                       sort_keys=True)
+
+
+def needs_prior(config: DictConfig) -> bool:
+    return config.init.mode == "prior" or (is_editing(config.mask) and config.mask.fill == "prior")
 
 
 def build_timeline(config: DictConfig) -> PromptTimeline | None:
@@ -222,25 +228,20 @@ def _run(config: DictConfig, models: Models | None, callback, state: dict | None
     models = models or load_models(config)
     dtype = resolve_precision(config.precision, models.device)
     compute = models.in_precision(dtype)  # the frozen networks, in the step's precision
-    if config.size == "auto":  # measured before the run's random streams are seeded
+    auto_size = config.size == "auto"
+    if auto_size:  # measured before the run's random streams are seeded
         config.size, config.cutn = _auto_size(config, models, compute, timeline, dtype)
     size = (int(config.size[0]), int(config.size[1]))
     check_size(size, models.vqgan.factor)
+    edit = plan_edit(config, size, models.vqgan.factor, auto_size=auto_size)  # every check before a file is written
+    size = edit.size if edit is not None else size
     generator = seed_everything(config.seed)
-
-    if state is None:
-        with _advice_on_out_of_memory(config, models, compute, timeline, dtype, size,
-                                      "while making the initial latent"):
-            z = initial_z(config.init, models.vqgan, size, config.batch_size, generator, models.device,
-                          prior=models.prior, clip=models.clip, text=_prior_text(timeline))
-        anchor = None
-        if config.init.weight:
-            anchor = z.detach().clone() if config.init.anchor == "z0" else torch.zeros_like(z)
-    else:
-        z, anchor = state["z"].to(models.device), state.get("anchor")
-        anchor = anchor.to(models.device) if anchor is not None else None
-    objective = _objective(config, compute.clip, timeline, generator, anchor)
+    with _advice_on_out_of_memory(config, models, compute, timeline, dtype, size, "while making the initial latent"):
+        z, anchor, edit = _start(config, models, size, generator, timeline, edit, state)
+    objective = _objective(config, compute.clip, timeline, generator, anchor, edit=edit)
     z = z.detach().clone().requires_grad_(True)
+    if edit is not None:
+        z.register_hook(edit.mask_gradient)  # the kept cells never move
     optimizer = make_optimizer(config.optimizer, [z], config.lr, dict(config.optimizer_args))
     scheduler = make_scheduler(config.lr_schedule, optimizer, config.steps, drops=list(config.lr_drops),
                                factor=config.lr_drop_factor, patience=config.lr_patience)
@@ -256,7 +257,7 @@ def _run(config: DictConfig, models: Models | None, callback, state: dict | None
     run_dir = outputs.prepare_run_dir(config.run_dir) if config.run_dir else \
         outputs.new_run_dir(config.outputs_root, _title(config))
     outputs.write_yaml(run_dir / "config.yaml", to_dict(config))
-    writer = RunWriter(run_dir, config, optimizer, scheduler, generator, anchor, start_step)
+    writer = RunWriter(run_dir, config, optimizer, scheduler, generator, anchor, start_step, edit=edit)
     vqgan = models.vqgan
 
     with stop_on_signals() as stop:
@@ -280,6 +281,42 @@ def _run(config: DictConfig, models: Models | None, callback, state: dict | None
             writer.save_last_good()
             raise
     return writer.finish(z.detach(), vqgan, objective, steps_done)
+
+
+def _start(config: DictConfig, models: Models, size: tuple[int, int], generator: torch.Generator, timeline,
+           edit: Edit | None, state: dict | None) -> tuple[torch.Tensor, torch.Tensor | None, Edit | None]:
+    """The latent the optimisation starts from, the anchor it is pulled toward, and the edit with the
+    pixels it keeps: made afresh, or (resuming) as the state holds them."""
+    edit = edit.to(models.device) if edit is not None else None
+    if state is not None:
+        z, anchor = state["z"].to(models.device), state.get("anchor")
+        if edit is not None:
+            if state.get("mask_reference") is None:
+                raise UserError("this run was not a masked edit, and a mask cannot be added while resuming it: start "
+                                "a new run with --init-image and the mask")
+            edit.reference = state["mask_reference"].to(models.device)
+        return z, anchor.to(models.device) if anchor is not None else None, edit
+
+    def start(mode: str) -> torch.Tensor:
+        init = copy.deepcopy(config.init)
+        init.mode = mode
+        return initial_z(init, models.vqgan, size, config.batch_size, generator, models.device, prior=models.prior,
+                         clip=models.clip, text=_prior_text(timeline), picture=edit.picture if edit else None)
+
+    z = start(config.init.mode)
+    if edit is not None:
+        edit.reference = edit.picture if edit.picture is not None else _decoded(models.vqgan, z)  # per candidate
+        if config.mask.fill != "image":
+            z = edit.fill(z, start(config.mask.fill))
+    anchor = None
+    if config.init.weight:
+        anchor = z.detach().clone() if config.init.anchor == "z0" else torch.zeros_like(z)
+    return z, anchor, edit
+
+
+def _decoded(vqgan, z: torch.Tensor) -> torch.Tensor:
+    with torch.no_grad():
+        return vqgan.decode(vqgan.quantize(z)).float()
 
 
 @contextlib.contextmanager
@@ -333,14 +370,16 @@ def _out_of_memory_error(config: DictConfig, models: Models, compute: Models, ti
 
 
 def _objective(config: DictConfig, clip, timeline, generator: torch.Generator, anchor=None,
-               cutn: int | None = None) -> Objective:
+               cutn: int | None = None, edit: Edit | None = None) -> Objective:
     from .cutouts import build_augmentations
 
     return Objective(clip, timeline, image_prompts=list(config.image_prompts), noise_prompts=list(config.noise_prompts),
                      cutn=cutn or config.cutn, cut_pow=config.cut_pow, cut_mode=config.cut_mode,
                      noise_fac=config.noise_fac, augment=build_augmentations(config.augmentations),
                      generator=generator, anchor=anchor, anchor_weight=config.init.weight,
-                     anchor_decay=config.init.decay, tv_weight=config.tv_weight)
+                     anchor_decay=config.init.decay, tv_weight=config.tv_weight,
+                     region=edit.region if edit is not None and config.mask.cutouts == "inside" else None,
+                     keep=edit.keep_loss if edit is not None else None)
 
 
 def _decoder(vqgan, compute_vqgan, config: DictConfig, size: tuple[int, int]):

@@ -41,14 +41,17 @@ def read_latent(path: str) -> torch.Tensor:
 
 
 def initial_z(init, vqgan, size: tuple[int, int], batch: int, generator: torch.Generator,
-              device: torch.device, *, prior=None, clip=None, text: str = "") -> torch.Tensor:
+              device: torch.device, *, prior=None, clip=None, text: str = "",
+              picture: torch.Tensor | None = None) -> torch.Tensor:
     """The starting latent, B × C × h × w, for the `init` section of a run config.
 
     init.mode=prior needs the loaded prior (vqclip.prior.weights.LoadedPrior), the CLIP ensemble
-    that ranks its samples, and the text to draw."""
+    that ranks its samples, and the text to draw. `picture` (1 × 3 × H × W) replaces the init
+    image file for init.mode=image: an outpainting canvas (vqclip/mask.py)."""
     if init.mode not in INIT_MODES:
         raise UserError(f"unknown init.mode={init.mode}: use {', '.join(INIT_MODES)}")
-    start = Start(init, vqgan, size, token_grid(size, vqgan.factor), batch, generator, device, prior, clip, text)
+    start = Start(init, vqgan, size, token_grid(size, vqgan.factor), batch, generator, device, prior, clip, text,
+                  picture)
     return INIT_MODES[init.mode](start)
 
 
@@ -66,6 +69,7 @@ class Start:
     prior: object = None
     clip: object = None
     text: str = ""
+    picture: torch.Tensor | None = None  # init.mode=image: this instead of reading init.image
 
 
 def random_z(start: Start) -> torch.Tensor:
@@ -90,9 +94,10 @@ def prior_z(start: Start) -> torch.Tensor:
 
 def image_z(start: Start) -> torch.Tensor:
     """The encoded init image, resized to the run's size."""
-    if not start.init.image:
+    if not start.init.image and start.picture is None:
         raise UserError("init.mode=image needs an image: --init-image PATH")
-    picture = load_image(start.init.image, start.size).to(start.device)
+    picture = start.picture if start.picture is not None else load_image(start.init.image, start.size)
+    picture = picture.to(start.device)
     with torch.no_grad():
         return start.vqgan.encode(picture).repeat(start.batch, 1, 1, 1)
 

@@ -29,10 +29,12 @@ class Objective:
     def __init__(self, clip, timeline: PromptTimeline | None, *, image_prompts=(), noise_prompts=(),
                  cutn: int, cut_pow: float, cut_mode: str, noise_fac: float, augment=None,
                  generator: torch.Generator | None = None, anchor: torch.Tensor | None = None,
-                 anchor_weight: float = 0.0, anchor_decay: float = 0.0, tv_weight: float = 0.0):
+                 anchor_weight: float = 0.0, anchor_decay: float = 0.0, tv_weight: float = 0.0,
+                 region: torch.Tensor | None = None, keep=None):
         self.clip, self.timeline = clip, timeline
         self.cut = dict(cutn=cutn, cut_pow=cut_pow, mode=cut_mode, noise_fac=noise_fac, augment=augment,
-                        generator=generator)
+                        generator=generator, region=region)
+        self.keep = keep  # image → the pull of a mask's kept pixels toward the start (vqclip.mask.Edit.keep_loss)
         self.anchor, self.anchor_weight, self.anchor_decay = anchor, anchor_weight, anchor_decay
         self.tv_weight = tv_weight
         self._text_cache: dict[tuple[int, str], torch.Tensor] = {}
@@ -85,6 +87,8 @@ class Objective:
             dx = (image[..., :, 1:] - image[..., :, :-1]).abs().mean((1, 2, 3))
             dy = (image[..., 1:, :] - image[..., :-1, :]).abs().mean((1, 2, 3))
             terms["smoothness"] = self.tv_weight * (dx + dy).sum()
+        if self.keep is not None:
+            terms["keep"] = self.keep(image)
         if self.anchor is not None and self.anchor_weight:
             weight = self.anchor_weight * (1 - self.anchor_decay) ** step
             terms["anchor"] = weight / 2 * F.mse_loss(z, self.anchor, reduction="none").mean((1, 2, 3)).sum()

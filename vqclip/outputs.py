@@ -7,6 +7,7 @@ it, so that `import vqclip.outputs` stays cheap for the command line.
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import datetime as _dt
 import json
@@ -14,6 +15,7 @@ import logging
 import os
 import re
 import unicodedata
+from collections.abc import Iterator
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -289,11 +291,29 @@ def load_image(path: str | os.PathLike, size: tuple[int, int] | None = None, *,
     """An image file as a float tensor 1×3×H×W in [0,1]; size is (width, height) as in PIL.
 
     Transparent pixels are laid over white (what a viewer shows), EXIF rotation is applied, and
-    resizing uses Lanczos. Images over MAX_IMAGE_PIXELS are refused from their header, before
-    any pixel is decoded, so a tiny file that claims to be huge cannot exhaust memory.
+    resizing uses Lanczos (see `read_picture` for what is refused).
     """
     import torch
 
+    with read_picture(path, what) as img:
+        if img.mode in ("RGBA", "LA", "PA") or "transparency" in img.info:
+            white = Image.new("RGBA", img.size, (255, 255, 255, 255))
+            img = Image.alpha_composite(white, img.convert("RGBA"))
+        img = img.convert("RGB")
+        if size is not None and tuple(size) != img.size:
+            img = img.resize(tuple(size), Image.Resampling.LANCZOS)
+        pixels = torch.from_numpy(np.array(img, dtype=np.uint8))  # a copy: torch wants it writable
+    return pixels.permute(2, 0, 1).unsqueeze(0).float().div(255)
+
+
+@contextlib.contextmanager
+def read_picture(path: str | os.PathLike, what: str) -> Iterator[Image.Image]:
+    """An image file decoded as PIL holds it, EXIF rotation applied, 16-bit grey brought to 8 bits.
+
+    Images over MAX_IMAGE_PIXELS are refused from their header, before any pixel is decoded, so
+    a tiny file that claims to be huge cannot exhaust memory; a file PIL cannot read (also while
+    the caller converts it) is a UserError that names `what` it was meant to be.
+    """
     too_large = f"{what} {path} is too large: the limit is {MAX_IMAGE_PIXELS / 1e6:.0f} MP"
     try:
         with Image.open(path) as img:  # reads the header only
@@ -304,18 +324,11 @@ def load_image(path: str | os.PathLike, size: tuple[int, int] | None = None, *,
             if img.mode in ("I", "I;16", "I;16B", "I;16L"):  # 16-bit grey: convert() would clip
                 grey = (np.array(img, dtype=np.float64) / 257).round().clip(0, 255)
                 img = Image.fromarray(grey.astype(np.uint8))
-            if img.mode in ("RGBA", "LA", "PA") or "transparency" in img.info:
-                white = Image.new("RGBA", img.size, (255, 255, 255, 255))
-                img = Image.alpha_composite(white, img.convert("RGBA"))
-            img = img.convert("RGB")
-            if size is not None and tuple(size) != img.size:
-                img = img.resize(tuple(size), Image.Resampling.LANCZOS)
+            yield img
     except (Image.DecompressionBombError, Image.DecompressionBombWarning) as e:
         raise UserError(f"{too_large} ({e})") from e
     except _PIL_ERRORS as e:
         raise UserError(f"cannot read {what} {path}: {e}") from e
-    pixels = torch.from_numpy(np.array(img, dtype=np.uint8))  # a copy: torch wants it writable
-    return pixels.permute(2, 0, 1).unsqueeze(0).float().div(255)
 
 
 # ---------------------------------------------------------------------------- versions

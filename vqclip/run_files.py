@@ -38,8 +38,9 @@ class RunWriter:
     """Everything a run leaves on disk: log.jsonl, progress/, state.pt, final.png (all atomic)."""
 
     def __init__(self, run_dir: Path, config: DictConfig, optimizer, scheduler, generator: torch.Generator,
-                 anchor: torch.Tensor | None, start_step: int = 0):
+                 anchor: torch.Tensor | None, start_step: int = 0, edit=None):
         self.run_dir, self.config, self.generator, self.anchor = run_dir, config, generator, anchor
+        self.edit = edit  # a masked edit (vqclip.mask.Edit): written images are its composites
         self.optimizer, self.scheduler = optimizer, scheduler
         log = run_dir / "log.jsonl"
         # Resuming: keep the log of the steps the state holds; the later ones are done again.
@@ -60,7 +61,7 @@ class RunWriter:
         self.last_good = (info.step, info.z.clone(), info.image)  # z is updated in place by the next step
         every = self.config.save_every
         if every and info.step % every == 0:
-            outputs.save_png(self.run_dir / "progress" / f"{info.step:05d}.png", _strip(info.image),
+            outputs.save_png(self.run_dir / "progress" / f"{info.step:05d}.png", _strip(self.written(info.image)),
                              self.metadata(info.step))
         every = self.config.checkpoint_every
         if every and info.step % every == 0:
@@ -71,18 +72,23 @@ class RunWriter:
             "z": z.detach().cpu(), "step": step, "optimizer": self.optimizer.state_dict(),
             "scheduler": self.scheduler.state_dict() if self.scheduler is not None else None,
             "anchor": self.anchor.cpu() if self.anchor is not None else None,
-            "rng": rng_state(self.generator), "config": to_yaml(self.config)})
+            "rng": rng_state(self.generator), "config": to_yaml(self.config),
+            "mask_reference": self.edit.reference.cpu() if self.edit is not None else None})
+
+    def written(self, images: torch.Tensor) -> torch.Tensor:
+        """Decoded images as they are written: a masked edit's kept region composited in."""
+        return self.edit.composite(images) if self.edit is not None else images
 
     def save_last_good(self) -> None:
         """After a numerical fault: the image and latent of the last finite step."""
         if self.last_good is not None:
             step, z, image = self.last_good
-            outputs.save_png(self.run_dir / "final.png", image[0], self.metadata(step))
+            outputs.save_png(self.run_dir / "final.png", self.written(image)[0], self.metadata(step))
             self.save_state(z, step)
 
     def finish(self, z: torch.Tensor, vqgan, objective: Objective, steps_done: int) -> GenerationResult:
         with torch.no_grad():
-            images = vqgan.decode(vqgan.quantize(z))
+            images = self.written(vqgan.decode(vqgan.quantize(z)))
         scores = objective.scores(images, max(steps_done - 1, 0))
         order = sorted(range(len(scores)), key=lambda i: -scores[i])
         images, z, scores = images[order], z[order], [scores[i] for i in order]

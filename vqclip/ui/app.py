@@ -25,6 +25,7 @@ from ..errors import UserError
 from . import gallery
 from .access import check_listening, is_loopback
 from .forms import Form, config_from_form, form_defaults
+from .mask_editor import EditControls, build_edit_controls, wire_edit_controls
 from .worker import DONE, FAILED, QUEUED, RUNNING, STOPPED, Job, Workers
 
 log = logging.getLogger(__name__)
@@ -118,6 +119,7 @@ class GenerateTab:
     status: Any
     preview: Any
     final: Any
+    edit: EditControls  # the init image, its painted mask, outpainting
     job_id: Any  # State: the job this browser tab started last
     last_run: Any  # State: that job's run folder, for Continue
 
@@ -177,8 +179,8 @@ def build_generate_tab(gr, names: list[str], preset: str) -> GenerateTab:
             with gr.Row():
                 width = gr.Number(defaults["width"], label="Width", elem_id="width")
                 height = gr.Number(defaults["height"], label="Height", elem_id="height")
-            with gr.Accordion("Images and more settings", open=False):
-                init_image = gr.Image(label="Init image", type="filepath", sources=["upload"])
+            edit = build_edit_controls(gr)
+            with gr.Accordion("Image prompts and more settings", open=False):
                 image_prompts = gr.File(label="Image prompts", file_count="multiple", file_types=["image"],
                                         type="filepath")
                 image_weight = gr.Number(1.0, label="Image prompt weight")
@@ -196,7 +198,8 @@ def build_generate_tab(gr, names: list[str], preset: str) -> GenerateTab:
             final = gr.Image(label="Final image", type="filepath", format="png", height=280, interactive=False,
                              buttons=["download", "fullscreen"], elem_id="final")
     return GenerateTab(
-        form=[prompts, preset_box, steps, width, height, seed, cutn, init_image, image_prompts, image_weight, extra],
+        form=[prompts, preset_box, steps, width, height, seed, cutn, edit.editor, image_prompts, image_weight, extra,
+              edit.invert, edit.outpaint], edit=edit,
         preset=preset_box, preset_fields=[steps, width, height, seed, cutn], steps=steps, start=start, stop=stop,
         continue_last=continue_last, message=message, status=status, preview=preview, final=final,
         job_id=gr.State(None), last_run=gr.State(None))
@@ -226,6 +229,7 @@ def wire_generate_tab(gr, page: Page, generate: GenerateTab, watch_outputs: list
                            api_name="fill_from_preset", **FAST)
     generate.start.click(partial(start_run, page), generate.form, submitted, api_name="start", **FAST) \
         .then(watch, generate.job_id, watch_outputs, api_name="watch", **FAST)
+    wire_edit_controls(generate.edit, FAST)
     generate.stop.click(partial(stop_job, page), generate.job_id, generate.message, api_name="stop", **FAST)
     generate.continue_last.click(partial(continue_last_run, page), [generate.last_run, generate.steps], submitted,
                                  api_name="continue_last", **FAST) \

@@ -10,12 +10,14 @@ uploads (access.py): whoever opens the page is not trusted with the server's fil
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from typing import Any
 
 from omegaconf import DictConfig
 
 from ..config import build_config
 from ..errors import UserError
 from .access import check_page_config, shipped_preset
+from .mask_editor import editor_parts, mask_path, parse_outpaint, write_mask
 
 
 @dataclass
@@ -29,10 +31,12 @@ class Form:
     height: float | None = None
     seed: float | None = None  # None: a random seed, recorded with the run
     cutn: float | None = None
-    init_image: str | None = None  # a file path (the page's upload)
+    init_image: Any = None  # the image editor's value (the upload and the strokes painted on it), or a path
     image_prompts: list[str] = field(default_factory=list)  # file paths
     image_prompt_weight: float | None = 1.0
     extra: str = ""  # key=value lines: any other config key
+    mask_invert: bool = False  # change what is not painted
+    outpaint: str = ""  # "LEFT TOP RIGHT BOTTOM" pixels to grow the canvas by
 
 
 def form_defaults(preset: str) -> dict:
@@ -74,6 +78,19 @@ def whole_number(name: str, value, minimum: int | None = None) -> int | None:
     return int(number)
 
 
+def _edit_overrides(form: Form, outputs_root: str, overrides: dict):
+    """The init image and the edit (painted mask, outpainting) into `overrides`; returns the painted region."""
+    image, painted = editor_parts(form.init_image)
+    if image:
+        overrides["init"] = {"mode": "image", "image": image}
+    mask = {"outpaint": parse_outpaint(form.outpaint)}
+    if painted is not None:
+        mask.update(image=str(mask_path(painted, outputs_root)), invert=bool(form.mask_invert))
+    if any(value is not None for value in mask.values()):
+        overrides["mask"] = mask
+    return painted
+
+
 def config_from_form(form: Form, outputs_root: str, upload_root: str | None = None) -> DictConfig:
     """The resolved config for a new run, or a UserError naming the field that is wrong.
 
@@ -100,11 +117,12 @@ def config_from_form(form: Form, outputs_root: str, upload_root: str | None = No
         overrides["cutn"] = cutn
     if seed is not None:
         overrides["seed"] = seed
-    if form.init_image:
-        overrides["init"] = {"mode": "image", "image": str(form.init_image)}
+    painted = _edit_overrides(form, outputs_root, overrides)
     if form.image_prompts:
         weight = form.image_prompt_weight if form.image_prompt_weight is not None else 1.0
         overrides["image_prompts"] = [f"{path}:{float(weight)}" for path in form.image_prompts]
     config = build_config(form.preset, overrides, extra_lines(form.extra))
     check_page_config(config, outputs_root, upload_root)
+    if painted is not None:
+        write_mask(painted, outputs_root)  # once the settings are known to be good
     return config

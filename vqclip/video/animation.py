@@ -128,9 +128,12 @@ def smooth(previous: torch.Tensor | None, z: torch.Tensor, share: float) -> torc
     return share * previous.to(z.device) + (1 - share) * z
 
 
-def chain_frames(job: VideoJob, models, metadata: dict, count: int, size: tuple[int, int], start) -> list[torch.Tensor]:
+def chain_frames(job: VideoJob, models, metadata: dict, count: int, size: tuple[int, int], start,
+                 frame_changes=None, present=None) -> list[torch.Tensor]:
     """Frames made one after another: frame k starts from `start(k, previous latent, scheduled values)`
-    (None: the config's init), is optimised, smoothed and stored; finished frames are skipped."""
+    (None: the config's init), is optimised, smoothed and stored; finished frames are skipped.
+    `frame_changes(k)`: config changes for frame k's run; `present(k, picture)`: the picture stored
+    for frame k, from the decoded latent (a masked restyle composites its kept region)."""
     config, video = job.config, job.config.video
     schedules = motion_schedules(config)
     store = FrameStore(job.run_dir / "frames", job.stop)
@@ -142,10 +145,12 @@ def chain_frames(job: VideoJob, models, metadata: dict, count: int, size: tuple[
         values = scheduled_values(config, schedules, frame)
         others = {key: value for key, value in values.items() if not key.startswith("video.")}
         steps = video.first_frame_steps if frame == 0 else values.get("video.steps_per_frame", video.steps_per_frame)
+        changes = {**others, **frame_prompts(config, frame), **(frame_changes(frame) if frame_changes else {})}
         z = optimise_frame(config, models, store.work_dir(frame), z0=start(frame, previous, values), steps=steps,
-                           seed=config.seed + frame, size=size, changes={**others, **frame_prompts(config, frame)})
+                           seed=config.seed + frame, size=size, changes=changes)
         previous = smooth(previous, z, values["video.smoothing"])
-        store.save(frame, previous, decode_latent(models.vqgan, previous), metadata)
+        picture = decode_latent(models.vqgan, previous)
+        store.save(frame, previous, present(frame, picture) if present else picture, metadata)
     return [store.image(frame) for frame in range(count)]
 
 

@@ -17,6 +17,7 @@ from ..config import build_config, to_dict
 from ..errors import UserError
 from ..init import check_size
 from ..interrupt import Interrupted, stop_on_signals
+from ..mask import is_editing
 from ..outputs import environment_info, load_image
 from ..threads import run_threads
 from .animation import animate_frames, check_timeline, motion_schedules
@@ -28,7 +29,7 @@ from .interpolation import (
     interpolate_frames,
     interpolation_mode,
 )
-from .restyling import check_restyle, restyle_frames
+from .restyling import check_restyle, mask_frames, restyle_frames
 from .run_state import VideoJob, create_job, fixed_size, load_job
 from .schedule import quote_schedule_overrides
 
@@ -67,6 +68,8 @@ def check_inputs(kind: str, inputs: list[str], config: DictConfig) -> tuple[tupl
     video's, the image keys', else the config's size) and the input video's fps (None: no video,
     or its fps is unknown)."""
     check_init_file(config)
+    if kind != "restyle" and is_editing(config.mask):
+        raise UserError(f"a mask in a video is for restyle (the input's frames are what it keeps), not {kind}")
     if kind == "animate":
         if inputs:
             raise UserError("animate takes prompts, not input files")
@@ -80,6 +83,8 @@ def check_inputs(kind: str, inputs: list[str], config: DictConfig) -> tuple[tupl
             raise UserError("restyle needs a prompt: vqclip video restyle INPUT 'a prompt' -o OUT")
     if kind == "restyle" or interpolation_mode(inputs) == "upconvert":
         frames, fps = read_frames(inputs[0])  # an unreadable video fails here, before anything is written
+        if kind == "restyle":
+            mask_frames(config, len(frames), tuple(reversed(frames[0].shape[-2:])))
         if kind == "interpolate" and len(frames) < 2:
             raise UserError(f"{inputs[0]} has one frame: up-conversion needs at least two")
         height, width = frames[0].shape[-2:]

@@ -4,18 +4,26 @@ Frame k starts from (1 − blend) · encode(source k) + blend · styled k−1 (t
 carries the style over, which calms flicker), is pulled toward that start by the init anchor
 (`init.weight`, anchor z0: mostly the source frame's latent), and is optimised toward the prompts.
 `video.smoothing` adds an EMA of the styled latents on top.
+
+With a mask (`mask.image`: one picture for every frame, or a mask video of the same length; or
+`mask.box`) only the masked region is restyled: each frame's run keeps the source frame's pixels
+elsewhere (vqclip/mask.py), and its kept cells start from the source frame alone.
 """
 
 from __future__ import annotations
 
+import functools
+
 import torch
 
+from .. import outputs
 from ..errors import UserError
 from ..init import check_size
+from ..mask import is_editing, plan_edit, wanted_region
 from .animation import chain_frames
-from .frames import read_frames
+from .frames import is_video_input, read_frames
 from .interpolation import lerp
-from .run_state import VideoJob, encode_image
+from .run_state import VideoJob, derive_config, encode_image
 
 
 def check_restyle(config) -> None:
@@ -23,15 +31,65 @@ def check_restyle(config) -> None:
         raise UserError(f"video.blend is the previous styled frame's share: keep it in [0, 1), not {config.video.blend}")
 
 
+def mask_frames(config, count: int, size: tuple[int, int] | None = None) -> list[torch.Tensor] | None:
+    """Frame k's mask picture when mask.image is a mask video or frame folder (None otherwise).
+    Given the frames' `size`, a mask for every frame (a picture, a box) is checked against it too."""
+    path = config.mask.image
+    if not path or not is_video_input(path):
+        if size is not None and is_editing(config.mask):
+            wanted_region(config.mask, size)  # all black, a box outside the frame: said before any work
+        return None
+    masks, _ = read_frames(path)
+    if len(masks) != count:
+        raise UserError(f"the mask video {path} has {len(masks)} frames and the input {count}: give a mask video "
+                        "of the same length, or one mask picture for every frame")
+    for index, mask in enumerate(masks):  # each frame's run would refuse it; say so before any work
+        changes = (mask.mean(0) >= 0.5) != bool(config.mask.invert)
+        if not changes.any():
+            raise UserError(f"frame {index} of the mask video {path} is all {'white' if config.mask.invert else 'black'}"
+                            ": nothing may change there (white = may change, black = keep)")
+    return masks
+
+
 def restyle_frames(job: VideoJob, models, metadata: dict) -> list[torch.Tensor]:
     """Make (or, resuming, finish) the restyled frames; returns them all, in order."""
     sources, _ = read_frames(job.inputs[0])
     height, width = sources[0].shape[-2:]
     check_size((width, height), models.vqgan.factor)
-    blend = job.config.video.blend
+    config, blend = job.config, job.config.video.blend
+    masks = mask_frames(config, len(sources))
+    masked = is_editing(config.mask)
+    work = job.run_dir / "frames"
+
+    def frame_changes(frame: int) -> dict:
+        """Frame k's run keeps the pixels of source k (init.image), under its own mask."""
+        folder = work / f"{frame:05d}"
+        outputs.save_png(folder / "source.png", sources[frame], {"frame": frame})
+        changes = {"init.image": str(folder / "source.png")}
+        if masks is not None:
+            outputs.save_png(folder / "mask.png", masks[frame], {"frame": frame})
+            changes.update({"mask.image": str(folder / "mask.png"), "mask.sha256": None})
+        return changes
+
+    @functools.lru_cache(maxsize=2)
+    def edit(frame: int):
+        frame_config = derive_config(config, {"init.mode": "latent", **frame_changes(frame)})
+        made = plan_edit(frame_config, (width, height), models.vqgan.factor)
+        if made is not None:
+            made.reference = made.picture
+        return made
 
     def start(frame: int, previous: torch.Tensor | None, values: dict) -> torch.Tensor:
         source = encode_image(models.vqgan, sources[frame], models.device)
-        return source if previous is None else lerp(source, previous, blend)
+        if previous is None:
+            return source
+        styled = lerp(source, previous, blend)
+        region = edit(frame) if masked else None
+        return styled if region is None else torch.where(region.cells.to(source.device), styled, source)
 
-    return chain_frames(job, models, metadata, len(sources), (width, height), start)
+    def present(frame: int, picture: torch.Tensor) -> torch.Tensor:
+        region = edit(frame)
+        return picture if region is None else region.composite(picture[None].cpu())[0]
+
+    return chain_frames(job, models, metadata, len(sources), (width, height), start,
+                        frame_changes if masked else None, present if masked else None)
