@@ -277,6 +277,7 @@ def train_command(argv: list[str]) -> int:
         raise UserError(f"train {args.recipe} takes " + ("--vqgan (the VQGAN whose tokens it writes), not --from"
                         if args.recipe == "prior" else "--from, not --vqgan (that is for train prior)"))
 
+    from .distributed import ranks_from_env
     from .generation import pick_device
     from .train import jobs
 
@@ -289,7 +290,8 @@ def train_command(argv: list[str]) -> int:
     if args.recipe == "prior":
         options.update(vqgan=args.vqgan, size=args.size)
     metrics = jobs.run(args.recipe, args.data, args.out, config, **options)
-    print(json.dumps(summary(metrics)))
+    if ranks_from_env().main:  # under torchrun, one summary
+        print(json.dumps(summary(metrics)))
     return 0
 
 
