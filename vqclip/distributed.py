@@ -65,11 +65,13 @@ def backend(device: torch.device) -> str:
     return "nccl" if device.type == "cuda" else "gloo"
 
 
-def start(device: str | torch.device) -> tuple[Ranks, torch.device]:
-    """This process's ranks and device; under torchrun, joins the process group (once per process)."""
+def start(device: str | torch.device, batch_size: int) -> tuple[Ranks, torch.device]:
+    """This process's ranks and device; under torchrun, joins the process group (once per process),
+    after checking that the ranks can take equal shares of a batch of `batch_size`."""
     import torch.distributed as dist
 
     ranks = ranks_from_env()
+    check_batch(batch_size, ranks)
     device = rank_device(device, ranks)
     if not ranks.several:
         return ranks, device

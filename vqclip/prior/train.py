@@ -146,8 +146,7 @@ def train(data: PriorData, out: str | Path, config: TrainConfig, *, held_out: Pr
     eval mode), e.g. to draw samples; it must not draw from the training's random streams. Under
     torchrun each rank trains on its share of every batch (vqclip/distributed.py); rank 0 evaluates
     and writes."""
-    (ranks, device), out = distributed.start(device), Path(out)
-    distributed.check_batch(config.batch_size, ranks)
+    (ranks, device), out = distributed.start(device, config.batch_size), Path(out)
     progress = progress and ranks.main
     log = log if ranks.main else lambda line: None
     if held_out is None:

@@ -180,8 +180,7 @@ def train(data: str | Path, out: str | Path, config: ClipTrainConfig, *, held_ou
           template: str | None = None, resume: bool = False, device: str = "cpu", progress: bool = True) -> dict:
     """Train; checkpoint to OUT/train_state.pt; write OUT/clip.{json,safetensors} and OUT/clip-metrics.json."""
     check_positive(config, ("steps", "batch_size", "size", "eval_every", "checkpoint_every"))
-    (ranks, device), out = distributed.start(device), Path(out)
-    distributed.check_batch(config.batch_size, ranks)
+    (ranks, device), out = distributed.start(device, config.batch_size), Path(out)
     progress = progress and ranks.main
     model_cfg, mean, std = model_config(config)
     train_set, held, report = training_data(data, config.size, held_out=held_out, held_out_count=config.held_out,
@@ -216,8 +215,7 @@ def fit(model, model_cfg: dict, mean, std, draw, loss_fn, figures, out: Path, co
     torchrun each rank embeds its share of every batch (vqclip/distributed.py); rank 0 writes."""
     import open_clip
 
-    ranks, device = distributed.start(device)
-    distributed.check_batch(config.batch_size, ranks)
+    ranks, device = distributed.start(device, config.batch_size)
     model = distributed.global_batch_norms(model.to(device).train(), ranks)  # the ResNet tower's statistics
     preprocess = Preprocess(model_cfg, mean, std)
     tokenizer = open_clip.SimpleTokenizer(context_length=model_cfg["text_cfg"].get("context_length", 77))

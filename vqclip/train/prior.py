@@ -70,7 +70,7 @@ def train(data: str | Path, out: str | Path, config: TrainConfig, *, vqgan: str,
     from ..prior import train as prior_train
 
     out, size = Path(out), size or default_size(vqgan)
-    ranks, device = distributed.start(device)
+    ranks, device = distributed.start(device, config.batch_size)
     progress = progress and ranks.main
     model = load_vqgan(vqgan, device)
     if size % model.factor:

@@ -180,8 +180,7 @@ def train(data: str | Path, out: str | Path, config: VQGANTrainConfig, *, held_o
           template: str | None = None, resume: bool = False, device: str = "cpu", progress: bool = True) -> dict:
     """Train; checkpoint to OUT/train_state.pt; write OUT/vqgan.{yaml,safetensors} and OUT/vqgan-metrics.json."""
     check_positive(config, ("steps", "batch_size", "size", "sample_every", "checkpoint_every"))
-    ranks, device = distributed.start(device)
-    distributed.check_batch(config.batch_size, ranks)
+    ranks, device = distributed.start(device, config.batch_size)
     progress = progress and ranks.main
     torch.manual_seed(config.seed)
     generator, rng = torch.Generator().manual_seed(config.seed), random.Random(config.seed)
@@ -206,8 +205,7 @@ def fit(model, spec: dict, draw, held: torch.Tensor, out: Path, config: VQGANTra
     world); `rng` and `generator` are the streams it draws from, saved with every checkpoint.
     Writes OUT/vqgan.{yaml,safetensors}; returns the held-out figures and the history. Under torchrun
     each rank trains on its share of every batch (vqclip/distributed.py); rank 0 writes."""
-    ranks, device = distributed.start(device)
-    distributed.check_batch(config.batch_size, ranks)
+    ranks, device = distributed.start(device, config.batch_size)
     discriminator = build_discriminator(config)
     model, discriminator = model.to(device).train(), distributed.global_batch_norms(discriminator.to(device).train(),
                                                                                     ranks)
