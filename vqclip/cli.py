@@ -180,6 +180,11 @@ def shapes_command(argv: list[str]) -> int:
 
     from pathlib import Path
 
+    from .distributed import ranks_from_env
+
+    if ranks_from_env().several:  # its evaluations and files assume one process
+        raise UserError("vqclip shapes train runs in one process: start it without torchrun (several "
+                        "processes: vqclip train vqgan|clip|prior on a folder)")
     from .shapes import train_clip, train_prior, train_vqgan
 
     module = {"vqgan": train_vqgan, "clip": train_clip, "prior": train_prior}[args.model]
