@@ -37,14 +37,17 @@ PRIOR = ["--steps", "6", "width=32", "heads=2", "glu=64", "encoder_layers=1", "d
          "batch_size=4", "eval_every=3", "checkpoint_every=2", "bf16=false"]
 
 
-def torchrun(*args: str) -> None:
-    """`torchrun --standalone --nproc-per-node 2 -m vqclip ARGS` (one thread each: 2 cores are shared)."""
+def torchrun(*args: str, script: list[str] | None = None) -> str:
+    """`torchrun --standalone --nproc-per-node 2 -m vqclip ARGS --quiet` (or SCRIPT ARGS), one thread each
+    (2 cores are shared); what it printed."""
     env = {**os.environ, "OMP_NUM_THREADS": "1",
            "PYTHONPATH": os.pathsep.join(filter(None, [str(ROOT), os.environ.get("PYTHONPATH")]))}
     done = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", "2",
-                           "-m", "vqclip", *args, "--quiet"], env=env, capture_output=True, text=True, timeout=300)
+                           *(script or ["-m", "vqclip", *args, "--quiet"])], env=env, capture_output=True, text=True,
+                          timeout=300)
     assert done.returncode == 0, done.stderr[-3000:]
     assert len(done.stdout.strip().splitlines()) == 1  # rank 0 alone prints the summary
+    return done.stdout
 
 
 def one_process(*args: str) -> None:
@@ -130,6 +133,26 @@ def test_train_all_on_two_processes_matches_one(shapes_folder, tmp_path):  # noq
         assert_same_training(one, two, "model", learning_rates(lr, warmup, 4))
     preset = (tmp_path / "two" / "preset.yaml").read_text()
     assert preset == (tmp_path / "one" / "preset.yaml").read_text().replace(str(tmp_path / "one"), str(tmp_path / "two"))
+
+
+@pytest.mark.slow
+def test_a_python_script_trains_under_torchrun(shapes_folder, tmp_path):  # noqa: F811
+    script = tmp_path / "train_clip.py"
+    script.write_text(f"""
+import json, sys
+from vqclip import distributed
+from vqclip.train import clip
+
+config = clip.ClipTrainConfig({", ".join(CLIP).replace("false", "False")})
+with distributed.session():
+    metrics = clip.train(sys.argv[1], sys.argv[2], config, progress=False)
+    if distributed.ranks_from_env().main:
+        print(json.dumps(metrics["zero_shot_accuracy"]))
+""")
+    printed = torchrun(script=[str(script), str(shapes_folder), str(tmp_path / "two")])
+    one_process("train", "clip", str(shapes_folder), "--out", str(tmp_path / "one"), *CLIP)
+    assert_same_training(state(tmp_path / "one"), state(tmp_path / "two"), "model", learning_rates(1e-3, 100, 6))
+    assert float(printed) == state(tmp_path / "one")["history"][-1]["zero_shot_accuracy"]
 
 
 def test_the_shapes_recipes_refuse_torchrun(tmp_path, monkeypatch, capsys):
