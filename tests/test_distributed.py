@@ -120,6 +120,22 @@ def test_a_run_resumes_on_two_processes(shapes_folder, tmp_path, monkeypatch):  
 
 
 @pytest.mark.slow
+def test_a_checkpoint_written_under_torchrun_resumes_under_torchrun(shapes_folder, tmp_path):  # noqa: F811
+    """The prior (whose --resume may raise steps): 4 steps, then resumed to 6, by one process and by two."""
+    vqgan_recipe.train(shapes_folder, tmp_path / "vqgan", vqgan_recipe.VQGANTrainConfig(
+        steps=2, batch_size=4, n_embed=32, embed_dim=8, z_channels=8, ch=32, held_out=4, bf16=False), progress=False)
+    common = ["train", "prior", str(shapes_folder), "--vqgan", str(tmp_path / "vqgan")]
+    for name, run in (("one", one_process), ("two", torchrun)):
+        run(*common, "--out", str(tmp_path / name), *PRIOR[2:], "--steps", "4")
+        assert state(tmp_path / name)["step"] == 4
+        run(*common, "--out", str(tmp_path / name), "--steps", "6", "--resume")
+    one, two = state(tmp_path / "one"), state(tmp_path / "two")
+    assert two["step"] == 6 and [h["step"] for h in two["history"]] == [3, 4, 6]
+    assert_same_training(one, two, "model", 1e-6)
+    assert one["history"] == two["history"]
+
+
+@pytest.mark.slow
 def test_train_all_on_two_processes_matches_one(shapes_folder, tmp_path):  # noqa: F811
     settings = ["--steps", "4", "vqgan.n_embed=32", "vqgan.embed_dim=8", "vqgan.z_channels=8", "vqgan.ch=32",
                 "vqgan.batch_size=4", "vqgan.disc_start=1", "vqgan.disc_ch=8", "vqgan.held_out=4", "vqgan.bf16=false",
