@@ -239,13 +239,14 @@ class GlobalBatchNorm(nn.BatchNorm2d):
 
 
 def global_batch_norms(module: nn.Module, ranks: Ranks) -> nn.Module:
-    """`module` with its BatchNorm2d layers computing global-batch statistics (several ranks only)."""
+    """`module` with its BatchNorm2d layers computing global-batch statistics (several ranks only; the
+    new layers are made on the CPU: move the module to its device after)."""
     if not ranks.several:
         return module
     for name, child in list(module.named_children()):
         if type(child) is nn.BatchNorm2d:
             twin = GlobalBatchNorm(child.num_features, child.eps, child.momentum, child.affine,
-                                   child.track_running_stats).to(next(child.buffers()).device)
+                                   child.track_running_stats)
             twin.load_state_dict(child.state_dict())
             setattr(module, name, twin)
         else:

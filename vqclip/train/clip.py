@@ -216,7 +216,7 @@ def fit(model, model_cfg: dict, mean, std, draw, loss_fn, figures, out: Path, co
     import open_clip
 
     ranks, device = distributed.start(device, config.batch_size)
-    model = distributed.global_batch_norms(model.to(device).train(), ranks)  # the ResNet tower's statistics
+    model = distributed.global_batch_norms(model, ranks).to(device).train()  # the ResNet tower's norms
     preprocess = Preprocess(model_cfg, mean, std)
     tokenizer = open_clip.SimpleTokenizer(context_length=model_cfg["text_cfg"].get("context_length", 77))
     optimizer = torch.optim.AdamW(model.parameters(), lr=config.lr, weight_decay=config.weight_decay)

@@ -207,8 +207,8 @@ def fit(model, spec: dict, draw, held: torch.Tensor, out: Path, config: VQGANTra
     each rank trains on its share of every batch (vqclip/distributed.py); rank 0 writes."""
     ranks, device = distributed.start(device, config.batch_size)
     discriminator = build_discriminator(config)
-    model, discriminator = model.to(device).train(), distributed.global_batch_norms(discriminator.to(device).train(),
-                                                                                    ranks)
+    discriminator = distributed.global_batch_norms(discriminator, ranks).to(device).train()
+    model = model.to(device).train()
     optimizer = torch.optim.Adam(model.parameters(), lr=config.lr, betas=(0.5, 0.9))
     d_optimizer = torch.optim.Adam(discriminator.parameters(), lr=config.lr, betas=(0.5, 0.9))
     schedule = torch.optim.lr_scheduler.LambdaLR(optimizer, warmup_cosine(config.warmup, config.steps))
