@@ -144,9 +144,11 @@ def split_pipeline(line: str) -> list[list[str]]:
 
 
 def vqclip_argv(words: list[str]) -> list[str] | None:
-    """The arguments after `vqclip` or `python run.py`, or None for any other command."""
+    """The arguments after `vqclip`, `python run.py` or `torchrun ... -m vqclip`, or None for any other command."""
     if words[:1] == ["vqclip"]:
         return words[1:]
+    if words[:1] == ["torchrun"] and "-m" in words and words[words.index("-m") + 1:][:1] == ["vqclip"]:
+        return words[words.index("-m") + 2:]
     if len(words) >= 2 and words[0] in ("python", "python3") and words[1] == "run.py":
         return words[2:]
     return None
@@ -265,6 +267,8 @@ def offline_cli(monkeypatch, tmp_path):
     monkeypatch.chdir(tmp_path)  # nothing is written, but if it were, it would land here
     patches = {
         (vqclip.generation, "generate_from_cli"): _generation_config,
+        # a command naming --device cuda parses on a machine without one
+        (vqclip.generation, "pick_device"): lambda name: "cpu" if name == "auto" else name,
         (vqclip.video.jobs, "make_video"): _fake_video,
         (vqclip.video.jobs, "resume"): lambda run_dir, overrides=None, models=None: SimpleNamespace(output=run_dir),
         (vqclip.prior.jobs, "train_job"): _fake_train_job,

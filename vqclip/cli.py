@@ -188,6 +188,11 @@ def shapes_command(argv: list[str]) -> int:
 
     from pathlib import Path
 
+    from .distributed import ranks_from_env
+
+    if ranks_from_env().several:  # its evaluations and files assume one process
+        raise UserError("vqclip shapes train runs in one process: start it without torchrun (several "
+                        "processes: vqclip train vqgan|clip|prior on a folder)")
     from .shapes import train_clip, train_prior, train_vqgan
 
     module = {"vqgan": train_vqgan, "clip": train_clip, "prior": train_prior}[args.model]
@@ -285,6 +290,7 @@ def train_command(argv: list[str]) -> int:
         raise UserError(f"train {args.recipe} takes " + ("--vqgan (the VQGAN whose tokens it writes), not --from"
                         if args.recipe == "prior" else "--from, not --vqgan (that is for train prior)"))
 
+    from .distributed import ranks_from_env
     from .generation import pick_device
     from .train import jobs
 
@@ -297,7 +303,8 @@ def train_command(argv: list[str]) -> int:
     if args.recipe == "prior":
         options.update(vqgan=args.vqgan, size=args.size)
     metrics = jobs.run(args.recipe, args.data, args.out, config, **options)
-    print(json.dumps(summary(metrics)))
+    if ranks_from_env().main:  # under torchrun, one summary
+        print(json.dumps(summary(metrics)))
     return 0
 
 

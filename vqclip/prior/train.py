@@ -19,6 +19,7 @@ from pathlib import Path
 import torch
 from tqdm.auto import trange
 
+from .. import distributed
 from ..errors import UserError
 from ..outputs import write_json
 from ..precision import training_autocast
@@ -118,14 +119,36 @@ def held_out_loss(model: BartPrior, text: torch.Tensor, images: torch.Tensor, de
     return total / len(images)
 
 
+def restore(state_path: Path, config: TrainConfig, model, optimizer, schedule, rng, generator) -> tuple[int, list]:
+    """Load the training state of `--resume`; (step reached, history)."""
+    stored = stored_config(state_path.parent)
+    if stored is not None:
+        check_resumable(stored, config, state_path)
+    try:
+        state = load_checkpoint(state_path, model, optimizer, schedule, rng, generator)
+    except RuntimeError as exc:  # a checkpoint from before the settings were stored in it, other sizes
+        raise UserError(f"{state_path} holds a model of other sizes than width={config.width}, heads="
+                        f"{config.heads}, glu={config.glu}, encoder_layers={config.encoder_layers}, "
+                        f"decoder_layers={config.decoder_layers}: give the first run's values") from exc
+    # The checkpoint does not hold the schedule's function (it is rebuilt from `steps`); once
+    # `steps` is raised the next step must take the stretched schedule's rate, not the old one's.
+    for group, rate, base in zip(optimizer.param_groups, schedule.lr_lambdas, schedule.base_lrs):
+        group["lr"] = base * rate(schedule.last_epoch)
+    return int(state["step"]), list(state.get("history", []))
+
+
 def train(data: PriorData, out: str | Path, config: TrainConfig, *, held_out: PriorData | None = None,
           resume: bool = False, progress: bool = True, device: str | torch.device = "cpu",
           info: dict | None = None, log=print, on_eval=lambda step, model, tokenizer: None) -> dict:
     """Train and write OUT/prior.{json,safetensors}; returns the metrics (also OUT/prior-metrics.json).
 
     `on_eval(step, model, tokenizer)` is called after each held-out evaluation (with the model in
-    eval mode), e.g. to draw samples; it must not draw from the training's random streams."""
-    out, device = Path(out), torch.device(device)
+    eval mode), e.g. to draw samples; it must not draw from the training's random streams. Under
+    torchrun each rank trains on its share of every batch (vqclip/distributed.py); rank 0 evaluates
+    and writes."""
+    (ranks, device), out = distributed.start(device, config.batch_size), Path(out)
+    progress = progress and ranks.main
+    log = log if ranks.main else lambda line: None
     if held_out is None:
         if len(data.captions) <= 2 * config.eval_items:
             raise UserError(too_few_to_hold_out(len(data.captions), config.eval_items))
@@ -150,23 +173,12 @@ def train(data: PriorData, out: str | Path, config: TrainConfig, *, held_out: Pr
     rng, generator = random.Random(config.seed), torch.Generator().manual_seed(config.seed)
     state_path, start, history = out / "train_state.pt", 0, []
     if resume and state_path.is_file():
-        stored = stored_config(out)
-        if stored is not None:
-            check_resumable(stored, config, state_path)
-        try:
-            state = load_checkpoint(state_path, model, optimizer, schedule, rng, generator)
-        except RuntimeError as exc:  # a checkpoint from before the settings were stored in it, other sizes
-            raise UserError(f"{state_path} holds a model of other sizes than width={config.width}, heads="
-                            f"{config.heads}, glu={config.glu}, encoder_layers={config.encoder_layers}, "
-                            f"decoder_layers={config.decoder_layers}: give the first run's values") from exc
-        start, history = int(state["step"]), list(state.get("history", []))
-        # The checkpoint does not hold the schedule's function (it is rebuilt from `steps`); once
-        # `steps` is raised the next step must take the stretched schedule's rate, not the old one's.
-        for group, rate, base in zip(optimizer.param_groups, schedule.lr_lambdas, schedule.base_lrs):
-            group["lr"] = base * rate(schedule.last_epoch)
+        start, history = restore(state_path, config, model, optimizer, schedule, rng, generator)
     elif resume:
         log(f"no {state_path} yet: starting from step 0")
 
+    distributed.seed_rank(config.seed, ranks)
+    step_loss = distributed.parallel(model, BartPrior.loss, ranks, device)
     tokens_per_step = config.batch_size * images[0].numel()
     seconds, loss_value = 0.0, float("nan")
     bar = trange(start, config.steps, disable=not progress, desc="prior", initial=start, total=config.steps)
@@ -177,19 +189,21 @@ def train(data: PriorData, out: str | Path, config: TrainConfig, *, held_out: Pr
         blanked = torch.rand(config.batch_size, generator=generator) < config.blank_fraction
         batch_text[blanked] = blank
         with training_autocast(device, config.bf16):
-            loss = model.loss(batch_text.to(device), images[index].to(device))
+            loss = step_loss(distributed.shard(batch_text, ranks).to(device),
+                             distributed.shard(images[index], ranks).to(device))
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         torch.nn.utils.clip_grad_norm_(model.parameters(), config.grad_clip)
         optimizer.step()
         schedule.step()
         seconds += time.perf_counter() - began
+        loss = distributed.mean(loss.detach(), ranks)
         loss_value = loss.item()
         if not torch.isfinite(loss):
             raise UserError(f"the training loss became {loss_value} at step {step}: lower --lr")
         done = step + 1
         bar.set_postfix(loss=f"{loss_value:.3f}", tok_s=f"{tokens_per_step * (done - start) / seconds:.0f}")
-        if done % config.eval_every == 0 or done == config.steps:
+        if ranks.main and (done % config.eval_every == 0 or done == config.steps):
             history.append({"step": done, "train_loss": round(loss_value, 4),
                             "held_out_loss": round(held_out_loss(model, eval_text, eval_images, device,
                                                                  config.bf16), 4)})
@@ -198,7 +212,7 @@ def train(data: PriorData, out: str | Path, config: TrainConfig, *, held_out: Pr
             model.eval()
             on_eval(done, model, tokenizer)
             model.train()
-        if done % config.checkpoint_every == 0 or done == config.steps:
+        if ranks.main and (done % config.checkpoint_every == 0 or done == config.steps):
             save_checkpoint(state_path, done, model, optimizer, schedule, rng, generator, history=history,
                             train=asdict(config))
     bar.close()
@@ -207,6 +221,8 @@ def train(data: PriorData, out: str | Path, config: TrainConfig, *, held_out: Pr
                "history": history, "parameters": sum(p.numel() for p in model.parameters()),
                "tokens_per_second": round(tokens_per_step * (config.steps - start) / seconds) if seconds else None,
                "train_seconds_this_run": round(seconds, 1), "train": asdict(config)}
-    save_prior(out, model, tokenizer, {"vqgan": data.vqgan, **(info or {})})
-    write_json(out / "prior-metrics.json", metrics)
+    if ranks.main:
+        save_prior(out, model, tokenizer, {"vqgan": data.vqgan, **(info or {})})
+        write_json(out / "prior-metrics.json", metrics)
+    distributed.barrier(ranks)  # the prior is there for whatever the other ranks run next
     return metrics

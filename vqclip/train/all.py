@@ -11,6 +11,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from ..distributed import ranks_from_env
 from ..outputs import write_json, write_yaml
 from ..prior.train import TrainConfig
 from . import clip as clip_recipe
@@ -44,8 +45,9 @@ def train(data: str | Path, out: str | Path, config: AllConfig, *, held_out: str
         metrics["clip"] = clip_recipe.train(data, out / "clip", config.clip, resume=resume, **common)
     metrics["prior"] = prior_recipe.train(data, out / "prior", config.prior, vqgan=str(out / "vqgan"),
                                           size=config.vqgan.size, resume=resume, **common)
-    write_yaml(out / "preset.yaml", preset(out, config))
-    write_json(out / "metrics.json", metrics)
+    if ranks_from_env().main:  # under torchrun, rank 0 writes
+        write_yaml(out / "preset.yaml", preset(out, config))
+        write_json(out / "metrics.json", metrics)
     return metrics
 
 

@@ -15,6 +15,7 @@ loads as `clip.models=[{name: DIR/clip.json, pretrained: DIR/clip.safetensors}]`
 
 from __future__ import annotations
 
+import functools
 import json
 import random
 from dataclasses import asdict, dataclass
@@ -24,6 +25,7 @@ import torch
 import torch.nn.functional as F
 from tqdm.auto import trange
 
+from .. import distributed
 from ..atomic import atomic_open, atomic_write_text
 from ..errors import UserError
 from ..outputs import write_json
@@ -150,14 +152,21 @@ def zero_shot(model, tokenizer, preprocess, images: torch.Tensor, captions: list
     return {"zero_shot_accuracy": round(right / len(images), 4), "choices": len(choices)}
 
 
+def embed(model, tokens: torch.Tensor, pixels: torch.Tensor):
+    """(unit image embeddings, unit text embeddings, logit scale): what the contrastive loss compares."""
+    text = model.encode_text(tokens, normalize=True)
+    image = model.encode_image(pixels, normalize=True)
+    return image, text, model.logit_scale.exp()
+
+
 def contrastive_step(model, optimizer, schedule, tokens: torch.Tensor, pixels: torch.Tensor, loss_fn,
-                     device: torch.device, bf16: bool) -> torch.Tensor:
-    """One step: both towers (bf16 autocast where fast), `loss_fn(image, text, scale)`, the update, and
-    the logit scale kept at most 100 as in CLIP. Returns the loss."""
+                     device: torch.device, bf16: bool, towers=None, ranks=distributed.Ranks()) -> torch.Tensor:
+    """One step: both towers (`towers(tokens, pixels)`, by default `embed` on `model`; bf16 autocast where
+    fast), `loss_fn(image, text, scale)` over the global batch (every rank's share of it), the update,
+    and the logit scale kept at most 100 as in CLIP. Returns the loss."""
     with training_autocast(device, bf16):
-        text = model.encode_text(tokens, normalize=True)
-        image = model.encode_image(pixels, normalize=True)
-    loss = loss_fn(image.float(), text.float(), model.logit_scale.exp())
+        image, text, scale = (towers or functools.partial(embed, model))(tokens, pixels)
+    loss = loss_fn(distributed.gather(image.float(), ranks), distributed.gather(text.float(), ranks), scale)
     optimizer.zero_grad(set_to_none=True)
     loss.backward()
     optimizer.step()
@@ -171,7 +180,8 @@ def train(data: str | Path, out: str | Path, config: ClipTrainConfig, *, held_ou
           template: str | None = None, resume: bool = False, device: str = "cpu", progress: bool = True) -> dict:
     """Train; checkpoint to OUT/train_state.pt; write OUT/clip.{json,safetensors} and OUT/clip-metrics.json."""
     check_positive(config, ("steps", "batch_size", "size", "eval_every", "checkpoint_every"))
-    out, device = Path(out), torch.device(device)
+    (ranks, device), out = distributed.start(device, config.batch_size), Path(out)
+    progress = progress and ranks.main
     model_cfg, mean, std = model_config(config)
     train_set, held, report = training_data(data, config.size, held_out=held_out, held_out_count=config.held_out,
                                             template=template, progress=progress)
@@ -189,9 +199,10 @@ def train(data: str | Path, out: str | Path, config: ClipTrainConfig, *, held_ou
 
     history = fit(model, model_cfg, mean, std, draw, contrastive_loss, figures, out, config, rng=rng,
                   generator=generator, resume=resume, device=device, progress=progress)
-    metrics = {**history[-1], "steps": config.steps, "history": history, **report, "config": asdict(config)}
-    metrics.pop("step")
-    write_json(out / "clip-metrics.json", metrics)
+    metrics = {**(history[-1] if history else {}), "steps": config.steps, "history": history, **report, "config": asdict(config)}
+    metrics.pop("step", None)
+    if ranks.main:
+        write_json(out / "clip-metrics.json", metrics)
     return metrics
 
 
@@ -200,10 +211,12 @@ def fit(model, model_cfg: dict, mean, std, draw, loss_fn, figures, out: Path, co
         progress: bool) -> list[dict]:
     """The loop over `draw()`'s batches ((images in [0, 1], captions): a folder, the shapes world) with
     `loss_fn(image, text, scale, captions)`; every `eval_every` steps `figures(model, tokenizer,
-    preprocess)` joins the history. Writes OUT/clip.{json,safetensors}; returns the history."""
+    preprocess)` joins the history. Writes OUT/clip.{json,safetensors}; returns the history. Under
+    torchrun each rank embeds its share of every batch (vqclip/distributed.py); rank 0 writes."""
     import open_clip
 
-    model = model.to(device).train()
+    ranks, device = distributed.start(device, config.batch_size)
+    model = distributed.global_batch_norms(model, ranks).to(device).train()  # the ResNet tower's norms
     preprocess = Preprocess(model_cfg, mean, std)
     tokenizer = open_clip.SimpleTokenizer(context_length=model_cfg["text_cfg"].get("context_length", 77))
     optimizer = torch.optim.AdamW(model.parameters(), lr=config.lr, weight_decay=config.weight_decay)
@@ -214,23 +227,28 @@ def fit(model, model_cfg: dict, mean, std, draw, loss_fn, figures, out: Path, co
         if state.get("config") != asdict(config):
             raise UserError(f"{state_path} was trained with other settings: give the same ones, or another --out")
         start, history = int(state["step"]), list(state["history"])
+    distributed.seed_rank(config.seed, ranks)
+    towers = distributed.parallel(model, embed, ranks, device)
     bar = trange(start, config.steps, initial=start, total=config.steps, disable=not progress, desc="clip")
     for step in bar:
         images, captions = draw()
-        loss = contrastive_step(model, optimizer, schedule, tokenizer(captions).to(device),
-                                preprocess(images.to(device)),
-                                lambda image, text, scale: loss_fn(image, text, scale, captions), device, config.bf16)
+        loss = contrastive_step(model, optimizer, schedule, tokenizer(distributed.shard(captions, ranks)).to(device),
+                                preprocess(distributed.shard(images, ranks).to(device)),
+                                lambda image, text, scale: loss_fn(image, text, scale, captions), device, config.bf16,
+                                towers, ranks)
         bar.set_postfix(loss=f"{loss.item():.3f}", refresh=False)
         done = step + 1
-        if done % config.eval_every == 0 or done == config.steps:
+        if ranks.main and (done % config.eval_every == 0 or done == config.steps):
             model.eval()
             history.append({"step": done, "loss": round(loss.item(), 4), **figures(model, tokenizer, preprocess)})
             model.train()
-        if done % config.checkpoint_every == 0 or done == config.steps:
+        if ranks.main and (done % config.checkpoint_every == 0 or done == config.steps):
             save_checkpoint(state_path, done, model, optimizer, schedule, rng, generator, history=history,
                             config=asdict(config))
     model.eval()
-    export(model, model_cfg, mean, std, out)
+    if ranks.main:
+        export(model, model_cfg, mean, std, out)
+    distributed.barrier(ranks)  # the export is there for whatever the other ranks run next
     return history
 
 

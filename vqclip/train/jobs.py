@@ -82,11 +82,14 @@ def run(recipe: str, data: str, out: str, config, **options) -> dict:
     """Run the recipe; options: held_out, template, resume, device, progress, vqgan (prior only)."""
     from importlib import import_module
 
+    from ..distributed import session
+
     module = import_module(f"{__package__}.{recipe}")
     if recipe == "prior":
         if not options.get("vqgan"):
             raise UserError("train prior needs --vqgan (a folder from vqclip train vqgan, or a VQGAN name)")
+    else:
+        options.pop("vqgan", None)
+        options.pop("size", None)
+    with session():  # under torchrun the recipe joins the process group; leave it at the end
         return module.train(data, out, config, **options)
-    options.pop("vqgan", None)
-    options.pop("size", None)
-    return module.train(data, out, config, **options)

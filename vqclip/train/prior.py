@@ -15,6 +15,7 @@ from pathlib import Path
 
 import torch
 
+from .. import distributed
 from ..errors import UserError
 from ..outputs import write_json
 from ..prior import data as prior_data
@@ -69,14 +70,17 @@ def train(data: str | Path, out: str | Path, config: TrainConfig, *, vqgan: str,
     from ..prior import train as prior_train
 
     out, size = Path(out), size or default_size(vqgan)
+    ranks, device = distributed.start(device, config.batch_size)
+    progress = progress and ranks.main
     model = load_vqgan(vqgan, device)
     if size % model.factor:
         raise UserError(f"size={size} is not a multiple of the VQGAN's factor {model.factor}")
     train_set, held, report = training_data(data, size, held_out=held_out, held_out_count=config.eval_items,
                                             template=template, progress=progress)
     description = {"vqgan": str(vqgan), "size": size, "codebook_size": int(model.n_embed), "factor": int(model.factor)}
-    tokens = encode(train_set, model, description, out / "data.pt", resume=resume, progress=progress)
-    held_tokens = encode(held, model, description, out / "held-out.pt", resume=resume, progress=progress)
+    with distributed.main_first(ranks):  # rank 0 encodes; the others find its files
+        tokens = encode(train_set, model, description, out / "data.pt", resume=resume, progress=progress)
+        held_tokens = encode(held, model, description, out / "held-out.pt", resume=resume, progress=progress)
     captions = sorted(set(held.captions))[:4]
 
     def samples(step: int, prior, tokenizer) -> None:
@@ -88,7 +92,8 @@ def train(data: str | Path, out: str | Path, config: TrainConfig, *, vqgan: str,
                                 device=device, info={"recipe": "vqclip train prior", "sample": SAMPLE},
                                 log=lambda line: None, on_eval=samples)
     metrics.update(report)
-    write_json(out / "prior-metrics.json", metrics)
+    if ranks.main:
+        write_json(out / "prior-metrics.json", metrics)
     return metrics
 
 

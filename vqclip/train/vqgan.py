@@ -16,6 +16,7 @@ reconstructions goes to DIR/samples/; the result is DIR/vqgan.yaml + DIR/vqgan.s
 
 from __future__ import annotations
 
+import functools
 import random
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -25,6 +26,7 @@ import torch.nn.functional as F
 import yaml
 from tqdm.auto import trange
 
+from .. import distributed
 from ..atomic import atomic_open, atomic_write_text
 from ..errors import UserError
 from ..models.vqgan import VQ, build_vqgan, read_taming_config, taming_state_dict
@@ -135,10 +137,12 @@ def vq_losses(model, images: torch.Tensor, beta: float):
     return recon, codebook, commitment, tokens, reconstruction
 
 
-def adaptive_weight(recon: torch.Tensor, adversarial: torch.Tensor, last_layer: torch.Tensor) -> torch.Tensor:
-    """taming's balance: |∇ recon| / |∇ adversarial| at the decoder's last layer, clamped to [0, 1e4]."""
-    recon_grad = torch.autograd.grad(recon, last_layer, retain_graph=True)[0]
-    adversarial_grad = torch.autograd.grad(adversarial, last_layer, retain_graph=True)[0]
+def adaptive_weight(recon: torch.Tensor, adversarial: torch.Tensor, last_layer: torch.Tensor,
+                    average=lambda grad: grad) -> torch.Tensor:
+    """taming's balance: |∇ recon| / |∇ adversarial| at the decoder's last layer, clamped to [0, 1e4]
+    (`average`: of a rank's share's gradients over the ranks, the global batch's)."""
+    recon_grad = average(torch.autograd.grad(recon, last_layer, retain_graph=True)[0])
+    adversarial_grad = average(torch.autograd.grad(adversarial, last_layer, retain_graph=True)[0])
     return (recon_grad.norm() / (adversarial_grad.norm() + 1e-4)).clamp(0.0, 1e4).detach()
 
 
@@ -176,6 +180,8 @@ def train(data: str | Path, out: str | Path, config: VQGANTrainConfig, *, held_o
           template: str | None = None, resume: bool = False, device: str = "cpu", progress: bool = True) -> dict:
     """Train; checkpoint to OUT/train_state.pt; write OUT/vqgan.{yaml,safetensors} and OUT/vqgan-metrics.json."""
     check_positive(config, ("steps", "batch_size", "size", "sample_every", "checkpoint_every"))
+    ranks, device = distributed.start(device, config.batch_size)
+    progress = progress and ranks.main
     torch.manual_seed(config.seed)
     generator, rng = torch.Generator().manual_seed(config.seed), random.Random(config.seed)
     model, spec = build_model(config)  # before the data is read: a wrong setting is told at once
@@ -186,9 +192,10 @@ def train(data: str | Path, out: str | Path, config: VQGANTrainConfig, *, held_o
         return train_set.floats(torch.randint(len(train_set), (config.batch_size,), generator=generator))
 
     metrics = fit(model, spec, draw, held.floats(), Path(out), config, rng=rng, generator=generator, resume=resume,
-                  device=torch.device(device), progress=progress)
+                  device=device, progress=progress)
     metrics.update(report)
-    write_json(Path(out) / "vqgan-metrics.json", metrics)
+    if ranks.main:
+        write_json(Path(out) / "vqgan-metrics.json", metrics)
     return metrics
 
 
@@ -196,9 +203,12 @@ def fit(model, spec: dict, draw, held: torch.Tensor, out: Path, config: VQGANTra
         generator: torch.Generator, resume: bool, device: torch.device, progress: bool) -> dict:
     """The loop over the batches `draw()` returns (images in [0, 1]; any source: a folder, the shapes
     world); `rng` and `generator` are the streams it draws from, saved with every checkpoint.
-    Writes OUT/vqgan.{yaml,safetensors}; returns the held-out figures and the history."""
+    Writes OUT/vqgan.{yaml,safetensors}; returns the held-out figures and the history. Under torchrun
+    each rank trains on its share of every batch (vqclip/distributed.py); rank 0 writes."""
+    ranks, device = distributed.start(device, config.batch_size)
     discriminator = build_discriminator(config)
-    model, discriminator = model.to(device).train(), discriminator.to(device).train()
+    discriminator = distributed.global_batch_norms(discriminator, ranks).to(device).train()
+    model = model.to(device).train()
     optimizer = torch.optim.Adam(model.parameters(), lr=config.lr, betas=(0.5, 0.9))
     d_optimizer = torch.optim.Adam(discriminator.parameters(), lr=config.lr, betas=(0.5, 0.9))
     schedule = torch.optim.lr_scheduler.LambdaLR(optimizer, warmup_cosine(config.warmup, config.steps))
@@ -211,13 +221,18 @@ def fit(model, spec: dict, draw, held: torch.Tensor, out: Path, config: VQGANTra
         discriminator.load_state_dict(state["discriminator"])
         d_optimizer.load_state_dict(state["d_optimizer"])
         usage, start, history = state["usage"], int(state["step"]), list(state["history"])
+    distributed.seed_rank(config.seed, ranks)
+    losses = distributed.parallel(model, functools.partial(vq_losses, beta=config.beta), ranks, device)
+    judge = distributed.parallel(discriminator, lambda module, images: module(images), ranks, device)
     bar = trange(start, config.steps, initial=start, total=config.steps, disable=not progress, desc="vqgan")
     for step in bar:
         images = random_crops(draw(), config.crop, generator).to(device)
-        recon, tokens = train_step(model, discriminator, optimizer, d_optimizer, images, config,
-                                   adversarial=0 <= config.disc_start <= step)
+        recon, tokens = train_step(model, losses, judge, optimizer, d_optimizer, distributed.shard(images, ranks),
+                                   config, adversarial=0 <= config.disc_start <= step,
+                                   average=functools.partial(distributed.mean, ranks=ranks))
         schedule.step()
-        usage += torch.bincount(tokens.flatten().cpu(), minlength=model.n_embed)
+        usage += distributed.total(torch.bincount(tokens.flatten(), minlength=model.n_embed), ranks).cpu()
+        recon = distributed.mean(recon, ranks).item()
         if config.restart_every and (step + 1) % config.restart_every == 0:
             with torch.no_grad():
                 candidates = model.encode(images).movedim(1, -1).reshape(-1, model.embed_dim).float()
@@ -225,27 +240,34 @@ def fit(model, spec: dict, draw, held: torch.Tensor, out: Path, config: VQGANTra
             usage.zero_()
         bar.set_postfix(recon=f"{recon:.4f}", refresh=False)
         done = step + 1
-        if done % config.sample_every == 0 or done == config.steps:
+        if ranks.main and (done % config.sample_every == 0 or done == config.steps):
             history.append({"step": done, "recon_loss": round(recon, 5), **watch(model, held, out, done, device)})
-        if done % config.checkpoint_every == 0 or done == config.steps:
+        if ranks.main and (done % config.checkpoint_every == 0 or done == config.steps):
             save_checkpoint(state_path, done, model, optimizer, schedule, rng, generator, usage=usage,
                             history=history, config=asdict(config), discriminator=discriminator.state_dict(),
                             d_optimizer=d_optimizer.state_dict())
     model.eval()
-    export(model, spec, out)
-    return {**evaluate(model, held, device), "steps": config.steps, "history": history, "config": asdict(config)}
+    figures = {}
+    if ranks.main:
+        export(model, spec, out)
+        figures = evaluate(model, held, device)
+    distributed.barrier(ranks)  # the export is there for whatever the other ranks run next
+    return {**figures, "steps": config.steps, "history": history, "config": asdict(config)}
 
 
-def train_step(model, discriminator, optimizer, d_optimizer, images: torch.Tensor, config: VQGANTrainConfig, *,
-               adversarial: bool) -> tuple[float, torch.Tensor]:
-    """One update of the VQGAN (and, once it has joined, of the discriminator); (reconstruction loss, tokens)."""
+def train_step(model, losses, discriminator, optimizer, d_optimizer, images: torch.Tensor, config: VQGANTrainConfig,
+               *, adversarial: bool, average=lambda grad: grad) -> tuple[torch.Tensor, torch.Tensor]:
+    """One update of the VQGAN (and, once it has joined, of the discriminator); (reconstruction loss, tokens).
+
+    `losses(images)` is vq_losses on `model` and `discriminator(images)` the discriminator, both
+    possibly through DistributedDataParallel; `average` makes a rank's gradient the global batch's."""
     device = images.device
     with training_autocast(device, config.bf16):
-        recon, codebook, commitment, tokens, reconstruction = vq_losses(model, images, config.beta)
+        recon, codebook, commitment, tokens, reconstruction = losses(images)
         loss = recon + codebook + commitment
         if adversarial:
             g_loss = -discriminator(2 * reconstruction - 1).float().mean()
-            weight = adaptive_weight(recon, g_loss, model.decoder.conv_out.weight) * config.disc_weight
+            weight = adaptive_weight(recon, g_loss, model.decoder.conv_out.weight, average) * config.disc_weight
             loss = loss + weight * g_loss
     optimizer.zero_grad(set_to_none=True)
     loss.backward()
@@ -257,7 +279,7 @@ def train_step(model, discriminator, optimizer, d_optimizer, images: torch.Tenso
         d_optimizer.zero_grad(set_to_none=True)
         d_loss.backward()
         d_optimizer.step()
-    return recon.item(), tokens
+    return recon.detach(), tokens
 
 
 def watch(model, held: torch.Tensor, out: Path, step: int, device: torch.device) -> dict:
