@@ -104,6 +104,13 @@ VQGANS: dict[str, VQGANEntry] = {e.name: e for e in [
                RemoteFile("vqgan.safetensors", BUNDLED + "shapes/weights/vqgan.safetensors", 7.9),
                RemoteFile("vqgan.yaml", BUNDLED + "shapes/weights/vqgan.yaml"),
                note="the embedded shapes world (shipped; `vqclip shapes train vqgan`)"),
+    VQGANEntry("digits", {"target": "taming.models.vqgan.VQModel", "params": {
+                   "embed_dim": 64, "n_embed": 128, "ddconfig": dict(
+                       double_z=False, z_channels=64, resolution=32, in_channels=3, out_ch=3, ch=32,
+                       ch_mult=[1, 2, 2], num_res_blocks=1, attn_resolutions=[], dropout=0.0)}},
+               RemoteFile("vqgan.safetensors", BUNDLED + "digits/weights/vqgan.safetensors", 2.1),
+               RemoteFile("vqgan.yaml", BUNDLED + "digits/weights/vqgan.yaml"),
+               note="the shipped digits world (`vqclip train all` on `vqclip data digits`)"),
     VQGANEntry("min-dalle", None,
                RemoteFile("detoker.pt", "https://huggingface.co/kuprel/min-dalle/resolve/main/detoker.pt", 187),
                format="min-dalle", note="DALL-E mini's decoder-only f16/16384 VQGAN"),
@@ -123,6 +130,8 @@ PRIORS: dict[str, list[RemoteFile]] = {
         ("encoder.pt", None), ("decoder.pt", None), ("vocab.json", None), ("merges.txt", None))],
     "shapes": [RemoteFile("prior.json", BUNDLED + "shapes/weights/prior.json"),
                RemoteFile("prior.safetensors", BUNDLED + "shapes/weights/prior.safetensors", 2)],
+    "digits": [RemoteFile("prior.json", BUNDLED + "digits/weights/prior.json"),
+               RemoteFile("prior.safetensors", BUNDLED + "digits/weights/prior.safetensors", 1.8)],
 }
 
 # Common open_clip weights (architecture, tag). open_clip fetches these itself; `openai` weights
@@ -143,6 +152,8 @@ CLIP_PRETRAINED: dict[str, tuple[str, ...]] = {
 BUNDLED_CLIPS: dict[str, tuple[RemoteFile, RemoteFile]] = {
     "shapes": (RemoteFile("clip.json", BUNDLED + "shapes/weights/clip.json"),
                RemoteFile("clip.safetensors", BUNDLED + "shapes/weights/clip.safetensors", 9)),
+    "digits": (RemoteFile("clip.json", BUNDLED + "digits/weights/clip.json"),
+               RemoteFile("clip.safetensors", BUNDLED + "digits/weights/clip.safetensors", 5.9)),
 }
 
 
