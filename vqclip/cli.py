@@ -249,10 +249,10 @@ def digits_command(argv: list[str]) -> int:
     digits = tuple(int(d) for d in args.digits.split(",") if d.strip().isdigit() and int(d) <= 9)
     if not digits or len(digits) != len(args.digits.split(",")):
         raise UserError(f"--digits takes digits 0 to 9 separated by commas (e.g. 3,7), not {args.digits!r}")
-    for name in ("seeds", "prior_samples"):
-        if getattr(args, name) < (1 if name == "seeds" else 0):
-            raise UserError(f"--{name.replace('_', '-')} must be at least {1 if name == 'seeds' else 0}, "
-                            f"not {getattr(args, name)}")
+    if args.seeds < 1:
+        raise UserError(f"--seeds must be at least 1, not {args.seeds}")
+    if args.prior_samples < 0:
+        raise UserError(f"--prior-samples must be at least 0, not {args.prior_samples}")
 
     from pathlib import Path
 

@@ -33,6 +33,7 @@ def evaluate(seeds: int, *, preset: str = "digits", out: Path, dotlist: list[str
         return build_config(preset, {"prompts": [prompt], "seed": seed, "quiet": True, "run_dir": str(run_dir)},
                             list(dotlist))
 
+    judge.classifier()  # without scikit-learn: the one-line error before any image is drawn
     models = load_models(config("x", 0, out))  # checks the settings before any work, loads once
     rows, seconds = [], 0.0
     for digit in digits:
