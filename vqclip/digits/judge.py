@@ -25,9 +25,9 @@ def held_out_mask(count: int) -> np.ndarray:
 @functools.lru_cache(maxsize=1)
 def classifier():
     """The SVC fitted on the held-out digits (needs scikit-learn: pip install 'vqclip[digits]')."""
+    images, digits = load_digits()  # first: without scikit-learn it says how to install it
     from sklearn.svm import SVC
 
-    images, digits = load_digits()
     mask = held_out_mask(len(images))
     return SVC(gamma=GAMMA, C=C).fit(images[mask].reshape(mask.sum(), -1), np.asarray(digits)[mask])
 
