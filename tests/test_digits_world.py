@@ -99,18 +99,9 @@ def test_the_digits_preset_meets_the_target(tmp_path):
     assert report["prior"]["samples_accuracy"] >= 0.9 and report["prior"]["best_of_n_accuracy"] >= 0.9
 
 
-def test_digits_eval_without_scikit_learn_is_one_line_and_draws_nothing(monkeypatch, tmp_path, capsys):
-    import builtins
-
-    real_import = builtins.__import__
-
-    def no_sklearn(name, *args, **kwargs):
-        if name.startswith("sklearn"):
-            raise ImportError(name)
-        return real_import(name, *args, **kwargs)
-
-    judge.classifier.cache_clear()
-    monkeypatch.setattr(builtins, "__import__", no_sklearn)
+def test_digits_eval_without_scikit_learn_is_one_line_and_draws_nothing(tmp_path, capsys, request):
+    judge.classifier.cache_clear()  # before imports fail: a fitted judge would not need scikit-learn
+    request.getfixturevalue("without_sklearn")
     assert main(["digits", "eval", "--out", str(tmp_path / "eval")]) == 2
     err = capsys.readouterr().err
     assert "pip install 'vqclip[digits]'" in err and len(err.strip().splitlines()) == 1
