@@ -1,7 +1,7 @@
-"""Make the pictures in README.md and docs/ again, from the shipped shapes world (offline).
+"""Make the pictures in README.md and docs/ again, from the shipped shapes and digits worlds (offline).
 
     python docs/pictures.py                  # all of them
-    python docs/pictures.py contact-sheet    # or some: contact-sheet, morph, masks, ui
+    python docs/pictures.py contact-sheet    # or some: contact-sheet, morph, masks, ui, digits
 
 Each takes a minute or two on 2 CPU cores. `ui` drives the web page in Debian's Chromium
 (`apt-get install chromium`) through the browser test, which writes the screenshot.
@@ -102,7 +102,27 @@ def ui(work: Path) -> None:
         raise SystemExit("the browser test did not write docs/ui.png (is Chromium installed?)")
 
 
-PICTURES = {"contact-sheet": contact_sheet, "morph": morph, "masks": masks, "ui": ui}
+def digits(work: Path) -> None:
+    """docs/digits-grid.png: the `digits` preset's "the digit 0" … "the digit 9" (rows), seeds 0-5."""
+    import torch
+    import torch.nn.functional as F
+
+    import vqclip
+    from vqclip.config import build_config
+    from vqclip.digits.evaluate import DIGITS, PROMPT
+    from vqclip.generation import load_models
+    from vqclip.train.common import save_grid
+
+    models = load_models(build_config("digits", {"quiet": True}))
+    rows = []
+    for digit in DIGITS:
+        images = [vqclip.generate(PROMPT.format(digit), preset="digits", seed=seed, quiet=True, models=models,
+                                  run_dir=str(work / f"{digit}-{seed}")).images[:1] for seed in range(6)]
+        rows.append(F.interpolate(torch.cat(images), scale_factor=2, mode="nearest"))
+    save_grid(DOCS / "digits-grid.png", rows, {"preset": "digits", "rows": "the digit 0 ... 9", "seeds": "0-5"})
+
+
+PICTURES = {"contact-sheet": contact_sheet, "morph": morph, "masks": masks, "ui": ui, "digits": digits}
 
 
 def main(names: list[str]) -> int:

@@ -345,3 +345,18 @@ def _free_port() -> int:
 def free_port():
     """free_port() -> a loopback TCP port that nothing listens on now."""
     return _free_port
+
+
+@pytest.fixture
+def without_sklearn(monkeypatch):
+    """Imports of scikit-learn fail, as where the `digits` extra is not installed."""
+    import builtins
+
+    real_import = builtins.__import__
+
+    def no_sklearn(name, *args, **kwargs):
+        if name.startswith("sklearn"):
+            raise ImportError(name)
+        return real_import(name, *args, **kwargs)
+
+    monkeypatch.setattr(builtins, "__import__", no_sklearn)

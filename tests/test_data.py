@@ -141,17 +141,7 @@ def test_digits_folder(tmp_path):
     assert pixel[0, ::4, 16].tolist() == [134, 135, 149, 106, 31, 157, 202, 187]
 
 
-def test_digits_without_scikit_learn_is_one_line(monkeypatch, tmp_path, capsys):
-    import builtins
-
-    real_import = builtins.__import__
-
-    def no_sklearn(name, *args, **kwargs):
-        if name.startswith("sklearn"):
-            raise ImportError(name)
-        return real_import(name, *args, **kwargs)
-
-    monkeypatch.setattr(builtins, "__import__", no_sklearn)
+def test_digits_without_scikit_learn_is_one_line(without_sklearn, tmp_path, capsys):
     assert main(["data", "digits", str(tmp_path / "d")]) == 2
     assert "pip install 'vqclip[digits]'" in capsys.readouterr().err
     assert not (tmp_path / "d").exists()

@@ -248,6 +248,7 @@ def offline_cli(monkeypatch, tmp_path):
     import vqclip.bench
     import vqclip.cli
     import vqclip.concurrency
+    import vqclip.digits.evaluate
     import vqclip.generation
     import vqclip.models.clip
     import vqclip.models.registry
@@ -278,6 +279,9 @@ def offline_cli(monkeypatch, tmp_path):
         (vqclip.shapes.evaluate, "evaluate"): _fake_evaluate,
         (vqclip.shapes.evaluate, "format_table"): lambda report: "",
         (vqclip.shapes.evaluate, "read_prompts"): lambda path: ["a red circle"],
+        (vqclip.digits.evaluate, "evaluate"): lambda seeds, *, preset, out, dotlist, **kwargs: _fake_evaluate(
+            [], seeds, preset=preset, out=out, dotlist=dotlist),
+        (vqclip.digits.evaluate, "format_table"): lambda report: "",
         (vqclip.outputs, "write_json"): lambda *args, **kwargs: None,
         (vqclip.outputs, "read_metadata"): lambda path: {},
         (vqclip.shapes.train_vqgan, "train"): lambda *args, **kwargs: {},

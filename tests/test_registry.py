@@ -16,15 +16,18 @@ from vqclip.models.vqgan import build_vqgan, vqgan_spec_from_model_config
 @pytest.mark.parametrize("name", [n for n, e in registry.VQGANS.items() if e.model])
 def test_every_vqgan_entry_has_a_valid_architecture(name):
     spec = vqgan_spec_from_model_config(registry.VQGANS[name].model, name)
-    expected = {"shapes": (512, 64)}.get(name, (spec["n_embed"], 256))
-    assert (spec["n_embed"], spec["embed_dim"]) == expected and spec["n_embed"] in (512, 1024, 8192, 16384)
+    expected = {"shapes": (512, 64), "digits": (128, 64)}.get(name, (spec["n_embed"], 256))
+    assert (spec["n_embed"], spec["embed_dim"]) == expected and spec["n_embed"] in (128, 512, 1024, 8192, 16384)
 
 
-def test_bundled_shapes_vqgan_matches_its_registry_architecture():
+@pytest.mark.parametrize("name", ["shapes", "digits"])
+def test_bundled_vqgan_matches_its_registry_architecture(name):
     from vqclip.models.vqgan import read_taming_config
 
-    config, _ = registry.fetch_vqgan("shapes", progress=False)
-    assert read_taming_config(config)["ddconfig"] == registry.VQGANS["shapes"].model["params"]["ddconfig"]
+    config, _ = registry.fetch_vqgan(name, progress=False)
+    read, params = read_taming_config(config), registry.VQGANS[name].model["params"]
+    assert (read["ddconfig"], read["n_embed"], read["embed_dim"]) == (params["ddconfig"], params["n_embed"],
+                                                                     params["embed_dim"])
 
 
 def test_unknown_names_list_the_valid_ones():

@@ -244,6 +244,43 @@ def _shapes_vqgan(folder: str | None):
     return load_vqgan(Path(folder) / "vqgan.yaml", Path(folder) / "vqgan.safetensors")
 
 
+# -- the shipped digits world -------------------------------------------------------------------
+@command("digits")
+def digits_command(argv: list[str]) -> int:
+    parser = Parser(prog="vqclip digits", description="The shipped digits models: grade what they draw.")
+    sub = parser.add_subparsers(dest="action", required=True)
+    grade = sub.add_parser("eval", help='draw "the digit 0" ... "the digit 9" and judge the images with a '
+                           "classifier of real held-out digits (needs: pip install 'vqclip[digits]')")
+    grade.add_argument("--seeds", type=int, default=1, help="seeds per digit")
+    grade.add_argument("--digits", default="0,1,2,3,4,5,6,7,8,9", help="which digits to draw, e.g. 3,7 (default: all)")
+    grade.add_argument("--prior-samples", type=int, default=0, help="also judge this many samples of the prior "
+                       "alone per digit, and the best of them by CLIP (default: none)")
+    grade.add_argument("-p", "--preset", default="digits")
+    grade.add_argument("--out", default="outputs/digits-eval", help="folder for the images and eval.json")
+    grade.add_argument("overrides", nargs="*", help="key=value, e.g. steps=20 init.weight=10")
+    args = parser.parse_args(argv)
+    digits = tuple(int(d) for d in args.digits.split(",") if d.strip().isdigit() and int(d) <= 9)
+    if not digits or len(digits) != len(args.digits.split(",")):
+        raise UserError(f"--digits takes digits 0 to 9 separated by commas (e.g. 3,7), not {args.digits!r}")
+    if args.seeds < 1:
+        raise UserError(f"--seeds must be at least 1, not {args.seeds}")
+    if args.prior_samples < 0:
+        raise UserError(f"--prior-samples must be at least 0, not {args.prior_samples}")
+
+    from pathlib import Path
+
+    from .digits import evaluate
+    from .outputs import write_json
+
+    out = Path(args.out)
+    report = evaluate.evaluate(args.seeds, preset=args.preset, out=out, dotlist=args.overrides,
+                               prior_samples=args.prior_samples, digits=digits)
+    print(evaluate.format_table(report))
+    write_json(out / "eval.json", report)
+    print(out / "eval.json")
+    return 0
+
+
 # -- data sets and the general training recipes -----------------------------------------------
 @command("data")
 def data_command(argv: list[str]) -> int:

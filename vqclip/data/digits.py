@@ -42,11 +42,17 @@ def load_digits():
     return bunch.images, [int(t) for t in bunch.target]
 
 
-def write_digits(out: str | Path, size: int = SIZE) -> dict:
-    """Write the digits under OUT; returns {split: count}. Each file is written atomically."""
+def picture(pixels, size: int = SIZE):
+    """One digit (8 × 8 in 0..16) as the RGB image the data set holds: white on black, scaled up."""
     import numpy as np
     from PIL import Image
 
+    grey = Image.fromarray((pixels * (255 / 16)).round().astype(np.uint8), mode="L")
+    return grey.resize((size, size), Image.Resampling.BICUBIC).convert("RGB")
+
+
+def write_digits(out: str | Path, size: int = SIZE) -> dict:
+    """Write the digits under OUT; returns {split: count}. Each file is written atomically."""
     if size < 8:
         raise UserError(f"--size must be at least 8 (the digits are 8 × 8), not {size}")
     out = Path(out)
@@ -56,10 +62,8 @@ def write_digits(out: str | Path, size: int = SIZE) -> dict:
     for index, (pixels, digit) in enumerate(zip(images, digits)):
         split = split_of(index)
         name = f"{index:04d}"
-        grey = Image.fromarray((pixels * (255 / 16)).round().astype(np.uint8), mode="L")
-        image = grey.resize((size, size), Image.Resampling.BICUBIC).convert("RGB")
         buffer = io.BytesIO()
-        image.save(buffer, format="PNG")
+        picture(pixels, size).save(buffer, format="PNG")
         atomic_write_bytes(out / split / f"{name}.png", buffer.getvalue())
         atomic_write_text(out / split / f"{name}.txt", caption(digit, index) + "\n")
         rows.append((split, f"{split}/{name}.png", digit))

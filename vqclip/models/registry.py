@@ -61,6 +61,16 @@ def _heibox(share: str, path: str, filename: str, approx_mb: float | None = None
     return RemoteFile(filename, f"{HEIBOX}/{share}/files/?p={path.replace('/', '%2F')}&dl=1", approx_mb)
 
 
+def _bundled_vqgan(name: str, *, n_embed: int, resolution: int, ch: int, approx_mb: float, note: str) -> VQGANEntry:
+    """A small f4 VQGAN shipped under vqclip/<name>/weights/ (the recipes' architecture: 64-dim codes)."""
+    ddconfig = dict(double_z=False, z_channels=64, resolution=resolution, in_channels=3, out_ch=3, ch=ch,
+                    ch_mult=[1, 2, 2], num_res_blocks=1, attn_resolutions=[], dropout=0.0)
+    return VQGANEntry(name, {"target": "taming.models.vqgan.VQModel",
+                             "params": {"embed_dim": 64, "n_embed": n_embed, "ddconfig": ddconfig}},
+                      RemoteFile("vqgan.safetensors", f"{BUNDLED}{name}/weights/vqgan.safetensors", approx_mb),
+                      RemoteFile("vqgan.yaml", f"{BUNDLED}{name}/weights/vqgan.yaml"), note=note)
+
+
 VQGANS: dict[str, VQGANEntry] = {e.name: e for e in [
     VQGANEntry("imagenet_f16_1024", _vq(1024),
                _heibox("8088892a516d4e3baf92", "/ckpts/last.ckpt", "last.ckpt", 958),
@@ -97,13 +107,10 @@ VQGANS: dict[str, VQGANEntry] = {e.name: e for e in [
                RemoteFile("faceshq.yaml",
                           "https://drive.google.com/uc?export=download&id=1fHwGx_hnBtC8nsq7hesJvs-Klv-P0gzT"),
                note="FacesHQ (Net2Net first stage), community mirrors"),
-    VQGANEntry("shapes", {"target": "taming.models.vqgan.VQModel", "params": {
-                   "embed_dim": 64, "n_embed": 512, "ddconfig": dict(
-                       double_z=False, z_channels=64, resolution=64, in_channels=3, out_ch=3, ch=64,
-                       ch_mult=[1, 2, 2], num_res_blocks=1, attn_resolutions=[], dropout=0.0)}},
-               RemoteFile("vqgan.safetensors", BUNDLED + "shapes/weights/vqgan.safetensors", 7.9),
-               RemoteFile("vqgan.yaml", BUNDLED + "shapes/weights/vqgan.yaml"),
-               note="the embedded shapes world (shipped; `vqclip shapes train vqgan`)"),
+    _bundled_vqgan("shapes", n_embed=512, resolution=64, ch=64, approx_mb=7.9,
+                   note="the embedded shapes world (shipped; `vqclip shapes train vqgan`)"),
+    _bundled_vqgan("digits", n_embed=128, resolution=32, ch=32, approx_mb=2.1,
+                   note="the shipped digits world (`vqclip train all` on `vqclip data digits`)"),
     VQGANEntry("min-dalle", None,
                RemoteFile("detoker.pt", "https://huggingface.co/kuprel/min-dalle/resolve/main/detoker.pt", 187),
                format="min-dalle", note="DALL-E mini's decoder-only f16/16384 VQGAN"),
@@ -123,6 +130,8 @@ PRIORS: dict[str, list[RemoteFile]] = {
         ("encoder.pt", None), ("decoder.pt", None), ("vocab.json", None), ("merges.txt", None))],
     "shapes": [RemoteFile("prior.json", BUNDLED + "shapes/weights/prior.json"),
                RemoteFile("prior.safetensors", BUNDLED + "shapes/weights/prior.safetensors", 2)],
+    "digits": [RemoteFile("prior.json", BUNDLED + "digits/weights/prior.json"),
+               RemoteFile("prior.safetensors", BUNDLED + "digits/weights/prior.safetensors", 1.8)],
 }
 
 # Common open_clip weights (architecture, tag). open_clip fetches these itself; `openai` weights
@@ -143,6 +152,8 @@ CLIP_PRETRAINED: dict[str, tuple[str, ...]] = {
 BUNDLED_CLIPS: dict[str, tuple[RemoteFile, RemoteFile]] = {
     "shapes": (RemoteFile("clip.json", BUNDLED + "shapes/weights/clip.json"),
                RemoteFile("clip.safetensors", BUNDLED + "shapes/weights/clip.safetensors", 9)),
+    "digits": (RemoteFile("clip.json", BUNDLED + "digits/weights/clip.json"),
+               RemoteFile("clip.safetensors", BUNDLED + "digits/weights/clip.safetensors", 5.9)),
 }
 
 
