@@ -290,6 +290,11 @@ def test_the_page_turns_outpaint_buttons_and_painted_layers_into_settings(tmp_pa
     background, painted = editor_parts(value)
     assert background == str(tmp_path / "start.png") and painted[:, 4:].all() and not painted[:, :4].any()
     assert editor_parts({**value, "layers": []})[1] is None and editor_parts(str(tmp_path / "start.png"))[1] is None
+    canvas = Image.new("RGBA", (80, 40), (0, 0, 0, 0))  # painted before the picture reached the canvas
+    canvas.paste((255, 0, 255, 255), (60, 0, 80, 40))
+    canvas.save(tmp_path / "canvas.png")
+    scaled = editor_parts({**value, "layers": [str(tmp_path / "canvas.png")]})[1]
+    assert scaled.shape == (8, 8) and scaled[:, 6:].all() and not scaled[:, :6].any()
     shown = preview(value, False, "0 0 0 2").astype(int)
     assert shown.shape == (10, 8, 3)
     assert (shown[:8, :4] == (np.array([30, 70, 220]) * 0.35).round()).all()  # kept: dimmed

@@ -232,7 +232,8 @@ def test_paint_a_mask_on_the_init_image_and_get_an_edited_image(ui, page, tmp_pa
     page.locator("#prompts textarea").fill("a red circle")
     fill_number(page, "seed", 1)
     page.locator("#edit").get_by_text("Edit an image").click()
-    page.locator("#init-image input[type=file]").set_input_files(str(start))
+    with page.expect_response(lambda response: "upload" in response.url, timeout=60_000):
+        page.locator("#init-image input[type=file]").set_input_files(str(start))
     page.locator("#init-image canvas").first.wait_for(timeout=30_000)
     page.locator("#init-image button[aria-label='Brush']").first.click()
     canvas = page.locator("#init-image canvas").first.bounding_box()
@@ -257,7 +258,8 @@ def test_paint_a_mask_on_the_init_image_and_get_an_edited_image(ui, page, tmp_pa
     assert len(finals) == 1
     config = yaml.safe_load((finals[0].parent / "config.yaml").read_text())
     painted = np.asarray(Image.open(config["mask"]["image"])) > 127
-    assert 0 < painted.mean() < 0.6 and painted[:, 56:].any() and not painted[:, :8].any()
+    assert painted.shape == (64, 64) and 0 < painted.mean() < 0.6
+    assert painted[:, 48:].any() and not painted[:, :8].any()
     edited = fetch_image(page, image_src(page, "final")).astype(int)
     original = np.asarray(Image.open(start)).astype(int)
     assert np.array_equal(edited[~painted], original[~painted])

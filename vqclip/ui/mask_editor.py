@@ -36,10 +36,13 @@ def editor_parts(value) -> tuple[str | None, np.ndarray | None]:
     background = value.get("background") if isinstance(value, dict) else None
     if not background:
         return None, None
+    with read_picture(background, "init image") as picture:
+        size = picture.size
     painted = None
     for layer in value.get("layers") or []:
         with read_picture(layer, "painted layer") as picture:
-            alpha = np.array(picture.convert("RGBA").getchannel("A")) > 0
+            # a layer made before the picture reached the canvas has the canvas's size: scale it onto the picture
+            alpha = np.array(picture.convert("RGBA").getchannel("A").resize(size, Image.NEAREST)) > 0
         painted = alpha if painted is None else painted | alpha
     return str(background), painted if painted is not None and painted.any() else None
 
