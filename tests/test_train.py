@@ -265,6 +265,8 @@ def test_train_all_settings_go_to_their_recipe(tmp_path):
     assert (config.vqgan.n_embed, config.clip.steps, config.prior.width, config.steps) == (64, 7, 64, 12)
     assert config.vqgan.seed == config.clip.seed == config.prior.seed == 3
     assert config.clip.size == config.vqgan.size
+    # the parts nobody set keep train all's own defaults (its smaller prior), not the lone recipe's
+    assert (config.prior.decoder_layers, config.prior.encoder_layers, config.prior.eval_items) == (3, 1, 64)
 
 
 def test_train_all_on_the_digits_writes_a_preset_that_generates(tmp_path, capsys):

@@ -41,8 +41,8 @@ def stored(cls, folder: Path):
     return cls(**{k: v for k, v in saved.items() if k in known})
 
 
-def _one(cls, folder: Path, settings: list[str], flags: dict, resume: bool):
-    base = (stored(cls, folder) if resume else None) or cls()
+def _one(cls, folder: Path, settings: list[str], flags: dict, resume: bool, default=None):
+    base = (stored(cls, folder) if resume else None) or default or cls()
     config = apply_settings(base, settings)
     for key, value in flags.items():
         if value is not None and hasattr(config, key):
@@ -72,7 +72,8 @@ def build_config(recipe: str, out: str | Path, settings: list[str], *, resume: b
             own.append(item)
     config = apply_settings(config, own)
     for name, items in parts.items():
-        setattr(config, name, _one(recipe_class(name), out / name, items, flags, resume))
+        # train all's own defaults for each part (a smaller prior), not the recipe's alone
+        setattr(config, name, _one(recipe_class(name), out / name, items, flags, resume, getattr(config, name)))
     if flags.get("size") is None:  # the prior encodes at the VQGAN's size: one size for the three
         config.clip.size = config.vqgan.size
     return config
