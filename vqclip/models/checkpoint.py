@@ -193,6 +193,7 @@ def _legacy_module_load(path: Path, allowed: Collection[str], what: str) -> obje
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")  # "couldn't retrieve source code" for each stand-in class
+            # weights_only=False only hands torch our restricted unpickler: its find_class is the allow-list
             return torch.load(str(path), map_location="cpu", pickle_module=restricted, weights_only=False)
     except UnsafeCheckpointError:
         raise
