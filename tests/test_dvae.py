@@ -295,6 +295,23 @@ def test_registry_entry_and_cached_files(tmp_path, monkeypatch, dvae_files, dvae
     assert "VQGAN: dvae, 64 codes × 64, factor 8, decodes 2×2 tokens to (16, 16)" in capsys.readouterr().out
 
 
+def test_a_given_encoder_is_used_beside_a_named_decoder(tmp_path, monkeypatch, dvae_files, fake_class):
+    import shutil
+
+    from vqclip.models import registry
+
+    monkeypatch.setenv("VQCLIP_CACHE", str(tmp_path / "cache"))  # the registry's two files, seed 0
+    (tmp_path / "cache" / "dalle_dvae").mkdir(parents=True)
+    for path in dvae_files:
+        shutil.copy(path, tmp_path / "cache" / "dalle_dvae" / path.name)
+    _, own_encoder = write_published_dvae(tmp_path / "own", fake_class, seed=1)
+    model = registry.load_vqgan_from_config({"name": "dalle_dvae", "format": "dvae", "encoder": str(own_encoder)},
+                                            progress=False)
+    expected = tiny_dvae(seed=1)[1].state_dict()
+    assert all(torch.equal(model.encoder.state_dict()[k], v) for k, v in expected.items())
+    assert not torch.equal(tiny_dvae(seed=0)[1].state_dict()["blocks.input.w"], expected["blocks.input.w"])
+
+
 def test_adapter_interface_matches_the_vqgans():
     from vqclip.models.vqgan import VQGAN
 

@@ -183,6 +183,8 @@ MASK_ERRORS = [
     (["--mask", "not-an-image.png"], "cannot read mask not-an-image.png"),
     (["--mask", "black.png"], "the mask is all black: nothing may change"),
     (["--mask", "white.png", "--mask-invert"], "the mask is all black"),
+    (["--mask-invert"], "--mask-invert (mask.invert) inverts a mask, and none is given"),
+    (["--mask-invert", "--outpaint", "0", "0", "8", "0"], "inverts a mask, and none is given"),
     (["--mask-box", "10", "0", "40", "32"], "lies outside the 32×32 image"),
     (["--mask-box", "0.5", "0", "1", "0"], "is not a box"),
     (["--outpaint", "0", "0", "0", "0"], "at least one above 0"),

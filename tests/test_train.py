@@ -104,8 +104,25 @@ def test_vqgan_resume_after_a_kill_is_bit_exact(shapes_folder, tmp_path, monkeyp
     a = torch.load(tmp_path / "straight" / "train_state.pt", weights_only=True)["discriminator"]
     b = torch.load(tmp_path / "stopped" / "train_state.pt", weights_only=True)["discriminator"]
     assert all(torch.equal(a[k], b[k]) for k in a)
-    with pytest.raises(UserError, match="other settings"):
+    with pytest.raises(UserError, match="lr=0.5 differs from lr=0.001 stored in"):
         vqgan_recipe.train(shapes_folder, tmp_path / "stopped", tiny_vqgan(lr=0.5), resume=True, progress=False)
+
+
+@pytest.mark.parametrize("recipe, first, changed", [
+    ("vqgan", ["n_embed=16", "embed_dim=8", "z_channels=8", "ch=32"], "ch=64"),
+    ("clip", ["width=8", "embed_dim=16", "text_width=32", "text_layers=1", "context_length=8"], "width=16"),
+])
+def test_resume_with_another_architecture_names_the_setting(shapes_folder, tmp_path, capsys, recipe, first, changed):
+    args = ["train", recipe, str(shapes_folder), "--out", str(tmp_path / "out"), "--steps", "1", "--size", "32",
+            "--quiet", "batch_size=4", "held_out=4", "checkpoint_every=1", "bf16=false", *first]
+    assert main(args) == 0
+    before = (tmp_path / "out" / "train_state.pt").read_bytes()
+    capsys.readouterr()
+    assert main([*args, "--resume", changed]) == 2  # a one-line error, not a failure inside load_state_dict
+    key, value = changed.split("=")
+    stored = next(item for item in first if item.startswith(key + "=")).split("=")[1]
+    assert f"{key}={value} differs from {key}={stored} stored in" in capsys.readouterr().err
+    assert (tmp_path / "out" / "train_state.pt").read_bytes() == before
 
 
 def test_the_discriminator_changes_the_result_only_after_it_joins(shapes_folder, tmp_path):

@@ -422,6 +422,9 @@ def _check_schedules(config: DictConfig) -> None:
 def _check_mask(config: DictConfig) -> None:
     """The mask's numbers; whether they fit the image is checked once its size is known (vqclip/mask.py)."""
     mask = config.mask
+    if mask.invert and not mask.image and mask.box is None:
+        raise UserError("--mask-invert (mask.invert) inverts a mask, and none is given: add --mask PATH or "
+                        "--mask-box X0 Y0 X1 Y1")
     if mask.box is not None:
         x0, y0, x1, y1 = _four(mask.box, "mask.box", "X0 Y0 X1 Y1")
         if not (0 <= x0 < x1 and 0 <= y0 < y1):

@@ -301,8 +301,8 @@ def load_vqgan_from_config(vqgan: dict, device="cpu", *, progress: bool = True):
         raise UserError("no VQGAN chosen: set vqgan.name, or vqgan.config and vqgan.checkpoint")
     entry = get_vqgan(name)
     config, checkpoint = fetch_vqgan(name, progress=progress)
-    if entry.format == "dvae":
-        return load_dvae(checkpoint, fetch_encoder(name, progress=progress), device)
+    if entry.format == "dvae":  # the user's own encoder file, if given, beside the named decoder
+        return load_dvae(checkpoint, vqgan.get("encoder") or fetch_encoder(name, progress=progress), device)
     if entry.format == "min-dalle":
         return load_min_dalle_detokenizer(checkpoint, device)
     return load_vqgan(config, checkpoint, device)

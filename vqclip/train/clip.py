@@ -31,7 +31,7 @@ from ..errors import UserError
 from ..outputs import write_json
 from ..precision import training_autocast
 from ..training import load_checkpoint, save_checkpoint, warmup_cosine
-from .common import check_positive, training_data
+from .common import check_positive, check_same_settings, training_data
 
 TINY_MEAN, TINY_STD = (0.5, 0.5, 0.5), (0.25, 0.25, 0.25)
 
@@ -223,9 +223,8 @@ def fit(model, model_cfg: dict, mean, std, draw, loss_fn, figures, out: Path, co
     schedule = torch.optim.lr_scheduler.LambdaLR(optimizer, warmup_cosine(config.warmup, config.steps))
     state_path, start, history = out / "train_state.pt", 0, []
     if resume and state_path.is_file():
+        check_same_settings(state_path, asdict(config))
         state = load_checkpoint(state_path, model, optimizer, schedule, rng, generator)
-        if state.get("config") != asdict(config):
-            raise UserError(f"{state_path} was trained with other settings: give the same ones, or another --out")
         start, history = int(state["step"]), list(state["history"])
     distributed.seed_rank(config.seed, ranks)
     towers = distributed.parallel(model, embed, ranks, device)

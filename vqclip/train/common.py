@@ -69,3 +69,22 @@ def check_positive(config, names: tuple[str, ...]) -> None:
     for name in names:
         if getattr(config, name) <= 0:
             raise UserError(f"{name} must be at least 1, not {getattr(config, name)}")
+
+
+def stored_settings(path: Path) -> dict | None:
+    """The settings stored in the training state file `path` (a recipe's `config`, the prior's `train`),
+    read without loading the weights; None when there are none."""
+    state = torch.load(path, map_location="cpu", weights_only=True, mmap=True)
+    return state.get("config", state.get("train"))
+
+
+def check_same_settings(path: Path, config: dict) -> None:
+    """Before `--resume` loads the state in `path`: a UserError naming the first setting of `config` that
+    differs from the stored run's (a different architecture would otherwise fail inside load_state_dict)."""
+    stored = stored_settings(path) or {}
+    for key, new in config.items():
+        if key in stored and stored[key] != new:
+            raise UserError(f"{key}={new} differs from {key}={stored[key]} stored in {path}: leave {key} out "
+                            "to continue that run, or train into another --out")
+    if stored.keys() != config.keys():
+        raise UserError(f"{path} was written by another version of this recipe: train into another --out")

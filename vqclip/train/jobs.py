@@ -11,10 +11,9 @@ from __future__ import annotations
 import dataclasses
 from pathlib import Path
 
-import torch
-
 from ..errors import UserError, unknown_choice
 from ..training import apply_settings
+from .common import stored_settings
 
 RECIPES = ("vqgan", "clip", "prior", "all")
 
@@ -33,8 +32,7 @@ def stored(cls, folder: Path):
     path = folder / "train_state.pt"
     if not path.is_file():
         return None
-    state = torch.load(path, map_location="cpu", weights_only=True, mmap=True)
-    saved = state.get("config", state.get("train"))
+    saved = stored_settings(path)
     if saved is None:
         return None
     known = {f.name for f in dataclasses.fields(cls)}

@@ -33,7 +33,7 @@ from ..models.vqgan import VQ, build_vqgan, read_taming_config, taming_state_dic
 from ..outputs import write_json
 from ..precision import training_autocast
 from ..training import load_checkpoint, save_checkpoint, warmup_cosine
-from .common import check_positive, random_crops, save_grid, training_data
+from .common import check_positive, check_same_settings, random_crops, save_grid, training_data
 
 
 @dataclass
@@ -215,9 +215,8 @@ def fit(model, spec: dict, draw, held: torch.Tensor, out: Path, config: VQGANTra
     usage = torch.zeros(model.n_embed, dtype=torch.long)
     state_path, start, history = out / "train_state.pt", 0, []
     if resume and state_path.is_file():
+        check_same_settings(state_path, asdict(config))
         state = load_checkpoint(state_path, model, optimizer, schedule, rng, generator)
-        if state.get("config") != asdict(config):
-            raise UserError(f"{state_path} was trained with other settings: give the same ones, or another --out")
         discriminator.load_state_dict(state["discriminator"])
         d_optimizer.load_state_dict(state["d_optimizer"])
         usage, start, history = state["usage"], int(state["step"]), list(state["history"])
