@@ -105,4 +105,52 @@ def test_digits_eval_without_scikit_learn_is_one_line_and_draws_nothing(tmp_path
     assert main(["digits", "eval", "--out", str(tmp_path / "eval")]) == 2
     err = capsys.readouterr().err
     assert "pip install 'vqclip[digits]'" in err and len(err.strip().splitlines()) == 1
+    assert "vqclip data digits" not in err  # the user ran `vqclip digits eval`: no other command is named
     assert not (tmp_path / "eval").exists()
+
+
+def test_clip_zero_shot_encodes_each_held_out_digit_once(monkeypatch):
+    """The 359 images are embedded once and compared with the ten prompts (not once per prompt), and
+    the figure is what scoring them prompt by prompt gave."""
+    from vqclip.digits import evaluate
+    from vqclip.models import clip as clip_module
+    from vqclip.models.registry import resolve_clip
+
+    clip = clip_module.load_clip_ensemble([resolve_clip({"name": "digits", "weight": 1.0})])
+    encoded = []
+    real_encode = clip_module.ClipModel.encode_image
+    monkeypatch.setattr(clip_module.ClipModel, "encode_image",
+                        lambda self, images: encoded.append(len(images)) or real_encode(self, images))
+    assert evaluate.clip_zero_shot(clip) == {"zero_shot_accuracy": 0.9694, "images": 359}
+    assert sum(encoded) == 359 and len(encoded) == 6  # once each, 64 at a time (it was 3,590 in 60 calls)
+
+    images, _ = load_digits()
+    pixels = torch.stack([torch.from_numpy(np.asarray(picture(p), dtype=np.float32) / 255).permute(2, 0, 1)
+                          for p in images[:5]])
+    table = clip_module.clip_score_table(clip, pixels, evaluate.prompts())
+    one_by_one = torch.stack([clip_module.clip_scores(clip, pixels, [(1.0, [e[0] for e in clip.encode_text([text])])])
+                              for text in evaluate.prompts()], dim=1)
+    assert table.shape == (5, 10) and torch.allclose(table, one_by_one, atol=1e-5)
+    assert table.argmax(1).tolist() == [0, 1, 2, 3, 4]  # scikit-learn's first five digits are 0 to 4
+
+
+def test_digits_eval_warns_of_busy_threads_once_and_says_where_the_time_went(tmp_path, monkeypatch, caplog, capsys):
+    from vqclip import threads
+
+    monkeypatch.delenv("OMP_NUM_THREADS", raising=False)
+    monkeypatch.setattr(threads, "usable_cores", lambda: 2)
+    monkeypatch.setattr(threads, "busy_elsewhere", lambda: 3)
+    out = tmp_path / "eval"
+    with caplog.at_level("WARNING", logger="vqclip.threads"):
+        assert main(["digits", "eval", "--digits", "3,7", "--out", str(out), "steps=2"]) == 0
+    warnings = [record.getMessage() for record in caplog.records if record.name == "vqclip.threads"]
+    assert len(warnings) == 1 and warnings[0].startswith("3 threads of other work are busy on the 2 core(s)")
+    assert "threads: 1" in (out / "digit7-seed0" / "config.yaml").read_text()  # every run used the one plan
+    summary = json.loads((out / "eval.json").read_text())["summary"]
+    seconds = summary["seconds"]
+    assert list(seconds) == ["total", "loading", "generation", "judging", "clip_zero_shot", "prior"]
+    assert seconds["prior"] == 0 and all(seconds[part] > 0 for part in ("loading", "generation", "clip_zero_shot"))
+    assert sum(seconds.values()) - seconds["total"] <= seconds["total"] + 0.05  # the parts fit in the total
+    assert summary["seconds_per_image"] == round(seconds["generation"] / 2, 2)
+    printed = capsys.readouterr().out
+    assert f"{seconds['total']:.1f} s in all: loading {seconds['loading']:.1f} s, generation " in printed

@@ -37,7 +37,9 @@ def load_digits():
     try:
         from sklearn.datasets import load_digits as sklearn_digits
     except ImportError:
-        raise UserError("vqclip data digits needs scikit-learn: pip install 'vqclip[digits]'") from None
+        # the data and the digit judge (`vqclip digits eval`) both come here: name no one command
+        raise UserError("the handwritten digits come from scikit-learn, which is not installed: "
+                        "pip install 'vqclip[digits]'") from None
     bunch = sklearn_digits()
     return bunch.images, [int(t) for t in bunch.target]
 

@@ -142,6 +142,18 @@ def clip_scores(clip, images: torch.Tensor, targets: Sequence[tuple[float, Seque
     return totals
 
 
+@torch.no_grad()
+def clip_score_table(clip, images: torch.Tensor, texts: Sequence[str], chunk: int = 64) -> torch.Tensor:
+    """The CLIP score of each image against each text alone ([images, texts]): Σ over the ensemble's
+    members of member weight · cosine(image, text). Each image is embedded once, `chunk` at a time,
+    however many texts there are (`clip_scores` with one text per call embeds them once per text)."""
+    table = torch.zeros(images.shape[0], len(texts), device=images.device)
+    for member in clip.members:
+        embeddings = torch.cat([member.encode_image(part) for part in images.split(chunk)])
+        table += member.weight * (embeddings @ member.encode_text(list(texts)).to(embeddings.device).T)
+    return table
+
+
 def load_clip(spec: ClipModelConfig | Mapping, device: str | torch.device = "cpu") -> ClipModel:
     """Build the open_clip model of `spec`, load its weights, freeze it and move it to `device`."""
     from open_clip.model import set_model_preprocess_cfg
