@@ -63,8 +63,29 @@ def test_layout_errors_are_one_line(tmp_path):
     with pytest.raises(UserError, match="needs a {}"):
         read_pairs(tmp_path, "a photo")
     (tmp_path / "list.txt").write_text("x")
-    with pytest.raises(UserError, match="give a folder, a .csv or a .jsonl"):
+    with pytest.raises(UserError, match=r"list.txt is a \.txt file: the data must be a folder of captioned images"):
         read_pairs(tmp_path / "list.txt")
+
+
+@pytest.mark.parametrize("argv", [
+    ["train", "vqgan", "{image}", "--out", "{out}"],
+    ["train", "clip", "{image}", "--out", "{out}"],
+    ["train", "vqgan", "{folder}", "--out", "{out}", "--held-out", "{image}"],
+    ["prior", "build-data", "{image}", "--out", "{out}", "-p", "shapes"],
+])
+def test_a_single_image_as_data_says_what_data_may_be(tmp_path, capsys, argv):
+    """One image given where a data set goes: not a UTF-8 error from reading the PNG as a list."""
+    folder = tmp_path / "digits"
+    folder.mkdir()
+    for name in ("0000", "0001"):
+        write_image(folder / f"{name}.png")
+        (folder / f"{name}.txt").write_text("the digit 0")
+    values = {"image": str(folder / "0000.png"), "folder": str(folder), "out": str(tmp_path / "out")}
+    assert main([a.format(**values) for a in argv] + ["--quiet"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err == (f"vqclip: error: {folder / '0000.png'} is one image: the data must be a folder of captioned "
+                   "images (a.png beside a.txt, or class sub-folders) or a .csv/.jsonl list of image and caption")
+    assert not (tmp_path / "out").exists()
 
 
 @pytest.mark.parametrize("mode, expected", [("RGB", (200, 40, 10)), ("P", (200, 40, 10)), ("L", (84, 84, 84)),

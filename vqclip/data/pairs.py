@@ -18,6 +18,7 @@ from pathlib import Path
 from ..errors import UserError
 
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".webp", ".bmp", ".gif", ".tif", ".tiff")
+LIST_SUFFIXES = (".csv", ".jsonl", ".json")
 DEFAULT_TEMPLATE = "{}"
 
 
@@ -65,18 +66,21 @@ def _pairs_from_classes(folder: Path, template: str) -> list[tuple[str, str]]:
 
 def _read_records(source: Path) -> list:
     """The rows of a .csv (as dicts) or the values of a .jsonl file (dicts, if it is well formed)."""
+    suffix = source.suffix.lower()
+    if suffix not in LIST_SUFFIXES:  # before reading: an image read as text is a UTF-8 error that says nothing
+        what = "one image" if suffix in IMAGE_SUFFIXES else f"a {suffix or 'suffix-less'} file"
+        raise UserError(f"{source} is {what}: the data must be a folder of captioned images (a.png beside a.txt, "
+                        "or class sub-folders) or a .csv/.jsonl list of image and caption")
     try:
         text = source.read_text(encoding="utf-8")
     except (OSError, UnicodeDecodeError) as exc:
         raise UserError(f"cannot read {source}: {exc}") from None
-    if source.suffix.lower() == ".csv":
+    if suffix == ".csv":
         return list(csv.DictReader(text.splitlines()))
-    if source.suffix.lower() in (".jsonl", ".json"):
-        try:
-            return [json.loads(line) for line in text.splitlines() if line.strip()]
-        except json.JSONDecodeError as exc:
-            raise UserError(f"{source} is not JSON lines: {exc}") from None
-    raise UserError(f"{source}: give a folder, a .csv or a .jsonl file")
+    try:
+        return [json.loads(line) for line in text.splitlines() if line.strip()]
+    except json.JSONDecodeError as exc:
+        raise UserError(f"{source} is not JSON lines: {exc}") from None
 
 
 def _pairs_from_list(source: Path, records: list) -> list[tuple[str, str]]:

@@ -38,11 +38,12 @@ def build_data_job(source: str, out: str, config, *, size: int, batch_size: int 
     from ..data.pairs import read_pairs
     from ..generation import pick_device
 
+    listed = read_pairs(source, template)  # what SOURCE is, checked before the VQGAN is loaded
     device = pick_device(config.device)
     vqgan = load_vqgan(config, device)
     if size % vqgan.factor:
         raise UserError(f"--size {size} is not a multiple of the VQGAN's factor {vqgan.factor}")
-    pairs, skipped = usable_pairs(read_pairs(source, template))
+    pairs, skipped = usable_pairs(listed)
     if not pairs:
         raise UserError(f"none of the images of {source} could be read (first: {skipped[0][1]})")
     for path, why in skipped:
