@@ -76,9 +76,14 @@ def test_auto_threads_take_the_free_cores(tiny_preset, tmp_path, monkeypatch, ca
     seen.clear()
     with caplog.at_level("WARNING", logger="vqclip.threads"):
         result = generate("a red circle", preset=str(tiny_preset), steps=1, run_dir=str(tmp_path / "busy"),
-                          callback=lambda step: seen.append(torch.get_num_threads()))
+                          quiet=False, callback=lambda step: seen.append(torch.get_num_threads()))
     assert seen == [1] and result.config["threads"] == 1
     assert "3 threads of other work are busy on the 2 core(s)" in caplog.text
+    caplog.clear()
+    with caplog.at_level("WARNING", logger="vqclip.threads"):  # quiet: the same plan, nothing said
+        result = generate("a red circle", preset=str(tiny_preset), steps=1, run_dir=str(tmp_path / "quiet"),
+                          quiet=True)
+    assert result.config["threads"] == 1 and "busy" not in caplog.text
 
 
 def test_an_enclosing_plan_holds_for_nested_runs(monkeypatch):

@@ -7,10 +7,12 @@ Bad input ends as one line on stderr and exit status 2, never a traceback.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
+import shlex
 import sys
 
-from .errors import UserError
+from .errors import UserError, broken_install
 
 COMMANDS = {}
 
@@ -34,7 +36,8 @@ class Parser(argparse.ArgumentParser):
 def generate_parser() -> Parser:
     parser = Parser(prog="vqclip", description="Generate an image from text by VQGAN+CLIP optimisation. "
                     "Other commands: " + ", ".join(sorted(COMMANDS)) + ".",
-                    epilog="Any config key can be set as key=value, e.g. cutn=16 init.weight=0.5.")
+                    epilog="Any config key can be set as key=value, e.g. cutn=16 init.weight=0.5. "
+                    "A first run, offline in seconds: vqclip \"a red circle on a blue background\" --preset shapes")
     parser.add_argument("prompts", nargs="*", help='text prompts, "text[:weight[:stop]]"; key=value overrides')
     parser.add_argument("-p", "--preset", default=None, help="a preset name (vqclip presets list) or a YAML file")
     parser.add_argument("-o", "--output", help="also write the final image here")
@@ -104,6 +107,37 @@ def _is_override(arg: str) -> bool:
     return bool(eq) and all(part.isidentifier() for part in key.split("."))
 
 
+@contextlib.contextmanager
+def training(command: str, argv: list[str], threads: int | None, quiet: bool):
+    """A training command's run: under the thread policy, and on Ctrl-C or SIGTERM (the loop has saved
+    its state) the command that continues it."""
+    from .distributed import ranks_from_env
+    from .interrupt import Interrupted
+    from .threads import run_threads
+
+    try:
+        with run_threads(threads, quiet=quiet):
+            yield
+    except Interrupted as exc:
+        again = shlex.join([*command.split(), *argv, *([] if "--resume" in argv else ["--resume"])])
+        ranks = ranks_from_env()
+        launcher = f"torchrun --nproc-per-node {ranks.world} -m vqclip" if ranks.several else "vqclip"
+        raise Interrupted(f"{exc}; continue with: {launcher} {again}") from None
+
+
+def threads_setting(settings: list[str], flag: int | None) -> int | None:
+    """--threads N, or `threads=N` among a training command's key=value settings (taken out of them)."""
+    for item in [item for item in settings if item.startswith("threads=")]:
+        settings.remove(item)
+        value = item.partition("=")[2]
+        if not value.isdigit() or int(value) < 1:
+            raise UserError(f"threads={value} must be a whole number of at least 1")
+        flag = int(value) if flag is None else flag
+    if flag is not None and flag < 1:
+        raise UserError(f"--threads must be at least 1, not {flag}")
+    return flag
+
+
 # -- models ------------------------------------------------------------------------------------
 @command("models")
 def models_command(argv: list[str]) -> int:
@@ -170,6 +204,7 @@ def shapes_command(argv: list[str]) -> int:
     train.add_argument("--vqgan", help="clip, prior: a folder with vqgan.yaml + vqgan.safetensors whose "
                        "reconstructions the CLIP also learns from, or whose tokens the prior writes "
                        "(default: the shipped shapes VQGAN)")
+    train.add_argument("--threads", type=int, help="CPU threads for torch (default: the cores free now)")
     train.add_argument("--quiet", action="store_true")
     grade = sub.add_parser("eval", help="generate prompts and grade the images by their pixels")
     grade.add_argument("--prompts", help="a text file, one prompt per line (default: 8 colours × 3 shapes)")
@@ -208,7 +243,8 @@ def shapes_command(argv: list[str]) -> int:
         from .models.registry import resolve_clip
 
         extra["clip"] = load_clip_ensemble([resolve_clip({"name": "shapes", "weight": 1.0})])
-    metrics = module.train(Path(args.out), recipe, resume=args.resume, progress=not args.quiet, **extra)
+    with training("shapes", argv, threads_setting([], args.threads), args.quiet):
+        metrics = module.train(Path(args.out), recipe, resume=args.resume, progress=not args.quiet, **extra)
     print(json.dumps(metrics))
     return 0
 
@@ -317,9 +353,11 @@ def train_command(argv: list[str]) -> int:
     parser.add_argument("--vqgan", help="prior: the VQGAN whose tokens it writes (a folder from train vqgan, or a name)")
     parser.add_argument("--resume", action="store_true", help="continue from OUT's training state")
     parser.add_argument("--device", default="cpu", help="cpu | cuda | cuda:N (bf16 autocast where it is fast)")
+    parser.add_argument("--threads", type=int, help="CPU threads for torch (default: the cores free now; also threads=N)")
     parser.add_argument("--quiet", action="store_true", help="no progress bars")
     parser.add_argument("settings", nargs="*", help="key=value")
     args = parser.parse_intermixed_args(argv)
+    threads = threads_setting(args.settings, args.threads)
     for name in ("steps", "size"):
         if getattr(args, name) is not None and getattr(args, name) <= 0:
             raise UserError(f"--{name} must be at least 1, not {getattr(args, name)}")
@@ -339,7 +377,8 @@ def train_command(argv: list[str]) -> int:
                    device=str(pick_device(args.device)), progress=not args.quiet)
     if args.recipe == "prior":
         options.update(vqgan=args.vqgan, size=args.size)
-    metrics = jobs.run(args.recipe, args.data, args.out, config, **options)
+    with training("train", argv, threads, args.quiet):
+        metrics = jobs.run(args.recipe, args.data, args.out, config, **options)
     if ranks_from_env().main:  # under torchrun, one summary
         print(json.dumps(summary(metrics)))
     return 0
@@ -587,6 +626,7 @@ def prior_command(argv: list[str]) -> int:
     sample.add_argument("--supercondition", type=float, help="s in uncond·(1−s) + cond·s (default: the "
                         "prior's recommendation, else 4)")
     for action in (build, train, sample):
+        action.add_argument("--threads", type=int, help="CPU threads for torch (default: the cores free now)")
         action.add_argument("--quiet", action="store_true")
     for action in (build, sample):
         action.add_argument("-p", "--preset", default="default", help="where the VQGAN and CLIP come from")
@@ -602,13 +642,21 @@ def prior_command(argv: list[str]) -> int:
     from .prior import jobs
 
     if args.action == "train":
-        metrics = jobs.train_job(args.data, args.out, args.settings, held_out=args.held_out, resume=args.resume,
-                                 device=args.device, progress=not args.quiet)
+        with training("prior", argv, threads_setting(args.settings, args.threads), args.quiet):
+            metrics = jobs.train_job(args.data, args.out, args.settings, held_out=args.held_out, resume=args.resume,
+                                     device=args.device, progress=not args.quiet)
         print(json.dumps({k: v for k, v in metrics.items() if k != "history"}))
         return 0
-    from .config import build_config
+    from .config import build_config, overrides_from_flags
+    from .threads import run_threads
 
-    config = build_config(args.preset, {"quiet": True} if args.quiet else None, args.settings)
+    config = build_config(args.preset, overrides_from_flags({"quiet": args.quiet or None, "threads": args.threads}),
+                          args.settings)
+    with run_threads(config.threads, quiet=config.quiet):
+        return _prior_data_or_samples(args, config, jobs)
+
+
+def _prior_data_or_samples(args, config, jobs) -> int:
     if args.action == "build-data":
         size = args.size or int(config.size[0])
         if size <= 0 or args.batch <= 0:
@@ -697,14 +745,51 @@ def show_warnings() -> None:
 def main(argv: list[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     show_warnings()
-    name = argv[0] if argv and argv[0] in COMMANDS else "generate"
-    if argv and argv[0] == name:
-        argv = argv[1:]
+    if not argv:  # a bare `vqclip` would start the default preset's download: show how to use it instead
+        generate_parser().print_help()
+        return 0
+    if argv == ["--version"]:
+        print(version_line())
+        return 0
+    name = argv[0] if argv[0] in COMMANDS else "generate"
+    said = argv[0] == name  # `vqclip generate trian` draws "trian" as asked
+    argv = argv[1:] if said else argv
     try:
+        if not said:
+            refuse_mistyped_command(argv)
         return COMMANDS[name](argv)
     except UserError as exc:
         print(f"vqclip: error: {exc}", file=sys.stderr)
         return 2
     except KeyboardInterrupt as exc:  # Interrupted says where the state is and how to continue
-        print(f"vqclip: {exc or 'interrupted'}", file=sys.stderr)
+        print(f"vqclip: {str(exc) or 'interrupted'}", file=sys.stderr)
         return 130
+    except (ImportError, RuntimeError, OSError) as exc:
+        broken = broken_install(exc)
+        if broken is None:
+            raise
+        print(f"vqclip: error: {broken}", file=sys.stderr)
+        return 2
+
+
+def refuse_mistyped_command(argv: list[str]) -> None:
+    """`vqclip presest list` is a typo, not a prompt for the default preset (and its 1.3 GB download)."""
+    word = argv[0] if argv else ""
+    if not word.isalpha() or not word.islower():
+        return
+    import difflib
+
+    close = difflib.get_close_matches(word, [name for name in COMMANDS if name != "generate"], n=1, cutoff=0.8)
+    if close:
+        import shlex
+
+        raise UserError(f"{word!r} is not a command: did you mean `vqclip {shlex.join([close[0], *argv[1:]])}`? "
+                        f"(to draw it as a prompt: vqclip generate {shlex.join(argv)})")
+
+
+def version_line() -> str:
+    """`vqclip --version`: its version and those of what decides its results (read, not imported)."""
+    from .outputs import environment_info
+
+    info = environment_info()
+    return f"vqclip {info.pop('vqclip')} (" + ", ".join(f"{name} {value}" for name, value in info.items()) + ")"

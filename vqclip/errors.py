@@ -33,3 +33,33 @@ def first_line(exc: BaseException) -> str:
     """An exception's message cut to its first line (its type's name if it has none): for one-line errors."""
     text = str(exc).strip()
     return text.splitlines()[0] if text else type(exc).__name__
+
+
+def broken_install(exc: BaseException) -> UserError | None:
+    """A UserError saying which torch and torchvision disagree and how to fix it, when `exc` was raised
+    while importing torchvision (a CPU torch beside a CUDA torchvision fails with "operator
+    torchvision::nms does not exist"); None for anything else."""
+    import traceback
+    from importlib import metadata
+
+    frames = traceback.extract_tb(exc.__traceback__)
+    if "torchvision" not in str(exc) and not any("torchvision" in frame.filename.split("site-packages")[-1]
+                                                 for frame in frames):
+        return None
+    try:
+        torch, torchvision = metadata.version("torch"), metadata.version("torchvision")
+    except metadata.PackageNotFoundError:
+        return None
+    build = torch.partition("+")[2]  # cpu, cu128, ... or "" (PyPI's default build)
+    major, minor, patch = (torch.partition("+")[0].split(".") + ["0", "0"])[:3]
+    wanted = f"0.{int(minor) + 15}.{patch}" if major == "2" and minor.isdigit() else None  # torch 2.N: vision 0.N+15
+    if wanted is None:
+        fix = "pip install torch torchvision (the two from the same place)"
+    elif build:
+        fix = (f"pip install torchvision=={wanted} --index-url https://download.pytorch.org/whl/{build} (or both "
+               f"from PyPI: pip uninstall -y torch torchvision && pip install torch=={torch.partition('+')[0]} "
+               f"torchvision=={wanted})")
+    else:
+        fix = f"pip install torchvision=={wanted}"
+    return UserError(f"torchvision {torchvision} does not work with torch {torch} ({first_line(exc)}): "
+                     f"install the torchvision built for it: {fix}")

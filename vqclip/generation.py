@@ -29,6 +29,7 @@ from .interrupt import Interrupted, stop_on_signals
 from .mask import Edit, is_editing, plan_edit
 from .objective import Objective
 from .optimize import NumericalError, Step, make_optimizer, make_scheduler, optimize
+from .paths import check_paths
 from .precision import compute_copy, in_autocast, resolve_precision
 from .prompts import PromptTimeline, parse_prompts, split_story, timeline_from_schedule, timeline_from_story
 from .rng import restore_rng, seed_everything
@@ -77,9 +78,14 @@ def pick_device(name: str) -> torch.device:
 
 
 def load_models(config: DictConfig, device: torch.device | None = None) -> Models:
+    """The VQGAN, the CLIP ensemble and (init.mode=prior, mask.fill=prior) the prior a config names.
+
+    Every path the config names is checked first (vqclip.paths), so that a typo costs no loading;
+    the files init.mode starts from are left to `run`, which knows whether the run is resumed."""
     from .models.clip import load_clip_ensemble
     from .models.registry import load_vqgan_from_config, resolve_clip
 
+    check_paths(config, starting=False)
     device = device or pick_device(config.device)
     plain = to_dict(config)
     vqgan = load_vqgan_from_config(plain["vqgan"], device, progress=not config.quiet)
@@ -88,9 +94,6 @@ def load_models(config: DictConfig, device: torch.device | None = None) -> Model
     if needs_prior(config):
         from .prior.weights import load_prior
 
-        if not config.init.prior:
-            raise UserError("init.mode=prior and mask.fill=prior need init.prior: a prior name (vqclip models "
-                            "list) or a folder")
         prior = load_prior(config.init.prior, device, progress=not config.quiet)
     return Models(vqgan, clip, device, prior=prior)
 
@@ -212,7 +215,7 @@ def run(config: DictConfig, models: Models | None = None, callback=None,
     the result and the run folder.
     """
     config = copy.deepcopy(config)
-    with run_threads(config.threads) as plan:
+    with run_threads(config.threads, quiet=config.quiet) as plan:
         config.threads = plan.threads  # recorded: CPU results depend on it, --from and --resume repeat it
         return _run(config, models, callback, state)
 
@@ -224,6 +227,7 @@ def _run(config: DictConfig, models: Models | None, callback, state: dict | None
         # recorded, so that a resumed or extended run keeps the story's pace
         config.story_every = story_every_for(config.steps, len(story_phrases(config)))
     timeline = build_timeline(config)
+    check_paths(config, starting=state is None)  # a resumed run starts from its state, not its init files
     check_output_path(config.output)
     models = models or load_models(config)
     dtype = resolve_precision(config.precision, models.device)

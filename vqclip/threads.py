@@ -122,8 +122,9 @@ def set_torch_threads(count: int) -> None:
 
 
 @contextlib.contextmanager
-def run_threads(asked: int | None = None):
+def run_threads(asked: int | None = None, *, quiet: bool = False):
     """Give torch the planned count for one run; yields the plan; the caller's count comes back after.
+    `quiet`: no warning when every core is busy (the plan is the same).
 
     Inside another run_threads (a batch job, a video's frames) the enclosing plan holds unless
     `asked` says otherwise: one job or video uses one count throughout.
@@ -139,7 +140,7 @@ def run_threads(asked: int | None = None):
     busy = busy_elsewhere() if asked is None and env_threads() is None else 0  # only the last rule looks
     plan = plan_threads(asked, cores=usable_cores(), busy=busy, current=torch.get_num_threads(),
                         default=affinity_cores())
-    if plan.chosen and plan.busy >= plan.cores:
+    if plan.chosen and plan.busy >= plan.cores and not quiet:
         log.warning("%d threads of other work are busy on the %d core(s) this run may use: it takes 1 thread "
                     "and may run several times slower than alone (set threads= to choose)", plan.busy, plan.cores)
     previous, previous_ours = torch.get_num_threads(), _SET_BY_US

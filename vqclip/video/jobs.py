@@ -19,6 +19,7 @@ from ..init import check_size
 from ..interrupt import Interrupted, stop_on_signals
 from ..mask import is_editing
 from ..outputs import environment_info, load_image
+from ..paths import check_paths
 from ..threads import run_threads
 from .animation import animate_frames, check_timeline, motion_schedules
 from .frames import output_kind, read_frames, write_video
@@ -67,7 +68,9 @@ def check_inputs(kind: str, inputs: list[str], config: DictConfig) -> tuple[tupl
     """Read and check the inputs before any work; returns the frames' (width, height) (the input
     video's, the image keys', else the config's size) and the input video's fps (None: no video,
     or its fps is unknown)."""
-    check_init_file(config)
+    check_paths(config, kind=kind, inputs=inputs)  # every file named, before anything is read or loaded
+    if config.init.mode == "image":  # a file that is no picture fails here, not once frame 0 begins
+        load_image(config.init.image, what="init image")
     if kind != "restyle" and is_editing(config.mask):
         raise UserError(f"a mask in a video is for restyle (the input's frames are what it keeps), not {kind}")
     if kind == "animate":
@@ -91,18 +94,6 @@ def check_inputs(kind: str, inputs: list[str], config: DictConfig) -> tuple[tupl
         return (width, height), fps
     sizes = [key.size for key in classify_keys(inputs) if key.size]
     return (sizes[0] if sizes else fixed_size(config)), None
-
-
-def check_init_file(config: DictConfig) -> None:
-    """The file the init mode starts from must be readable before the run folder exists (else a
-    typo fails only once frame 0 begins, leaving a half-made run behind)."""
-    mode, init = config.init.mode, config.init
-    if mode == "image":
-        if not init.image:
-            raise UserError("init.mode=image needs an image: init.image=PATH")
-        load_image(init.image, what="init image")  # missing or unreadable: a one-line UserError
-    elif mode in ("latent", "tokens") and init[mode] and not Path(init[mode]).is_file():
-        raise UserError(f"init.{mode} {init[mode]}: no such file")
 
 
 def fps_given(overrides: dict, dotlist: list[str] | None) -> bool:
@@ -129,7 +120,7 @@ def make_video(kind: str, inputs: list[str], config: DictConfig, models=None, *,
     check_size(size, models.vqgan.factor)  # the factor is known now; the run folder does not exist yet
     if kind == "interpolate" and interpolation_mode(inputs) == "keys":
         check_latent_keys(inputs, models.vqgan, size)
-    with run_threads(config.threads) as plan:  # one count for every frame, recorded for --resume
+    with run_threads(config.threads, quiet=config.quiet) as plan:  # one count for every frame, recorded for --resume
         config.threads = plan.threads
         return _run(create_job(kind, inputs, config), models)
 
