@@ -6,6 +6,7 @@ bf16 is off where values are pinned: whether it is used depends on the CPU."""
 from __future__ import annotations
 
 import json
+import shlex
 import shutil
 
 import pytest
@@ -310,3 +311,72 @@ def test_train_all_on_the_digits_writes_a_preset_that_generates(tmp_path, capsys
                  "prior.width=32", "prior.heads=2", "prior.glu=64", "prior.eval_items=4", "prior.batch_size=4",
                  "steps=2"]) == 0
     assert set(json.loads(capsys.readouterr().out.strip().splitlines()[-1])) == {"prior"}  # the others were done
+
+
+# -- Ctrl-C and the thread policy ------------------------------------------------------------------
+def signal_at_call(monkeypatch, module, name: str, call: int):
+    """Make module.name deliver SIGINT to this process on its `call`-th use: Ctrl-C in the middle of a step."""
+    import signal
+
+    real, calls = getattr(module, name), []
+
+    def interrupting(*args, **kwargs):
+        calls.append(1)
+        if len(calls) == call:
+            signal.raise_signal(signal.SIGINT)
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(module, name, interrupting)
+    return lambda: monkeypatch.setattr(module, name, real)
+
+
+TINY = {"vqgan": ["batch_size=4", "n_embed=32", "embed_dim=8", "z_channels=8", "disc_start=2", "disc_layers=1",
+                  "disc_ch=8", "restart_every=3", "sample_every=3", "held_out=4"],
+        "clip": ["batch_size=8", "width=8", "embed_dim=16", "text_width=32", "text_layers=1", "context_length=8",
+                 "eval_every=3", "held_out=6"],
+        "prior": ["width=32", "heads=2", "glu=64", "eval_items=4", "batch_size=4", "eval_every=3"]}
+
+
+@pytest.mark.parametrize("recipe, calls_per_step", [("vqgan", 1), ("clip", 2), ("prior", 2)])
+def test_ctrl_c_saves_the_state_says_how_to_resume_and_resuming_is_bit_exact(shapes_folder, tmp_path, capsys,
+                                                                             monkeypatch, recipe, calls_per_step):
+    """Ctrl-C in step 3 of 6, long before the first periodic checkpoint: the step finishes, its state is
+    written, the command to continue is printed (exit 130); that command ends on the weights of a run
+    never stopped."""
+    from vqclip import distributed
+
+    extra = []
+    if recipe == "prior":
+        vqgan_recipe.train(shapes_folder, tmp_path / "vqgan", tiny_vqgan(steps=2), progress=False)
+        extra = ["--vqgan", str(tmp_path / "vqgan")]
+
+    def argv(out: str) -> list[str]:
+        return ["train", recipe, str(shapes_folder), "--out", str(tmp_path / out), "--steps", "6", "--quiet",
+                *extra, *TINY[recipe], "checkpoint_every=100", "bf16=false"]
+
+    assert main(argv("straight")) == 0
+    restore = signal_at_call(monkeypatch, distributed, "shard", 2 * calls_per_step + 1)  # during step 3
+    capsys.readouterr()
+    assert main(argv("stopped")) == 130
+    restore()
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and "training stopped by signal 2 after step 3 of 6" in err
+    assert torch.load(tmp_path / "stopped" / "train_state.pt", weights_only=True)["step"] == 3
+    again = err.partition("continue with: vqclip ")[2]
+    assert again.endswith("--resume")
+    assert main(shlex.split(again)) == 0
+    assert same_weights(tmp_path / "straight", tmp_path / "stopped")
+
+
+def test_training_takes_the_thread_policy(shapes_folder, tmp_path, capsys, monkeypatch):
+    """--threads N and threads=N set torch's count for the run (restored after); a bad count is one line."""
+    from vqclip.train import jobs
+
+    seen, before = [], torch.get_num_threads()
+    monkeypatch.setattr(jobs, "run", lambda *args, **kwargs: seen.append(torch.get_num_threads()) or {})
+    base = ["train", "vqgan", str(shapes_folder), "--out", str(tmp_path / "out"), "--quiet"]
+    assert main([*base, "--threads", "1"]) == 0 and main([*base, "threads=1"]) == 0
+    assert seen == [1, 1] and torch.get_num_threads() == before
+    capsys.readouterr()
+    assert main([*base, "threads=0"]) == 2
+    assert "threads=0 must be a whole number of at least 1" in capsys.readouterr().err

@@ -3,7 +3,8 @@
 One home for the shapes recipes (vqclip/shapes/train_*.py) and the prior (vqclip/prior/train.py),
 so that neither package imports the other. A training state (model, optimiser, schedule, step and
 every random stream) is one file, written atomically, so a run killed at any moment continues with
-`--resume` and ends with the same weights as one never stopped. Generation runs save the same
+`--resume` and ends with the same weights as one never stopped. On Ctrl-C or SIGTERM a loop
+finishes its step, writes the state and raises Interrupted (`stopping`, `stopped`). Generation runs save the same
 random streams in their state.pt, in the same layout (vqclip/rng.py).
 Which dtype a training step computes in is decided in vqclip/precision.py (`training_autocast`).
 """
@@ -17,8 +18,10 @@ from pathlib import Path
 
 import torch
 
+from . import distributed
 from .atomic import atomic_open
 from .errors import UserError
+from .interrupt import Interrupted, StopFlag
 from .rng import restore_rng, rng_state
 
 
@@ -54,6 +57,20 @@ def apply_settings(config, settings: list[str]):
 def warmup_cosine(warmup: int, steps: int):
     """A LambdaLR factor: linear warm-up, then a cosine decay to zero at `steps`."""
     return lambda step: min(1.0, (step + 1) / warmup) * 0.5 * (1 + math.cos(math.pi * min(step / steps, 1.0)))
+
+
+def stopping(flag: StopFlag, ranks: distributed.Ranks, device: torch.device) -> bool:
+    """Whether the loop stops after this step: a signal reached this process (Ctrl-C, SIGTERM), or
+    under torchrun any rank (they stop together, after the same step)."""
+    if not ranks.several:
+        return bool(flag)
+    return distributed.total(torch.tensor([int(bool(flag))], device=device), ranks).item() > 0
+
+
+def stopped(flag: StopFlag, step: int, steps: int, state_path: Path) -> Interrupted:
+    """What the loop raises once it has saved its state after a signal (the command line adds how to resume)."""
+    how = f"signal {flag.signal}" if flag else "a signal to another rank"
+    return Interrupted(f"training stopped by {how} after step {step} of {steps}, its state saved in {state_path}")
 
 
 def save_checkpoint(path: Path, step: int, model, optimizer, schedule, rng: random.Random,

@@ -5,7 +5,8 @@ captions, so that the empty caption learns the unconditional distribution that
 superconditioning subtracts; (3) cross-entropy of every image token given the text and the
 tokens before it, under bf16 autocast where the device has fast bf16; (4) clip the gradient
 norm, AdamW step, warm-up + cosine learning rate; (5) every `eval_every` steps the held-out loss,
-every `checkpoint_every` steps the whole training state and the settings (atomically: `--resume`
+every `checkpoint_every` steps, and after the step in which Ctrl-C or SIGTERM came, the whole
+training state and the settings (atomically: `--resume`
 reads the settings from there, continues and ends with the same weights). The result is `prior.json` + `prior.safetensors` in the output folder.
 """
 
@@ -21,9 +22,10 @@ from tqdm.auto import trange
 
 from .. import distributed
 from ..errors import UserError
+from ..interrupt import stop_on_signals
 from ..outputs import write_json
 from ..precision import training_autocast
-from ..training import load_checkpoint, save_checkpoint, warmup_cosine
+from ..training import load_checkpoint, save_checkpoint, stopped, stopping, warmup_cosine
 from .data import PriorData
 from .model import BartPrior, PriorConfig
 from .tokenizer import ClipBpeTokenizer, pad_rows
@@ -182,39 +184,42 @@ def train(data: PriorData, out: str | Path, config: TrainConfig, *, held_out: Pr
     tokens_per_step = config.batch_size * images[0].numel()
     seconds, loss_value = 0.0, float("nan")
     bar = trange(start, config.steps, disable=not progress, desc="prior", initial=start, total=config.steps)
-    for step in bar:
-        began = time.perf_counter()
-        index = torch.randint(len(images), (config.batch_size,), generator=generator)
-        batch_text = text[index].clone()
-        blanked = torch.rand(config.batch_size, generator=generator) < config.blank_fraction
-        batch_text[blanked] = blank
-        with training_autocast(device, config.bf16):
-            loss = step_loss(distributed.shard(batch_text, ranks).to(device),
-                             distributed.shard(images[index], ranks).to(device))
-        optimizer.zero_grad(set_to_none=True)
-        loss.backward()
-        torch.nn.utils.clip_grad_norm_(model.parameters(), config.grad_clip)
-        optimizer.step()
-        schedule.step()
-        seconds += time.perf_counter() - began
-        loss = distributed.mean(loss.detach(), ranks)
-        loss_value = loss.item()
-        if not torch.isfinite(loss):
-            raise UserError(f"the training loss became {loss_value} at step {step}: lower --lr")
-        done = step + 1
-        bar.set_postfix(loss=f"{loss_value:.3f}", tok_s=f"{tokens_per_step * (done - start) / seconds:.0f}")
-        if ranks.main and (done % config.eval_every == 0 or done == config.steps):
-            history.append({"step": done, "train_loss": round(loss_value, 4),
-                            "held_out_loss": round(held_out_loss(model, eval_text, eval_images, device,
-                                                                 config.bf16), 4)})
-            log(f"step {done}: train loss {loss_value:.4f}, held-out loss {history[-1]['held_out_loss']:.4f}, "
-                f"{tokens_per_step * (done - start) / seconds:.0f} tokens/s")
-            model.eval()
-            on_eval(done, model, tokenizer)
-            model.train()
-        if ranks.main and (done % config.checkpoint_every == 0 or done == config.steps):
-            save_checkpoint(state_path, done, model, optimizer, schedule, rng, generator, history=history,
-                            train=asdict(config))
+    with stop_on_signals() as stop:
+        for step in bar:
+            began = time.perf_counter()
+            index = torch.randint(len(images), (config.batch_size,), generator=generator)
+            batch_text = text[index].clone()
+            blanked = torch.rand(config.batch_size, generator=generator) < config.blank_fraction
+            batch_text[blanked] = blank
+            with training_autocast(device, config.bf16):
+                loss = step_loss(distributed.shard(batch_text, ranks).to(device),
+                                 distributed.shard(images[index], ranks).to(device))
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            torch.nn.utils.clip_grad_norm_(model.parameters(), config.grad_clip)
+            optimizer.step()
+            schedule.step()
+            seconds += time.perf_counter() - began
+            loss = distributed.mean(loss.detach(), ranks)
+            loss_value = loss.item()
+            if not torch.isfinite(loss):
+                raise UserError(f"the training loss became {loss_value} at step {step}: lower --lr")
+            done, stop_now = step + 1, stopping(stop, ranks, device)
+            bar.set_postfix(loss=f"{loss_value:.3f}", tok_s=f"{tokens_per_step * (done - start) / seconds:.0f}")
+            if ranks.main and (done % config.eval_every == 0 or done == config.steps):
+                history.append({"step": done, "train_loss": round(loss_value, 4),
+                                "held_out_loss": round(held_out_loss(model, eval_text, eval_images, device,
+                                                                     config.bf16), 4)})
+                log(f"step {done}: train loss {loss_value:.4f}, held-out loss {history[-1]['held_out_loss']:.4f}, "
+                    f"{tokens_per_step * (done - start) / seconds:.0f} tokens/s")
+                model.eval()
+                on_eval(done, model, tokenizer)
+                model.train()
+            if ranks.main and (stop_now or done % config.checkpoint_every == 0 or done == config.steps):
+                save_checkpoint(state_path, done, model, optimizer, schedule, rng, generator, history=history,
+                                train=asdict(config))
+            if stop_now:
+                raise stopped(stop, done, config.steps, state_path)
     bar.close()
     model.eval()
     metrics = {"steps": config.steps, "held_out_loss": history[-1]["held_out_loss"] if history else None,

@@ -28,9 +28,10 @@ from tqdm.auto import trange
 from .. import distributed
 from ..atomic import atomic_open, atomic_write_text
 from ..errors import UserError
+from ..interrupt import stop_on_signals
 from ..outputs import write_json
 from ..precision import training_autocast
-from ..training import load_checkpoint, save_checkpoint, warmup_cosine
+from ..training import load_checkpoint, save_checkpoint, stopped, stopping, warmup_cosine
 from .common import check_positive, check_same_settings, training_data
 
 TINY_MEAN, TINY_STD = (0.5, 0.5, 0.5), (0.25, 0.25, 0.25)
@@ -229,21 +230,25 @@ def fit(model, model_cfg: dict, mean, std, draw, loss_fn, figures, out: Path, co
     distributed.seed_rank(config.seed, ranks)
     towers = distributed.parallel(model, embed, ranks, device)
     bar = trange(start, config.steps, initial=start, total=config.steps, disable=not progress, desc="clip")
-    for step in bar:
-        images, captions = draw()
-        loss = contrastive_step(model, optimizer, schedule, tokenizer(distributed.shard(captions, ranks)).to(device),
-                                preprocess(distributed.shard(images, ranks).to(device)),
-                                lambda image, text, scale: loss_fn(image, text, scale, captions), device, config.bf16,
-                                towers, ranks)
-        bar.set_postfix(loss=f"{loss.item():.3f}", refresh=False)
-        done = step + 1
-        if ranks.main and (done % config.eval_every == 0 or done == config.steps):
-            model.eval()
-            history.append({"step": done, "loss": round(loss.item(), 4), **figures(model, tokenizer, preprocess)})
-            model.train()
-        if ranks.main and (done % config.checkpoint_every == 0 or done == config.steps):
-            save_checkpoint(state_path, done, model, optimizer, schedule, rng, generator, history=history,
-                            config=asdict(config))
+    with stop_on_signals() as stop:
+        for step in bar:
+            images, captions = draw()
+            loss = contrastive_step(model, optimizer, schedule,
+                                    tokenizer(distributed.shard(captions, ranks)).to(device),
+                                    preprocess(distributed.shard(images, ranks).to(device)),
+                                    lambda image, text, scale: loss_fn(image, text, scale, captions), device,
+                                    config.bf16, towers, ranks)
+            bar.set_postfix(loss=f"{loss.item():.3f}", refresh=False)
+            done, stop_now = step + 1, stopping(stop, ranks, device)
+            if ranks.main and (done % config.eval_every == 0 or done == config.steps):
+                model.eval()
+                history.append({"step": done, "loss": round(loss.item(), 4), **figures(model, tokenizer, preprocess)})
+                model.train()
+            if ranks.main and (stop_now or done % config.checkpoint_every == 0 or done == config.steps):
+                save_checkpoint(state_path, done, model, optimizer, schedule, rng, generator, history=history,
+                                config=asdict(config))
+            if stop_now:
+                raise stopped(stop, done, config.steps, state_path)
     model.eval()
     if ranks.main:
         export(model, model_cfg, mean, std, out)

@@ -29,10 +29,11 @@ from tqdm.auto import trange
 from .. import distributed
 from ..atomic import atomic_open, atomic_write_text
 from ..errors import UserError
+from ..interrupt import stop_on_signals
 from ..models.vqgan import VQ, build_vqgan, read_taming_config, taming_state_dict
 from ..outputs import write_json
 from ..precision import training_autocast
-from ..training import load_checkpoint, save_checkpoint, warmup_cosine
+from ..training import load_checkpoint, save_checkpoint, stopped, stopping, warmup_cosine
 from .common import check_positive, check_same_settings, random_crops, save_grid, training_data
 
 
@@ -224,27 +225,31 @@ def fit(model, spec: dict, draw, held: torch.Tensor, out: Path, config: VQGANTra
     losses = distributed.parallel(model, functools.partial(vq_losses, beta=config.beta), ranks, device)
     judge = distributed.parallel(discriminator, lambda module, images: module(images), ranks, device)
     bar = trange(start, config.steps, initial=start, total=config.steps, disable=not progress, desc="vqgan")
-    for step in bar:
-        images = random_crops(draw(), config.crop, generator).to(device)
-        recon, tokens = train_step(model, losses, judge, optimizer, d_optimizer, distributed.shard(images, ranks),
-                                   config, adversarial=0 <= config.disc_start <= step,
-                                   average=functools.partial(distributed.mean, ranks=ranks))
-        schedule.step()
-        usage += distributed.total(torch.bincount(tokens.flatten(), minlength=model.n_embed), ranks).cpu()
-        recon = distributed.mean(recon, ranks).item()
-        if config.restart_every and (step + 1) % config.restart_every == 0:
-            with torch.no_grad():
-                candidates = model.encode(images).movedim(1, -1).reshape(-1, model.embed_dim).float()
-            restart_dead_codes(model, usage, candidates, generator)
-            usage.zero_()
-        bar.set_postfix(recon=f"{recon:.4f}", refresh=False)
-        done = step + 1
-        if ranks.main and (done % config.sample_every == 0 or done == config.steps):
-            history.append({"step": done, "recon_loss": round(recon, 5), **watch(model, held, out, done, device)})
-        if ranks.main and (done % config.checkpoint_every == 0 or done == config.steps):
-            save_checkpoint(state_path, done, model, optimizer, schedule, rng, generator, usage=usage,
-                            history=history, config=asdict(config), discriminator=discriminator.state_dict(),
-                            d_optimizer=d_optimizer.state_dict())
+    with stop_on_signals() as stop:
+        for step in bar:
+            images = random_crops(draw(), config.crop, generator).to(device)
+            recon, tokens = train_step(model, losses, judge, optimizer, d_optimizer,
+                                       distributed.shard(images, ranks), config,
+                                       adversarial=0 <= config.disc_start <= step,
+                                       average=functools.partial(distributed.mean, ranks=ranks))
+            schedule.step()
+            usage += distributed.total(torch.bincount(tokens.flatten(), minlength=model.n_embed), ranks).cpu()
+            recon = distributed.mean(recon, ranks).item()
+            if config.restart_every and (step + 1) % config.restart_every == 0:
+                with torch.no_grad():
+                    candidates = model.encode(images).movedim(1, -1).reshape(-1, model.embed_dim).float()
+                restart_dead_codes(model, usage, candidates, generator)
+                usage.zero_()
+            bar.set_postfix(recon=f"{recon:.4f}", refresh=False)
+            done, stop_now = step + 1, stopping(stop, ranks, device)
+            if ranks.main and (done % config.sample_every == 0 or done == config.steps):
+                history.append({"step": done, "recon_loss": round(recon, 5), **watch(model, held, out, done, device)})
+            if ranks.main and (stop_now or done % config.checkpoint_every == 0 or done == config.steps):
+                save_checkpoint(state_path, done, model, optimizer, schedule, rng, generator, usage=usage,
+                                history=history, config=asdict(config), discriminator=discriminator.state_dict(),
+                                d_optimizer=d_optimizer.state_dict())
+            if stop_now:
+                raise stopped(stop, done, config.steps, state_path)
     model.eval()
     figures = {}
     if ranks.main:
