@@ -22,6 +22,7 @@ from vqclip.errors import UserError
 from vqclip.resources import data_dir
 from vqclip.ui import gallery
 from vqclip.ui.forms import Form, config_from_form, extra_lines, form_defaults
+from vqclip.ui.mask_editor import CANVAS_SIZE, MASK_FOLDER, preview
 from vqclip.ui.worker import CANCELLED, DONE, FAILED, STOPPED, Job, Workers
 
 STEPS = 6
@@ -180,6 +181,39 @@ def test_gallery_lists_runs_newest_first_and_runs_one_again_with_its_seed(tmp_pa
     assert again.run_dir != runs[1].run_dir
     assert np.array_equal(pixels(again.final_path), pixels(runs[1].image))
     assert gallery.find_runs(tmp_path / "missing") == []
+
+
+# -- the image editor's value: the picture the user gave, or a one-line refusal ------------------
+def painted_before_the_picture_arrived(folder: Path, colour=(255, 255, 255, 255)) -> dict:
+    """The editor's value when the brush was used before the uploaded picture reached its canvas
+    (issue 28): its empty canvas as the background (opaque white; dark grey in a dark theme) and
+    strokes of the canvas's size."""
+    blank, strokes = folder / "background.png", folder / "layer_0.png"
+    Image.new("RGBA", CANVAS_SIZE, colour).save(blank)
+    layer = Image.new("RGBA", CANVAS_SIZE, (0, 0, 0, 0))
+    layer.paste((255, 0, 255, 255), (540, 300, 640, 500))
+    layer.save(strokes)
+    return {"background": str(blank), "layers": [str(strokes)], "composite": None}
+
+
+NOT_YET = r"the init image had not reached the editor when it was painted on \(it sent its blank 800×800 canvas\)"
+
+
+@pytest.mark.parametrize("colour", [(255, 255, 255, 255), (51, 51, 51, 255)])
+def test_an_edit_painted_before_the_picture_reached_the_editor_is_refused(tmp_path, colour):
+    """Never an edit of the editor's blank canvas: Start refuses in one line and writes nothing; the
+    region preview stays empty. A picture of the user's, even a plain one, is taken."""
+    outputs = tmp_path / "outputs"
+    value = painted_before_the_picture_arrived(tmp_path, colour)
+    with pytest.raises(UserError, match=f"^{NOT_YET}: wait until") as refusal:
+        config_from_form(Form(prompts="a red circle", init_image=value), str(outputs), str(tmp_path))
+    assert "\n" not in str(refusal.value) and not outputs.exists()
+    assert preview(value, False, "") is None
+    plain = tmp_path / "plain.png"
+    Image.new("RGBA", (64, 64), colour).save(plain)
+    config = config_from_form(Form(prompts="a red circle", init_image={**value, "background": str(plain)}),
+                              str(outputs), str(tmp_path))
+    assert config.init.image == str(plain) and Path(config.mask.image).parent == outputs / MASK_FOLDER
 
 
 # -- the command line -------------------------------------------------------------------------
@@ -390,6 +424,17 @@ def test_served_page_edits_the_painted_region_and_outpaints(page, tmp_path):
     assert painted[:, 32:].min() == 255 and painted[:, :32].max() == 0
     pixels = np.asarray(Image.open(final).convert("RGB"))
     assert pixels.shape == (72, 64, 3) and (pixels[:64, :32] == (30, 70, 220)).all()  # the kept half, exactly
+
+
+def test_served_page_refuses_an_edit_painted_before_the_picture_reached_the_editor(page, tmp_path):
+    """The value the race sends, through Gradio's own preprocessing: a one-line message, no run, no mask."""
+    _, outputs, _, client = page
+    value = painted_before_the_picture_arrived(tmp_path)
+    before = sorted(outputs.rglob("*"))
+    message, status = start_form(client, init_image=value["background"], layers=value["layers"])
+    assert re.match(f"^Error: {NOT_YET}: wait until", message) and "\n" not in message and status == ""
+    time.sleep(1)  # a job would have made its folder by now; none was submitted
+    assert sorted(outputs.rglob("*")) == before
 
 
 def test_served_file_route_gives_the_outputs_folder_and_nothing_else(page, tmp_path):

@@ -4,6 +4,11 @@ Gradio's ImageEditor hands over its background (the uploaded picture) and the la
 it; the strokes of every layer, wherever they are opaque, are the mask (white = may change, as
 vqclip/mask.py reads it). The mask is written under the outputs folder, named by its content, so
 that the run, its metadata and `--from` refer to a file that stays.
+
+The uploaded picture never reaches the server by itself: the browser decodes it onto the editor's
+canvas, and what arrives is that canvas exported. Painted on before the picture got there (a slow
+machine, a quick hand), the canvas is still the editor's empty one, one colour at CANVAS_SIZE, and
+that is what the editor sends as the background. Such a value is refused in one line, never run.
 """
 
 from __future__ import annotations
@@ -22,13 +27,21 @@ from ..outputs import read_picture, save_png
 
 MASK_FOLDER = "masks"  # under the outputs folder
 OUTPAINT_STEP = 32  # pixels an outpaint button adds on its side
+CANVAS_SIZE = (800, 800)  # the editor's empty canvas (Gradio's default), width × height
+
+
+def is_blank_canvas(picture: Image.Image) -> bool:
+    """Whether `picture` is the editor's empty canvas: CANVAS_SIZE, one colour all over (white, or
+    dark grey in a dark theme)."""
+    return picture.size == CANVAS_SIZE and all(low == high for low, high in picture.convert("RGBA").getextrema())
 
 
 def editor_parts(value) -> tuple[str | None, np.ndarray | None]:
     """(the background's path, H × W booleans painted on it, or None when nothing is painted).
 
     `value` is the editor's value ({"background", "layers", "composite"} of file paths), or a plain
-    path (an API caller's init image, unpainted), or None."""
+    path (an API caller's init image, unpainted), or None. A background that is the editor's blank
+    canvas (the picture had not reached it) is a UserError."""
     if not value:
         return None, None
     if isinstance(value, (str, Path)):
@@ -37,6 +50,10 @@ def editor_parts(value) -> tuple[str | None, np.ndarray | None]:
     if not background:
         return None, None
     with read_picture(background, "init image") as picture:
+        if is_blank_canvas(picture):
+            width, height = CANVAS_SIZE
+            raise UserError(f"the init image had not reached the editor when it was painted on (it sent its blank "
+                            f"{width}×{height} canvas): wait until your picture shows in the editor, then paint again")
         size = picture.size
     painted = None
     for layer in value.get("layers") or []:
@@ -91,8 +108,12 @@ def grow(text: str, side: int, step: int = OUTPAINT_STEP) -> str:
 
 def preview(value, invert: bool, outpaint_text: str) -> np.ndarray | None:
     """The start image as the edit sees it: the kept region dimmed, the region to change (painted,
-    inverted, or the outpainted border) at full strength with a magenta tint."""
-    background, painted = editor_parts(value)
+    inverted, or the outpainted border) at full strength with a magenta tint; None while there is
+    nothing to show, or nothing Start would take (Start says why)."""
+    try:
+        background, painted = editor_parts(value)
+    except UserError:
+        return None
     if background is None:
         return None
     with read_picture(background, "init image") as picture:
@@ -129,7 +150,7 @@ def build_edit_controls(gr) -> EditControls:
     with gr.Accordion("Edit an image: paint the region to change, or outpaint", open=False, elem_id="edit"):
         # png, not Gradio's default webp: the kept pixels must reach the run unchanged
         editor = gr.ImageEditor(label="Init image (paint the region to change with the brush)", type="filepath",
-                                format="png", sources=["upload"], transforms=[], layers=False,
+                                format="png", sources=["upload"], transforms=[], layers=False, canvas_size=CANVAS_SIZE,
                                 brush=gr.Brush(colors=["#ff00ff"], default_color="#ff00ff", color_mode="fixed"),
                                 elem_id="init-image")
         with gr.Row():
