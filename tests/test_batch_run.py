@@ -285,3 +285,107 @@ def test_prior_sample_hash_follows_the_priors_recommendation(tiny_prior_folder):
     description["sample"]["temperature"] = 0.9
     (tiny_prior_folder / "prior.json").write_text(json.dumps(description))
     assert config_hash(job) != before
+
+
+# -- a batch folder holds one batch ------------------------------------------------------------------
+def painted(names: list[str]) -> list[dict]:
+    """Paint jobs named 000-red, 001-blue, ... (the palette has red and blue; other names paint red)."""
+    return [{"kind": "paint", "colour": name if name in ("red", "blue") else "red", "prompt": name} for name in names]
+
+
+def folder_state(out) -> dict:
+    """Every file under OUT with its bytes: what a refused batch must leave as it was."""
+    return {path.relative_to(out).as_posix(): path.read_bytes() for path in sorted(out.rglob("*")) if path.is_file()}
+
+
+def test_a_batch_into_a_folder_with_a_batch_is_refused_in_one_line(custom_kinds, tmp_path, capsys):
+    out = tmp_path / "sweep"
+    first, second = tmp_path / "first.yaml", tmp_path / "second.yaml"
+    first.write_text("jobs: [{kind: paint, colour: red, prompt: red}, {kind: paint, colour: blue, prompt: blue}]\n")
+    second.write_text("jobs: [{kind: paint, colour: blue, prompt: blue}]\n")
+    assert main(["batch", str(first), "--out", str(out)]) == 0
+    before = folder_state(out)
+    assert sorted(before) == ["000-red/flat.png", "001-blue/flat.png", "contact_sheet.png", "summary.jsonl"]
+    capsys.readouterr()
+    for batch in (second, first):  # another batch, or the same one again: both would replace finished jobs
+        assert main(["batch", str(batch), "--out", str(out)]) == 2
+        err = capsys.readouterr().err.strip()
+        assert err == (f"vqclip: error: {out} holds the results of a batch (summary.jsonl, contact_sheet.png and "
+                       "2 job folders): continue it with --resume, write this batch to another --out, or replace "
+                       "them with --overwrite")
+        assert folder_state(out) == before
+    with pytest.raises(vqclip.errors.UserError, match="holds the results of a batch"):  # at the call, not later
+        vqclip.batch.run(painted(["blue"]), out)
+    assert folder_state(out) == before
+
+
+def test_an_unfinished_batch_folder_is_refused_too_and_resume_continues_it(custom_kinds, tmp_path):
+    out = tmp_path / "sweep"
+    (out / "001-blue").mkdir(parents=True)  # a job that was running when the batch was killed
+    (out / "001-blue" / "flat.png").write_bytes(b"half")
+    (out / "notes.txt").write_text("mine")  # not a batch's: never in the way, never removed
+    with pytest.raises(vqclip.errors.UserError, match=r"holds the results of a batch \(1 job folder\)"):
+        vqclip.batch.run(painted(["red", "blue"]), out)
+    results = list(vqclip.batch.run(painted(["red", "blue"]), out, resume=True))
+    assert [(r.job.name, r.status, r.skipped) for r in results] == [("000-red", "ok", False), ("001-blue", "ok", False)]
+    assert pixels(out / "001-blue" / "flat.png")[0, 0].tolist() == [0, 0, 255]
+    assert (out / "notes.txt").read_text() == "mine"
+
+
+def test_a_folder_with_unrelated_files_takes_a_batch(custom_kinds, tmp_path):
+    out = tmp_path / "sweep"
+    out.mkdir()
+    (out / "notes.txt").write_text("mine")
+    (out / "pictures").mkdir()
+    assert [r.status for r in vqclip.batch.run(painted(["red"]), out)] == ["ok"]
+    assert sorted(folder_state(out)) == ["000-red/flat.png", "contact_sheet.png", "notes.txt", "summary.jsonl"]
+
+
+def test_resume_with_another_batch_is_refused(custom_kinds, tmp_path, capsys):
+    """None of the folder's finished jobs is one of this batch's: --resume would continue nothing and
+    replace or orphan them all (the README's two examples in one folder)."""
+    out = tmp_path / "sweep"
+    list(vqclip.batch.run(painted(["red", "blue", "green"]), out))
+    before = folder_state(out)
+    batch = tmp_path / "other.yaml"
+    batch.write_text("jobs: [{kind: paint, colour: blue, prompt: red}, {kind: paint, colour: red, prompt: blue}]\n")
+    assert main(["batch", str(batch), "--out", str(out), "--resume"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err == (f"vqclip: error: {out} holds another batch: none of its 3 finished jobs is a job of this one "
+                   "with the same settings, so --resume has nothing to continue; write this batch to another "
+                   "--out, or replace that one with --overwrite")
+    assert folder_state(out) == before
+
+
+def test_resume_of_an_edited_batch_says_which_folders_it_leaves(custom_kinds, tmp_path, caplog):
+    out = tmp_path / "sweep"
+    list(vqclip.batch.run(painted(["red", "blue", "green"]), out))
+    with caplog.at_level("WARNING", logger="vqclip.batch"):
+        results = list(vqclip.batch.run(painted(["red", "white"]), out, resume=True))  # blue, green: dropped
+    assert [(r.job.name, r.skipped) for r in results] == [("000-red", True), ("001-white", False)]
+    assert [record.getMessage() for record in caplog.records] == [
+        f"2 job folders in {out} are not jobs of this batch: left as they are, and not in summary.jsonl "
+        "(001-blue, 002-green)"]
+    assert [r["name"] for r in read_jsonl(out / "summary.jsonl")] == ["000-red", "001-white"]
+    assert (out / "001-blue" / "flat.png").is_file() and (out / "002-green" / "flat.png").is_file()
+
+
+def test_overwrite_replaces_the_earlier_batch_and_nothing_else(custom_kinds, tmp_path, caplog):
+    out = tmp_path / "sweep"
+    list(vqclip.batch.run(painted(["red", "blue", "green"]), out))
+    (out / "notes.txt").write_text("mine")
+    with pytest.raises(vqclip.errors.UserError, match="--resume .* or --overwrite .*, not both"):
+        vqclip.batch.run(painted(["blue"]), out, resume=True, overwrite=True)
+    with caplog.at_level("WARNING", logger="vqclip.batch"):
+        results = list(vqclip.batch.run(painted(["blue"]), out, overwrite=True))
+    assert [(r.job.name, r.status, r.skipped) for r in results] == [("000-blue", "ok", False)]
+    assert [record.getMessage() for record in caplog.records] == [
+        f"--overwrite: removed the earlier batch in {out} (summary.jsonl, contact_sheet.png and 3 job folders)"]
+    assert sorted(folder_state(out)) == ["000-blue/flat.png", "contact_sheet.png", "notes.txt", "summary.jsonl"]
+    assert pixels(out / "000-blue" / "flat.png")[0, 0].tolist() == [0, 0, 255]
+    assert [r["name"] for r in read_jsonl(out / "summary.jsonl")] == ["000-blue"]
+    # into a folder without a batch, --overwrite removes nothing and says nothing
+    caplog.clear()
+    with caplog.at_level("WARNING", logger="vqclip.batch"):
+        assert [r.status for r in vqclip.batch.run(painted(["red"]), tmp_path / "new", overwrite=True)] == ["ok"]
+    assert caplog.records == []

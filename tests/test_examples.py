@@ -23,8 +23,8 @@ BLOCK = re.compile(r"^```python\n(.*?)^```", re.S | re.M)
 
 # What some examples leave behind, beyond running without an error.
 WRITES = {
-    "README.md-1": ["runs/sweep/summary.jsonl", "runs/sweep/contact_sheet.png"],
-    "batch.md-0": ["runs/sweep/summary.jsonl", "runs/best/contact_sheet.png"],
+    "README.md-1": ["runs/sweep-py/summary.jsonl", "runs/sweep-py/contact_sheet.png"],
+    "batch.md-0": ["runs/sweep-py/summary.jsonl", "runs/best/contact_sheet.png"],
     "video.md-0": ["zoom.mp4", "morph.gif", "styled.mp4"],
 }
 

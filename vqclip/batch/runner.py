@@ -9,7 +9,9 @@ VQGAN and one CLIP loads them once per worker.
 from __future__ import annotations
 
 import ast
+import logging
 import multiprocessing
+import re
 import sys
 from collections.abc import Iterable, Iterator
 from concurrent.futures import ProcessPoolExecutor, as_completed
@@ -20,7 +22,9 @@ from ..errors import UserError
 from ..threads import usable_cores
 from .jobs import clear_folder, execute
 from .spec import Job, jobs_from
-from .summary import append_record, config_hash, is_finished, read_summary, write_summary
+from .summary import SUMMARY_NAME, append_record, config_hash, is_finished, read_summary, write_summary
+
+log = logging.getLogger(__name__)
 
 CONTACT_SHEET_NAME = "contact_sheet.png"
 
@@ -64,18 +68,24 @@ class JobResult:
 
 
 def run(jobs, out: str | Path | None = None, *, workers: int = 1, ray: str | bool | None = None, resume: bool = False,
-        threads: int | None = None, contact_sheet: bool = True) -> Iterator[JobResult]:
+        threads: int | None = None, contact_sheet: bool = True, overwrite: bool = False) -> Iterator[JobResult]:
     """Run a batch into `out`; iterate over the result to run it, one JobResult per job as it finishes.
 
     jobs: a batch file path, a batch mapping ({defaults, grid, jobs}), a list of setting mappings
     (`{"prompt": "a red circle", "preset": "shapes", "seed": 1}`) or Jobs. out: the batch's folder
-    (default: a new outputs/<date>/NNNN-batch/). workers: local processes
+    (default: a new outputs/<date>/NNNN-batch/); one that holds a batch's results is refused unless
+    `resume` or `overwrite` says what to do with them. workers: local processes
     (one GPU each when there are several). ray: True (a local or the configured cluster) or an
-    address. resume: skip the jobs finished before with the same settings. threads: torch CPU
-    threads per job (CPU images are identical across runs with the same seed and thread count).
-    The settings are checked and Ray is reached before this returns; the jobs run as you iterate.
+    address. resume: continue the batch in `out`: skip the jobs finished before with the same
+    settings (refused when none of its finished jobs is one of these). overwrite: first remove the
+    earlier batch from `out` (its summary.jsonl, contact sheet and job folders; other files stay).
+    threads: torch CPU threads per job (CPU images are identical across runs with the same seed and
+    thread count). The settings and `out` are checked and Ray is reached before this returns; the
+    jobs run as you iterate.
     """
     jobs = jobs_from(jobs)
+    if resume and overwrite:
+        raise UserError("choose --resume (continue the batch in --out) or --overwrite (replace it), not both")
     if workers < 1:
         raise UserError(f"workers must be at least 1, not {workers}")
     if threads is not None and threads < 1:
@@ -86,6 +96,10 @@ def run(jobs, out: str | Path | None = None, *, workers: int = 1, ray: str | boo
         refuse_unguarded_script(workers)
     if out is not None and Path(out).exists() and not Path(out).is_dir():
         raise UserError(f"--out {out} is a file: give a folder for the batch")
+    hashes = {job.index: config_hash(job) for job in jobs}
+    earlier = {}
+    if out is not None and Path(out).is_dir():  # before Ray is reached or anything is removed
+        earlier = check_earlier_batch(jobs, hashes, Path(out), resume=resume, overwrite=overwrite)
     on_ray = on_ray_asked(ray)
     started_ray = False
     if on_ray:  # before any folder is made: an unreachable cluster leaves nothing behind
@@ -101,7 +115,65 @@ def run(jobs, out: str | Path | None = None, *, workers: int = 1, ray: str | boo
         out.mkdir(parents=True, exist_ok=True)
     except OSError as exc:
         raise UserError(f"cannot create the batch folder {out}: {exc.strerror or exc}") from None
-    return _run(jobs, out, workers, on_ray, started_ray, resume, threads, contact_sheet)
+    if overwrite:
+        remove_earlier_batch(jobs, out)
+    return _run(jobs, out, hashes, earlier, workers, on_ray, started_ray, threads, contact_sheet)
+
+
+# -- one batch per folder --------------------------------------------------------------------------
+JOB_FOLDER = re.compile(r"\d{3,}-[a-z0-9_-]+")  # Job.name: 003-a-red-circle
+
+
+def batch_files(jobs: list[Job], out: Path) -> tuple[list[str], list[str]]:
+    """(summary.jsonl and contact_sheet.png where present, the job folders present): what a batch
+    wrote in `out`, by the names its summary lists and the names these jobs would write."""
+    files = [name for name in (SUMMARY_NAME, CONTACT_SHEET_NAME) if (out / name).is_file()]
+    names = {*read_summary(out), *(job.name for job in jobs)}
+    folders = sorted(name for name in names if JOB_FOLDER.fullmatch(name) and (out / name).is_dir())
+    return files, folders
+
+
+def describe(files: list[str], folders: list[str]) -> str:
+    """'summary.jsonl, contact_sheet.png and 3 job folders'."""
+    parts = [*files, *([f"{len(folders)} job folder{'s' if len(folders) != 1 else ''}"] if folders else [])]
+    return " and ".join(part for part in (", ".join(parts[:-1]), parts[-1]) if part)
+
+
+def check_earlier_batch(jobs: list[Job], hashes: dict[int, str], out: Path, *, resume: bool,
+                        overwrite: bool) -> dict[str, dict]:
+    """The summary lines that --resume continues from ({} otherwise). A folder that holds a batch's
+    results is refused without --resume or --overwrite (running would replace finished jobs and
+    leave the others out of summary.jsonl), and so is --resume into another batch's folder."""
+    files, folders = batch_files(jobs, out)
+    if overwrite or not (files or folders):
+        return {}
+    if not resume:
+        raise UserError(f"{out} holds the results of a batch ({describe(files, folders)}): continue it with "
+                        "--resume, write this batch to another --out, or replace them with --overwrite")
+    earlier = read_summary(out)
+    finished = [name for name, record in earlier.items() if record.get("status") == "ok"]
+    kept = [job for job in jobs if is_finished(earlier.get(job.name), job, hashes[job.index], out)]
+    if finished and not kept:
+        raise UserError(f"{out} holds another batch: none of its {len(finished)} finished jobs is a job of this "
+                        "one with the same settings, so --resume has nothing to continue; write this batch to "
+                        "another --out, or replace that one with --overwrite")
+    ours = {job.name for job in jobs}
+    left = [name for name in folders if name not in ours]
+    if left:
+        log.warning("%d job folder%s in %s %s not jobs of this batch: left as they are, and not in summary.jsonl "
+                    "(%s)", len(left), "s" if len(left) != 1 else "", out, "are" if len(left) != 1 else "is",
+                    ", ".join(left[:5]) + (", ..." if len(left) > 5 else ""))
+    return earlier
+
+
+def remove_earlier_batch(jobs: list[Job], out: Path) -> None:
+    """--overwrite: summary.jsonl, contact_sheet.png and the job folders go; other files in `out` stay."""
+    files, folders = batch_files(jobs, out)
+    if not (files or folders):
+        return
+    for name in [*files, *folders]:
+        clear_folder(out / name)
+    log.warning("--overwrite: removed the earlier batch in %s (%s)", out, describe(files, folders))
 
 
 def on_ray_asked(ray: str | bool | None) -> bool:
@@ -142,10 +214,8 @@ def _is_main_test(test: ast.expr) -> bool:
     return {ast.unparse(test.left), ast.unparse(test.comparators[0])} == {"__name__", "'__main__'"}
 
 
-def _run(jobs: list[Job], out: Path, workers: int, on_ray: bool, started_ray: bool, resume: bool,
-         threads: int | None, contact_sheet: bool) -> Iterator[JobResult]:
-    hashes = {job.index: config_hash(job) for job in jobs}
-    earlier = read_summary(out) if resume else {}
+def _run(jobs: list[Job], out: Path, hashes: dict[int, str], earlier: dict[str, dict], workers: int, on_ray: bool,
+         started_ray: bool, threads: int | None, contact_sheet: bool) -> Iterator[JobResult]:
     results: dict[int, JobResult] = {}
     pending = []
     for job in jobs:
