@@ -153,4 +153,4 @@ def test_digits_eval_warns_of_busy_threads_once_and_says_where_the_time_went(tmp
     assert sum(seconds.values()) - seconds["total"] <= seconds["total"] + 0.05  # the parts fit in the total
     assert summary["seconds_per_image"] == round(seconds["generation"] / 2, 2)
     printed = capsys.readouterr().out
-    assert f"{seconds['total']:.1f} s in all: loading {seconds['loading']:.1f} s, generation " in printed
+    assert f"{seconds['total']:.1f} s after start-up: loading {seconds['loading']:.1f} s, generation " in printed

@@ -137,7 +137,7 @@ def format_table(report: dict) -> str:
                      f"{p['samples_per_digit']} by CLIP {100 * p['best_of_n_accuracy']:.1f}%")
     if "seconds" in s:  # reports written before the breakdown have none
         t = s["seconds"]
-        lines.append(f"{t['total']:.1f} s in all: loading {t['loading']:.1f} s, generation {t['generation']:.1f} s, "
+        lines.append(f"{t['total']:.1f} s after start-up: loading {t['loading']:.1f} s, generation {t['generation']:.1f} s, "
                      f"judging {t['judging']:.1f} s, CLIP zero-shot {t['clip_zero_shot']:.1f} s"
                      + (f", prior alone {t['prior']:.1f} s" if "prior" in report else ""))
     return "\n".join(lines)
