@@ -317,6 +317,8 @@ def test_a_batch_into_a_folder_with_a_batch_is_refused_in_one_line(custom_kinds,
     with pytest.raises(vqclip.errors.UserError, match="holds the results of a batch"):  # at the call, not later
         vqclip.batch.run(painted(["blue"]), out)
     assert folder_state(out) == before
+    assert main(["batch", str(second), "--out", str(out), "--overwrite"]) == 0  # what the error offers
+    assert sorted(folder_state(out)) == ["000-blue/flat.png", "contact_sheet.png", "summary.jsonl"]
 
 
 def test_an_unfinished_batch_folder_is_refused_too_and_resume_continues_it(custom_kinds, tmp_path):

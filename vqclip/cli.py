@@ -477,7 +477,10 @@ def batch_command(argv: list[str]) -> int:
     parser.add_argument("--ray", nargs="?", const=True, default=None, metavar="ADDRESS",
                         help="run the jobs as Ray tasks: a new local Ray, or the cluster at ADDRESS "
                         "(HOST:PORT, ray://HOST:PORT, auto)")
-    parser.add_argument("--resume", action="store_true", help="skip the jobs finished with the same settings")
+    parser.add_argument("--resume", action="store_true", help="continue the batch in OUT: skip the jobs finished "
+                        "with the same settings")
+    parser.add_argument("--overwrite", action="store_true", help="first remove the batch already in OUT (its "
+                        "summary.jsonl, contact_sheet.png and job folders; other files stay)")
     parser.add_argument("--threads", type=int, help="torch CPU threads per job (same seed + threads = same image)")
     args = parser.parse_args(argv)
 
@@ -488,7 +491,8 @@ def batch_command(argv: list[str]) -> int:
 
     jobs = read_batch_file(args.file)
     failed = done = 0
-    results = run(jobs, args.out, workers=args.workers, ray=args.ray, resume=args.resume, threads=args.threads)
+    results = run(jobs, args.out, workers=args.workers, ray=args.ray, resume=args.resume, overwrite=args.overwrite,
+                  threads=args.threads)
     try:
         for done, result in enumerate(results, 1):
             where = f"[{done}/{len(jobs)}] {result.job.name}"
