@@ -282,7 +282,7 @@ def test_image_prompt_error_names_the_image_prompt(preset, tmp_path, monkeypatch
     ctx = Context(tmp_path, preset)
     code, _, err = run_main(ctx.gen("a red circle", "--image-prompt", str(tmp_path / "nope.png")))
     assert code == 2
-    assert "init image" not in err and "image prompt" in err, err
+    assert "init.image" not in err and "image_prompts[0]" in err, err
 
 
 def test_bomb_is_refused_from_the_header_in_bounded_memory(preset, tmp_path, monkeypatch):

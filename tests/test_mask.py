@@ -179,7 +179,7 @@ def test_from_repeats_a_masked_edit_pixel_for_pixel(tiny_preset, tmp_path, capsy
 
 
 MASK_ERRORS = [
-    (["--mask", "missing.png"], "cannot read mask missing.png"),
+    (["--mask", "missing.png"], "mask.image: no such file or folder 'missing.png'"),
     (["--mask", "not-an-image.png"], "cannot read mask not-an-image.png"),
     (["--mask", "black.png"], "the mask is all black: nothing may change"),
     (["--mask", "white.png", "--mask-invert"], "the mask is all black"),

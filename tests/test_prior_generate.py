@@ -83,7 +83,7 @@ def test_init_mode_prior_errors(tmp_path, tiny_prior_dir):
     with pytest.raises(UserError, match="size must be 64 64"):
         generate("a red circle", preset="shapes", steps=1, quiet=True, size=[32, 32],
                         run_dir=str(tmp_path / "b"), init={"mode": "prior", "prior": str(tiny_prior_dir)})
-    with pytest.raises(UserError, match="neither a known prior"):
+    with pytest.raises(UserError, match="init.prior: no such folder .*, or a known prior: "):
         generate("a red circle", preset="shapes", steps=1, quiet=True, run_dir=str(tmp_path / "c"),
                         init={"mode": "prior", "prior": str(tmp_path / "nowhere")})
     with pytest.raises(UserError, match="text prompt"):

@@ -60,7 +60,7 @@ def test_models_check_and_list_from_the_cli(tiny_preset, capsys):
     assert "imagenet_f16_16384" in capsys.readouterr().out
     assert main(["models", "check", "vqgan.config=missing.yaml", "vqgan.checkpoint=missing.ckpt"]) == 2
     err = capsys.readouterr().err
-    assert err.count("\n") == 1 and "VQGAN config not found: missing.yaml" in err
+    assert err.count("\n") == 1 and "vqgan.config: no such file 'missing.yaml'" in err
 
 
 @pytest.mark.parametrize("name,size", [("imagenet_f16_16384", 64), ("gumbel_f8_8192", 64)])
@@ -76,7 +76,7 @@ def test_real_architecture_with_random_weights(name, size):
 
 
 @pytest.mark.parametrize("problem,expected", [
-    ("missing", "weight file not found"),
+    ("missing", "vqgan.checkpoint: no such file"),
     ("unknown_name", "unknown VQGAN 'imagenet_f16_1638' (did you mean: imagenet_f16_16384"),
     ("not_taming", "is not a taming model config"),
     ("wrong_checkpoint", "does not belong to"),

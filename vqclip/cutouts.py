@@ -209,19 +209,28 @@ def build_augmentations(spec) -> nn.Sequential:
     return nn.Sequential(*(_build_entry(entry, f"{where}, entry {i + 1}") for i, entry in enumerate(entries)))
 
 
-def _pipeline_path(text: str) -> Path:
-    # A name is only ever looked up in the registry, so '../x' can never reach a file through it;
-    # something that looks like a path is used only if that file exists as given.
+def pipeline_file(text: str) -> str | None:
+    """The file an `augmentations` value names, or None for a shipped pipeline's name; a value that is
+    neither (no path separator, no .yaml) is an unknown name, a UserError naming the shipped ones.
+
+    A name is only ever looked up in the registry, so '../x' can never reach a file through it;
+    something that looks like a path is used only if that file exists as given."""
     shipped = named_yaml_files("augmentations")
     if text in shipped:
-        return shipped[text]
-    looks_like_path = any(sep in text for sep in ("/", "\\", "..")) or text.endswith((".yaml", ".yml"))
-    if not looks_like_path:
+        return None
+    if not (any(sep in text for sep in ("/", "\\", "..")) or text.endswith((".yaml", ".yml"))):
         raise unknown_choice("augmentation pipeline", text, shipped)
-    if not Path(text).is_file():
+    return text
+
+
+def _pipeline_path(text: str) -> Path:
+    file = pipeline_file(text)
+    if file is None:
+        return named_yaml_files("augmentations")[text]
+    if not Path(file).is_file():
         raise UserError(f"augmentation pipeline file {text!r} does not exist "
-                        f"(shipped pipelines: {', '.join(sorted(shipped))})")
-    return Path(text)
+                        f"(shipped pipelines: {', '.join(sorted(named_yaml_files('augmentations')))})")
+    return Path(file)
 
 
 def _read_pipeline_file(path: Path) -> list:

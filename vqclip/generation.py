@@ -24,9 +24,9 @@ from omegaconf import DictConfig
 from . import outputs
 from .config import build_config, read_yaml, to_dict
 from .errors import UserError
-from .init import check_size, initial_z
+from .init import check_size, initial_z, needs_prior
 from .interrupt import Interrupted, stop_on_signals
-from .mask import Edit, is_editing, plan_edit
+from .mask import Edit, plan_edit
 from .objective import Objective
 from .optimize import NumericalError, Step, make_optimizer, make_scheduler, optimize
 from .paths import check_paths
@@ -104,10 +104,6 @@ def models_key(config: DictConfig) -> str:
     prior = plain["init"]["prior"] if needs_prior(config) else None
     return json.dumps({"vqgan": plain["vqgan"], "clip": plain["clip"], "device": plain["device"], "prior": prior},
                       sort_keys=True)
-
-
-def needs_prior(config: DictConfig) -> bool:
-    return config.init.mode == "prior" or (is_editing(config.mask) and config.mask.fill == "prior")
 
 
 def build_timeline(config: DictConfig) -> PromptTimeline | None:

@@ -30,6 +30,13 @@ def check_size(size: tuple[int, int], factor: int) -> None:
                     f"try {suggestion}")
 
 
+def needs_prior(config) -> bool:
+    """Whether a run's start draws from the prior: init.mode=prior, or a masked region filled by it."""
+    from .mask import is_editing
+
+    return config.init.mode == "prior" or (is_editing(config.mask) and config.mask.fill == "prior")
+
+
 def read_latent(path: str) -> torch.Tensor:
     """A saved z: a tensor file, or a run's state.pt (its "z")."""
     stored = load_file(path)

@@ -204,11 +204,22 @@ def _as_spec(spec: ClipModelConfig | Mapping) -> ClipModelConfig:
     return ClipModelConfig(spec.name, str(spec.pretrained) if spec.pretrained else None, weight)
 
 
+def names_config_file(name: str) -> bool:
+    """Whether a CLIP model `name` is the path of a model-config JSON (else an open_clip name)."""
+    return name.lower().endswith(".json")
+
+
+def names_weight_file(pretrained: str) -> bool:
+    """Whether a `pretrained` value is meant as a weight file (a weight suffix or a folder in it), not
+    an open_clip tag; any file that exists is read as weights too."""
+    return Path(pretrained).suffix.lower() in WEIGHT_SUFFIXES or os.sep in pretrained or "/" in pretrained
+
+
 def _architecture(name: str) -> tuple[str, dict, dict, bool]:
     """(architecture name, model config, preprocessing overrides, is open_clip built-in) for `name`."""
     import open_clip
 
-    if name.lower().endswith(".json"):
+    if names_config_file(name):
         return _read_model_config(Path(name).expanduser())
     if name.startswith(("hf-hub:", "local-dir:")):
         raise UserError(f"{name}: give the path of the model-config JSON and the weight file instead")
@@ -264,7 +275,7 @@ def _resolve_weights(arch: str, pretrained: str | None, builtin: bool) -> tuple[
                 f"cannot fetch the {pretrained!r} weights of CLIP model {arch} ({type(exc).__name__}); "
                 f"download {_tag_url(tag_cfg)} and give its path as pretrained"
             ) from None
-    if path.suffix.lower() in WEIGHT_SUFFIXES or os.sep in pretrained or "/" in pretrained:
+    if names_weight_file(pretrained):
         raise UserError(f"pretrained weight file not found: {pretrained}")
     tags = open_clip.list_pretrained_tags_by_model(arch) if builtin else []
     if not tags:
