@@ -83,7 +83,7 @@ CASES = [
     Case("restyle an unreadable video", lambda d: ["video", "restyle", garbage_video(d), "a blue square",
                                                    "-p", "shapes-zoom"], "cannot read video"),
     Case("restyle a missing video", lambda d: ["video", "restyle", str(d / "nowhere.mp4"), "a blue square"],
-         "no video at"),
+         "input: no such file or folder"),
     Case("restyle a folder without frames", lambda d: ["video", "restyle", empty_folder(d), "a blue square"],
          "holds no images"),
     Case("up-convert a one-frame clip", lambda d: ["video", "interpolate", one_frame_clip(d), *MORPH],
@@ -123,15 +123,15 @@ CASES = [
     Case("size auto (a single-image setting)", lambda d: [*ANIMATE, "size=auto"], "a video needs one size"),
     # A key or input that looks like a file and is not there is a typo, not a prompt to draw.
     Case("a mistyped image key", lambda d: ["video", "interpolate", "red-circel.png", red(d), *MORPH],
-         "key red-circel.png: no such file or folder"),
+         "key 1: no such file or folder 'red-circel.png'"),
     Case("a missing image key given as a path", lambda d: ["video", "interpolate", red(d), str(d / "keys" / "blue"),
-                                                           *MORPH], "keys/blue: no such file or folder"),
+                                                           *MORPH], "key 2: no such file or folder '"),
     Case("a missing latent key", lambda d: ["video", "interpolate", red(d), "blue.pt", *MORPH],
-         "key blue.pt: no such file"),
+         "key 2: no such file or folder 'blue.pt'"),
     Case("a missing video to up-convert", lambda d: ["video", "interpolate", "clip.mp4", *MORPH],
-         "input clip.mp4: no such file or folder"),
+         "input: no such file or folder 'clip.mp4'"),
     Case("a missing init image for animate", lambda d: [*ANIMATE, "init.mode=image", "init.image=nowhere.png"],
-         "cannot read init image nowhere.png"),
+         "init.image: no such file 'nowhere.png'"),
     Case("frames that is not a number", lambda d: [*ANIMATE, "--frames", "many"], "invalid int value"),
 ]
 
@@ -202,8 +202,8 @@ def test_the_python_api_refuses_missing_key_files_too(tmp_path, monkeypatch):
     from vqclip.errors import UserError
 
     monkeypatch.chdir(tmp_path)
-    with pytest.raises(UserError, match="key red.png: no such file"):
+    with pytest.raises(UserError, match="key 1: no such file or folder 'red.png'"):
         video.interpolate(["red.png", "blue.png"], preset="shapes-morph", output="morph.gif")
-    with pytest.raises(UserError, match="no video at nowhere.mp4"):
+    with pytest.raises(UserError, match="input: no such file or folder 'nowhere.mp4'"):
         video.restyle("nowhere.mp4", "a blue square", preset="shapes-zoom", output="styled.gif")
     assert files_under(tmp_path) == set()

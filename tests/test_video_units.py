@@ -11,10 +11,11 @@ from hypothesis import strategies as st
 
 from vqclip.config import build_config
 from vqclip.errors import UserError
+from vqclip.paths import looks_like_path
 from vqclip.prompts import parse_prompt
 from vqclip.video.animation import frame_prompts, move, smooth
 from vqclip.video.frames import output_kind, read_frames, read_settings, write_video
-from vqclip.video.interpolation import even_times, in_between_times, lerp, looks_like_path, slerp
+from vqclip.video.interpolation import even_times, in_between_times, lerp, slerp
 from vqclip.video.schedule import EASES, parse_schedule, quote_schedule_overrides
 
 

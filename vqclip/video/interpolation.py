@@ -22,7 +22,6 @@ toward the keys' targets weighted by that share, which makes it sharp again.
 from __future__ import annotations
 
 import bisect
-import os
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -33,9 +32,10 @@ from tqdm.auto import tqdm
 from ..errors import UserError, unknown_choice
 from ..init import check_size, read_latent
 from ..outputs import load_image
+from ..paths import check_paths
 from ..prompts import parse_prompts
 from .animation import weighted_prompts
-from .frames import IMAGE_SUFFIXES, READ_SUFFIXES, is_video_input, read_frames
+from .frames import IMAGE_SUFFIXES, is_video_input, read_frames
 from .run_state import FrameStore, VideoJob, decode_latent, encode_image, fixed_size, optimise_frame
 from .schedule import get_ease
 
@@ -120,30 +120,11 @@ class Key:
     size: tuple[int, int] | None  # width, height of an image key (latents are checked once loaded)
 
 
-FILE_SUFFIXES = (*IMAGE_SUFFIXES, *READ_SUFFIXES, ".pt")
-
-
-def looks_like_path(text: str) -> bool:
-    """A key or input that is meant as a file: a file suffix (.png, .mp4, .pt, ...), or a path
-    separator in a text without spaces ("frames/", "./red", "keys/a"). Prompts with a slash
-    between words ("a red/blue circle") stay prompts."""
-    separators = [sep for sep in (os.sep, os.altsep, "/") if sep]
-    return Path(text).suffix.lower() in FILE_SUFFIXES or (
-        any(sep in text for sep in separators) and not any(c.isspace() for c in text))
-
-
-def check_exists(text: str, what: str) -> None:
-    """A key or input that looks like a file must be there: a typo is an error, not a prompt."""
-    if looks_like_path(text) and not Path(text).exists():
-        raise UserError(f"{what} {text}: no such file or folder (check the name; a prompt key is plain text "
-                        "without a file suffix)")
-
-
 def classify_keys(inputs: list[str]) -> list[Key]:
     """What each key is; image keys of different sizes are refused, naming both."""
+    check_paths(None, kind="interpolate", inputs=inputs)  # a key that looks like a file is one: a typo is an error
     keys = []
     for text in inputs:
-        check_exists(text, "key")
         path = Path(text)
         if path.is_file() and path.suffix.lower() == ".pt":
             keys.append(Key(text, "latent", None))
@@ -167,7 +148,7 @@ def classify_keys(inputs: list[str]) -> list[Key]:
 def interpolation_mode(inputs: list[str]) -> str:
     """'upconvert' for one video or folder, 'keys' for two or more keys; anything else is an error."""
     if len(inputs) == 1:
-        check_exists(inputs[0], "input")
+        check_paths(None, kind="interpolate", inputs=inputs)
     if len(inputs) == 1 and is_video_input(inputs[0]):
         return "upconvert"
     if len(inputs) < 2:
