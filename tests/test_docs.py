@@ -410,9 +410,16 @@ def shown_batch_files() -> list[tuple[str, dict]]:
 
 
 @pytest.mark.parametrize("where, data", shown_batch_files(), ids=[where for where, _ in shown_batch_files()])
-def test_shown_batch_file_is_accepted(where, data):
+def test_shown_batch_file_is_accepted(where, data, tmp_path, monkeypatch):
+    """Accepted where the files its jobs name are there (they are checked as the batch is read)."""
     from vqclip.batch import parse_batch
 
+    monkeypatch.chdir(tmp_path)
+    for job in [data.get("defaults") or {}, *(data.get("jobs") or [])]:
+        for key in ("keys", "input", "init_image", "image_prompt", "mask"):
+            value = job.get(key)
+            for name in value if isinstance(value, list) else [value] if value else []:
+                (tmp_path / name).touch()
     assert parse_batch(data, source=where)
 
 

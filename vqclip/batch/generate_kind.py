@@ -27,10 +27,12 @@ def generate_config_layers(settings: dict) -> tuple[str, dict]:
 
 
 def check_generate(settings: dict) -> None:
-    """Keys and types, against the schema (the preset itself is read when the job runs)."""
+    """Keys and types, against the schema, and the files the job's settings name (the preset itself
+    is read when the job runs)."""
     from ..config import build_config
+    from ..paths import check_paths
 
-    build_config(None, generate_config_layers(settings)[1])
+    check_paths(build_config(None, generate_config_layers(settings)[1]), required=False)
 
 
 def resolve_generate(settings: dict) -> dict:
@@ -44,9 +46,11 @@ def resolve_generate(settings: dict) -> dict:
 
 def run_generate(settings: dict, folder: Path, cache: ModelCache, device: str | None) -> JobOutput:
     from ..generation import load_models, run
+    from ..paths import check_paths
 
     preset, overrides = generate_config_layers(settings)
     config = config_for_job(preset, overrides, folder, device)
+    check_paths(config)  # with the preset's too, before any model loads
     result = run(config, models=cache.get(model_key(config), lambda: load_models(config)))
     files = [result.run_dir / "final.png"] + sorted(result.run_dir.glob("candidate-*.png"))
     prompt = " | ".join(result.config["prompts"]) or _title(result.config)

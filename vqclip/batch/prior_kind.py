@@ -54,9 +54,11 @@ def prior_layers(settings: dict):
 
 
 def check_prior_sample(settings: dict) -> None:
+    """The sampling settings, the config keys, and the prior folder or model files the job names."""
     from ..config import build_config
+    from ..paths import check_paths
 
-    build_config(None, prior_layers(settings)[3])
+    check_paths(build_config(None, prior_layers(settings)[3]), required=False)
 
 
 def resolve_prior_sample(settings: dict) -> dict:

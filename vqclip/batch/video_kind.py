@@ -73,10 +73,15 @@ def _inputs(command: str, keys, input_video) -> list[str]:
 
 
 def check_video(settings: dict) -> None:
+    """The video settings, and the files the job names: its keys or input video, and its settings' paths."""
     from ..config import build_config
+    from ..paths import check_paths
     from ..video.jobs import check_video_config
 
-    check_video_config(build_config(None, video_layers(settings).overrides))
+    video = video_layers(settings)
+    config = build_config(None, video.overrides)
+    check_video_config(config)
+    check_paths(config, kind=video.command, inputs=video.inputs, required=False)
 
 
 def resolve_video(settings: dict) -> dict:
@@ -90,11 +95,13 @@ def resolve_video(settings: dict) -> dict:
 
 def run_video(settings: dict, folder: Path, cache: ModelCache, device: str | None) -> JobOutput:
     from ..generation import load_models
+    from ..paths import check_paths
     from ..video.jobs import fps_given, make_video
 
     video = video_layers(settings)
     config = config_for_job(video.preset, video.overrides, folder, device)
     config.output = str(folder / f"video.{video.video_format}")
+    check_paths(config, kind=video.command, inputs=video.inputs)  # with the preset's too, before any model loads
     result = make_video(video.command, video.inputs, config,
                         cache.get(model_key(config), lambda: load_models(config)),
                         input_fps=video.command == "restyle" and not fps_given(video.overrides, None))
