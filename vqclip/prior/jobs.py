@@ -90,10 +90,12 @@ def sample_job(prompt: str, out: str, config, options: dict, prior_spec: str | N
     from ..generation import pick_device
     from ..models.clip import load_clip_ensemble
     from ..models.registry import resolve_clip
+    from ..paths import check_paths
 
     prior_spec = prior_spec or config.init.prior
     if not prior_spec:
         raise UserError("no prior chosen: pass --prior NAME|FOLDER, or a preset that sets init.prior")
+    check_paths(config, starting=False)  # the VQGAN's and CLIP's files, before the prior loads
     device = pick_device(config.device)
     prior = load_prior(prior_spec, device, progress=not config.quiet)
     vqgan = load_vqgan(config, device)
