@@ -164,6 +164,20 @@ def test_bad_input_found_by_the_run_fails_the_job_with_one_line(tmp_path, worker
         Job(shapes_config(tmp_path), preview_every=0)
 
 
+def test_a_missing_file_fails_the_job_before_the_models_load(tmp_path, monkeypatch):
+    def no_models(*args, **kwargs):
+        raise AssertionError("a model was loaded before the paths were checked")
+
+    monkeypatch.setattr("vqclip.generation.load_models", no_models)
+    pool = Workers()
+    try:
+        job = pool.submit(Job(shapes_config(tmp_path, init={"mode": "image", "image": str(tmp_path / "gone.png")})))
+        assert job.wait(timeout=60) and job.status == FAILED
+    finally:
+        pool.close(timeout=60)
+    assert job.error == f"init.image: no such file '{tmp_path / 'gone.png'}': check the path"
+
+
 # -- the gallery ------------------------------------------------------------------------------
 def test_gallery_lists_runs_newest_first_and_runs_one_again_with_its_seed(tmp_path, workers):
     outputs = tmp_path / "outputs"

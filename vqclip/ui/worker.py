@@ -193,7 +193,10 @@ class Worker:
 
     def _execute(self, job: Job):
         from ..generation import resume, run
+        from ..paths import check_paths
 
+        check_paths(job.config, kind=job.kind if job.kind in VIDEO_KINDS else None, inputs=job.inputs,
+                    starting=job.resume_dir is None)  # a missing file is told before the models load
         models = self._load_models(job.config)
         if job.kind in VIDEO_KINDS:
             return make_video_for_page(job, models)
