@@ -1,8 +1,10 @@
 """End to end in a real browser: `vqclip ui` on the shapes world, driven by headless Chromium.
 
 Type a prompt, start, watch the preview update, wait for the final image and judge its pixels;
-find it in the gallery; a bad input shows a message, never a traceback. Skipped (with the reason)
-where Gradio, Playwright or Debian's Chromium is missing; `.ci/run` installs Chromium.
+find it in the gallery; a bad input shows a message, never a traceback. Paint a mask on an init
+image and get the edit; with the picture held back, see Start refuse the editor's blank canvas
+(issue 28). Skipped (with the reason) where Gradio, Playwright or Debian's Chromium is missing;
+`.ci/run` installs Chromium.
 Set VQCLIP_UI_SCREENSHOT=docs/ui.png to also write the README's screenshot.
 """
 
@@ -220,36 +222,99 @@ def test_generate_preview_final_gallery_and_bad_input(ui, page):
     assert list(outputs.glob("*/*/final.png")) == finals
 
 
-def test_paint_a_mask_on_the_init_image_and_get_an_edited_image(ui, page, tmp_path):
-    """Upload a blue square, paint over its right part with the brush, see the region previewed,
-    run: the final image keeps every unpainted pixel exactly and changes the painted ones."""
-    url, outputs = ui
-    start = tmp_path / "blue.png"
+# The browser decodes an uploaded picture onto the editor's canvas itself (createImageBitmap on the
+# File; no request to the server that page.route could hold). This holds that decoding until the
+# test calls window.releasePicture(): the brush then paints on the editor's empty canvas, which is
+# the race of issue 28 made certain.
+HOLD_THE_PICTURE = """
+(() => {
+  let release;
+  const gate = new Promise(resolve => { release = resolve; });
+  window.releasePicture = release;
+  window.pictureHeld = false;
+  const decode = window.createImageBitmap.bind(window);
+  window.createImageBitmap = async (source, ...rest) => {
+    if (source instanceof Blob) { window.pictureHeld = true; await gate; }
+    return decode(source, ...rest);
+  };
+})();
+"""
+
+
+def blue_square(folder: Path) -> Path:
+    path = folder / "blue.png"
     picture = Image.new("RGB", (64, 64), (245, 245, 245))
     picture.paste((30, 70, 220), (8, 18, 28, 46))
-    picture.save(start)
+    picture.save(path)
+    return path
+
+
+def open_the_editor(page, url: str, picture: Path) -> None:
     page.goto(url)
     page.locator("#prompts textarea").fill("a red circle")
     fill_number(page, "seed", 1)
     page.locator("#edit").get_by_text("Edit an image").click()
-    page.locator("#init-image input[type=file]").set_input_files(str(start))
-    page.locator("#init-image canvas").first.wait_for(timeout=30_000)
+    # The editor drops a file given before its canvas is set up; its tools show once it is.
+    page.locator("#init-image button[aria-label='Brush']").first.wait_for(timeout=60_000)
+    page.locator("#init-image input[type=file]").set_input_files(str(picture))
+
+
+def wait_until_the_picture_shows(page, timeout_s: float = 60) -> None:
+    """What a user waits for before painting: the blue square drawn on the editor's canvas."""
+    deadline = time.monotonic() + timeout_s
+    while True:
+        shot = np.asarray(Image.open(io.BytesIO(page.locator("#init-image canvas").first.screenshot())).convert("RGB"))
+        blue = (shot[..., 2] > 180) & (shot[..., 0] < 80) & (shot[..., 1] < 110)
+        if blue.sum() > 100:
+            return
+        if time.monotonic() > deadline:
+            page.screenshot(path=os.environ.get("VQCLIP_UI_FAILURE_SHOT", "/tmp/vqclip-ui-failure.png"))
+            raise AssertionError("the uploaded picture never showed in the editor")
+        time.sleep(0.2)
+
+
+def paint_over_the_right_edge(page) -> None:
+    """Brush strokes across the right edge of the picture (centred in the canvas)."""
     page.locator("#init-image button[aria-label='Brush']").first.click()
     canvas = page.locator("#init-image canvas").first.bounding_box()
-    for fraction in (0.4, 0.5, 0.6):  # strokes across the right edge of the picture, centred in the canvas
+    for fraction in (0.4, 0.5, 0.6):
         y = canvas["y"] + canvas["height"] * fraction
         page.mouse.move(canvas["x"] + canvas["width"] * 0.68, y)
         page.mouse.down()
         page.mouse.move(canvas["x"] + canvas["width"] * 0.8, y, steps=8)
         page.mouse.up()
-    # The preview shows the painted region in magenta over the dimmed picture.
-    deadline, tinted = time.monotonic() + 30, np.zeros((64, 64), dtype=bool)
-    while not tinted.any() and time.monotonic() < deadline:
-        time.sleep(0.3)
+
+
+def tinted(shown: np.ndarray) -> np.ndarray:
+    """Where the region preview shows magenta: the region to change."""
+    shown = shown.astype(int)
+    return (shown[..., 0] > 120) & (shown[..., 2] > 120) & (shown[..., 1] < shown[..., 0] - 60)
+
+
+def wait_for_painted_region(page, size: tuple[int, int], timeout_s: float = 60) -> np.ndarray:
+    """Where the region preview shows the painted region, once it shows one on a picture of `size`
+    (height, width): the server has the strokes on that picture."""
+    deadline, shown = time.monotonic() + timeout_s, None
+    while time.monotonic() < deadline:
         if src := image_src(page, "mask-preview"):
-            shown = fetch_image(page, src).astype(int)
-            tinted = (shown[..., 0] > 120) & (shown[..., 2] > 120) & (shown[..., 1] < shown[..., 0] - 60)
-    assert tinted[:, 48:].any() and not tinted[:, :8].any()
+            shown = fetch_image(page, src)
+            if shown.shape[:2] == size and tinted(shown).any():
+                return tinted(shown)
+        time.sleep(0.2)
+    raise AssertionError(f"the region preview never showed a region painted on a {size} picture; "
+                         f"last: {None if shown is None else shown.shape}")
+
+
+def test_paint_a_mask_on_the_init_image_and_get_an_edited_image(ui, page, tmp_path):
+    """Upload a blue square, wait until it shows, paint over its right part with the brush, see the
+    region previewed, run: the final image keeps every unpainted pixel exactly and changes the painted ones."""
+    url, outputs = ui
+    start = blue_square(tmp_path)
+    open_the_editor(page, url, start)
+    wait_until_the_picture_shows(page)
+    paint_over_the_right_edge(page)
+    region = wait_for_painted_region(page, (64, 64))
+    assert region[:, 48:].any() and not region[:, :8].any()
     page.locator("#start").click()
     wait_for_text(page, "status", r"done: 30 steps", RUN_TIMEOUT_S)
 
@@ -263,3 +328,47 @@ def test_paint_a_mask_on_the_init_image_and_get_an_edited_image(ui, page, tmp_pa
     original = np.asarray(Image.open(start)).astype(int)
     assert np.array_equal(edited[~painted], original[~painted])
     assert np.abs(edited[painted] - original[painted]).mean() > 10
+
+
+def test_painting_before_the_picture_reaches_the_editor_is_refused_not_run_on_a_blank(ui, page, tmp_path):
+    """Issue 28: the picture is held back while the brush paints on the editor's empty canvas; Start
+    then says so in one line and starts nothing (it used to run on a blank white 800×800 picture).
+    Once the picture shows, painting again is taken, on the picture."""
+    url, outputs = ui
+    page.add_init_script(HOLD_THE_PICTURE)
+    start = blue_square(tmp_path)
+    open_the_editor(page, url, start)
+    deadline = time.monotonic() + 30
+    while not page.evaluate("window.pictureHeld"):  # polled: page.wait_for_function never saw it here
+        assert time.monotonic() < deadline, "the editor never started to decode the picture"
+        time.sleep(0.1)
+    paint_over_the_right_edge(page)
+    page.locator("#start").click()
+    deadline = time.monotonic() + 60
+    while True:  # until Start refuses or a run starts (the page shows a timer while Start is handled)
+        message = page.locator("#message").inner_text().strip()
+        status = page.locator("#status").inner_text().strip()
+        if message.startswith("Error:") or re.match(r"waiting|loading|step|done|failed", status):
+            break
+        assert time.monotonic() < deadline, f"Start neither refused nor started a run: {message!r}, {status!r}"
+        time.sleep(0.1)
+    assert message.startswith("Error: the init image had not reached the editor"), f"{message!r}, status {status!r}"
+    assert "\n" not in message and page.locator("#status").inner_text().strip() == ""
+    assert image_src(page, "mask-preview") is None  # no region is shown on the blank canvas
+    time.sleep(1)  # a run would have made its folder by now
+    assert not list(outputs.glob("*/*")) and not (outputs / "masks").exists()
+
+    page.evaluate("window.releasePicture()")
+    wait_until_the_picture_shows(page)  # as the message says: wait for it, then paint again
+    paint_over_the_right_edge(page)
+    region = wait_for_painted_region(page, (64, 64))
+    assert region[:, 48:].any() and not region[:, :8].any()
+    fill_number(page, "steps", 2)
+    page.locator("#start").click()
+    wait_for_text(page, "status", r"done: 2 steps", RUN_TIMEOUT_S)
+    finals = list(outputs.glob("*/*/final.png"))
+    assert len(finals) == 1 and page.locator("#message").inner_text().strip() == ""
+    config = yaml.safe_load((finals[0].parent / "config.yaml").read_text())
+    assert np.array_equal(np.asarray(Image.open(config["init"]["image"]).convert("RGB")), np.asarray(Image.open(start)))
+    painted = np.asarray(Image.open(config["mask"]["image"])) > 127
+    assert painted.shape == (64, 64) and painted[:, 48:].any() and not painted[:, :8].any()
