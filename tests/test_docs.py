@@ -187,15 +187,15 @@ def is_mention(argv: list[str]) -> bool:
 # -- running the CLI without running a job --------------------------------------------------------
 def _generation_config(preset, overrides, dotlist, from_image=None, resume_dir=None):
     from vqclip import generation
-    from vqclip.config import build_config, preset_names
+    from vqclip.config import build_config
     from vqclip.prompts import parse_image_prompt, parse_noise_prompt
 
     if from_image:
         base = None  # the stored settings stand in for the preset
-    elif preset is None or resume_dir or preset in preset_names():
+    elif resume_dir:
         base = preset or "default"
     else:
-        base = "default"  # a user's preset file: only the settings around it can be checked here
+        base = _checkable(preset)
     config = build_config(base, overrides, dotlist)
     generation.build_timeline(config)
     generation.check_output_path(config.output)
@@ -227,10 +227,18 @@ def _fake_sample_job(prompt, out, config, options, prior_spec):
     return []
 
 
+def _checkable(preset: str | None) -> str:
+    """The preset whose settings a shown command is checked against: a user's preset file (one the
+    docs train, say) is not there, so only the settings around it can be checked, over the defaults."""
+    from vqclip.config import preset_names
+
+    return preset if preset in preset_names() else "default"
+
+
 def _fake_evaluate(prompts, seeds, *, preset, out, dotlist):
     from vqclip.config import build_config
 
-    build_config(preset, dotlist=dotlist)
+    build_config(_checkable(preset), dotlist=dotlist)
     return {}
 
 
