@@ -120,8 +120,9 @@ def _config_paths(config: DictConfig, starting: bool) -> list[NamedPath]:
         file = pipeline_file(config.augmentations)
         if file is not None:
             paths.append(NamedPath("augmentations", file))
-    paths += [NamedPath(f"vqgan.{key}", str(config.vqgan[key])) for key in ("config", "checkpoint", "encoder")
-              if config.vqgan[key]]
+    # an encoder is read only by a dVAE; given for another format, the registry refuses it before loading
+    used = ("config", "checkpoint", "encoder") if config.vqgan.format == "dvae" else ("config", "checkpoint")
+    paths += [NamedPath(f"vqgan.{key}", str(config.vqgan[key])) for key in used if config.vqgan[key]]
     for index, model in enumerate(config.clip.models):
         paths += _clip_paths(f"clip.models[{index}]", model)
     return paths + _prior_paths(config)

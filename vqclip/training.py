@@ -4,7 +4,7 @@ One home for the shapes recipes (vqclip/shapes/train_*.py) and the prior (vqclip
 so that neither package imports the other. A training state (model, optimiser, schedule, step and
 every random stream) is one file, written atomically, so a run killed at any moment continues with
 `--resume` and ends with the same weights as one never stopped. On Ctrl-C or SIGTERM a loop
-finishes its step, writes the state and raises Interrupted (`stopping`, `stopped`). Generation runs save the same
+finishes its step, writes the state and raises Interrupted (`end_of_step`). Generation runs save the same
 random streams in their state.pt, in the same layout (vqclip/rng.py).
 Which dtype a training step computes in is decided in vqclip/precision.py (`training_autocast`).
 """
@@ -67,10 +67,18 @@ def stopping(flag: StopFlag, ranks: distributed.Ranks, device: torch.device) -> 
     return distributed.total(torch.tensor([int(bool(flag))], device=device), ranks).item() > 0
 
 
-def stopped(flag: StopFlag, step: int, steps: int, state_path: Path) -> Interrupted:
-    """What the loop raises once it has saved its state after a signal (the command line adds how to resume)."""
-    how = f"signal {flag.signal}" if flag else "a signal to another rank"
-    return Interrupted(f"training stopped by {how} after step {step} of {steps}, its state saved in {state_path}")
+def end_of_step(done: int, config, flag: StopFlag, state_path: Path, save, ranks: distributed.Ranks,
+                device: torch.device) -> None:
+    """After step `done` of `config.steps`: rank 0 writes the state (`save()`) every
+    `config.checkpoint_every` steps, at the end, and when a signal came; then a signal stops the
+    loop with Interrupted (the command line adds how to resume)."""
+    stop = stopping(flag, ranks, device)
+    if ranks.main and (stop or done % config.checkpoint_every == 0 or done == config.steps):
+        save()
+    if stop:
+        how = f"signal {flag.signal}" if flag else "a signal to another rank"
+        raise Interrupted(f"training stopped by {how} after step {done} of {config.steps}, its state saved in "
+                          f"{state_path}")
 
 
 def save_checkpoint(path: Path, step: int, model, optimizer, schedule, rng: random.Random,

@@ -25,7 +25,7 @@ from ..errors import UserError
 from ..interrupt import stop_on_signals
 from ..outputs import write_json
 from ..precision import training_autocast
-from ..training import load_checkpoint, save_checkpoint, stopped, stopping, warmup_cosine
+from ..training import end_of_step, load_checkpoint, save_checkpoint, warmup_cosine
 from .data import PriorData
 from .model import BartPrior, PriorConfig
 from .tokenizer import ClipBpeTokenizer, pad_rows
@@ -204,7 +204,7 @@ def train(data: PriorData, out: str | Path, config: TrainConfig, *, held_out: Pr
             loss_value = loss.item()
             if not torch.isfinite(loss):
                 raise UserError(f"the training loss became {loss_value} at step {step}: lower --lr")
-            done, stop_now = step + 1, stopping(stop, ranks, device)
+            done = step + 1
             bar.set_postfix(loss=f"{loss_value:.3f}", tok_s=f"{tokens_per_step * (done - start) / seconds:.0f}")
             if ranks.main and (done % config.eval_every == 0 or done == config.steps):
                 history.append({"step": done, "train_loss": round(loss_value, 4),
@@ -215,11 +215,9 @@ def train(data: PriorData, out: str | Path, config: TrainConfig, *, held_out: Pr
                 model.eval()
                 on_eval(done, model, tokenizer)
                 model.train()
-            if ranks.main and (stop_now or done % config.checkpoint_every == 0 or done == config.steps):
-                save_checkpoint(state_path, done, model, optimizer, schedule, rng, generator, history=history,
-                                train=asdict(config))
-            if stop_now:
-                raise stopped(stop, done, config.steps, state_path)
+            end_of_step(done, config, stop, state_path, lambda: save_checkpoint(
+                state_path, done, model, optimizer, schedule, rng, generator, history=history, train=asdict(config)),
+                ranks, device)
     bar.close()
     model.eval()
     metrics = {"steps": config.steps, "held_out_loss": history[-1]["held_out_loss"] if history else None,

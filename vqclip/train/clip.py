@@ -31,7 +31,7 @@ from ..errors import UserError
 from ..interrupt import stop_on_signals
 from ..outputs import write_json
 from ..precision import training_autocast
-from ..training import load_checkpoint, save_checkpoint, stopped, stopping, warmup_cosine
+from ..training import end_of_step, load_checkpoint, save_checkpoint, warmup_cosine
 from .common import check_positive, check_same_settings, training_data
 
 TINY_MEAN, TINY_STD = (0.5, 0.5, 0.5), (0.25, 0.25, 0.25)
@@ -239,16 +239,14 @@ def fit(model, model_cfg: dict, mean, std, draw, loss_fn, figures, out: Path, co
                                     lambda image, text, scale: loss_fn(image, text, scale, captions), device,
                                     config.bf16, towers, ranks)
             bar.set_postfix(loss=f"{loss.item():.3f}", refresh=False)
-            done, stop_now = step + 1, stopping(stop, ranks, device)
+            done = step + 1
             if ranks.main and (done % config.eval_every == 0 or done == config.steps):
                 model.eval()
                 history.append({"step": done, "loss": round(loss.item(), 4), **figures(model, tokenizer, preprocess)})
                 model.train()
-            if ranks.main and (stop_now or done % config.checkpoint_every == 0 or done == config.steps):
-                save_checkpoint(state_path, done, model, optimizer, schedule, rng, generator, history=history,
-                                config=asdict(config))
-            if stop_now:
-                raise stopped(stop, done, config.steps, state_path)
+            end_of_step(done, config, stop, state_path, lambda: save_checkpoint(
+                state_path, done, model, optimizer, schedule, rng, generator, history=history, config=asdict(config)),
+                ranks, device)
     model.eval()
     if ranks.main:
         export(model, model_cfg, mean, std, out)

@@ -33,7 +33,7 @@ from ..interrupt import stop_on_signals
 from ..models.vqgan import VQ, build_vqgan, read_taming_config, taming_state_dict
 from ..outputs import write_json
 from ..precision import training_autocast
-from ..training import load_checkpoint, save_checkpoint, stopped, stopping, warmup_cosine
+from ..training import end_of_step, load_checkpoint, save_checkpoint, warmup_cosine
 from .common import check_positive, check_same_settings, random_crops, save_grid, training_data
 
 
@@ -241,15 +241,13 @@ def fit(model, spec: dict, draw, held: torch.Tensor, out: Path, config: VQGANTra
                 restart_dead_codes(model, usage, candidates, generator)
                 usage.zero_()
             bar.set_postfix(recon=f"{recon:.4f}", refresh=False)
-            done, stop_now = step + 1, stopping(stop, ranks, device)
+            done = step + 1
             if ranks.main and (done % config.sample_every == 0 or done == config.steps):
                 history.append({"step": done, "recon_loss": round(recon, 5), **watch(model, held, out, done, device)})
-            if ranks.main and (stop_now or done % config.checkpoint_every == 0 or done == config.steps):
-                save_checkpoint(state_path, done, model, optimizer, schedule, rng, generator, usage=usage,
-                                history=history, config=asdict(config), discriminator=discriminator.state_dict(),
-                                d_optimizer=d_optimizer.state_dict())
-            if stop_now:
-                raise stopped(stop, done, config.steps, state_path)
+            end_of_step(done, config, stop, state_path, lambda: save_checkpoint(
+                state_path, done, model, optimizer, schedule, rng, generator, usage=usage, history=history,
+                config=asdict(config), discriminator=discriminator.state_dict(), d_optimizer=d_optimizer.state_dict()),
+                ranks, device)
     model.eval()
     figures = {}
     if ranks.main:
