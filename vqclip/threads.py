@@ -1,18 +1,25 @@
-"""How many CPU threads a run gives torch: the thread policy.
+"""How a run uses the CPU cores: how many threads torch gets, and how idle threads wait.
 
-PyTorch starts one intra-op thread per CPU it may run on and lets idle threads spin. When two
-runs share two cores, every small operator waits for a thread that the other run has
-descheduled: a 6 s run took 23–200 s beside a second one, and 8 s each with one thread apiece.
-So a run takes the cores that are free, not all cores there are:
+CPU results depend on the thread count (sums are split differently), so the count depends only
+on the machine and the run's settings, never on what else runs at the moment:
 
 1. `threads=N` (the config key, `--threads`) when given;
 2. else `OMP_NUM_THREADS` from the environment, or a count the caller set with
    `torch.set_num_threads` before the run (the user's choice wins);
-3. else the usable cores (affinity mask and cgroup CPU quota, not `os.cpu_count()`) minus the
-   threads that other processes keep busy right now, at least 1.
+3. else the usable cores (affinity mask and cgroup CPU quota, not `os.cpu_count()`).
 
-CPU results depend on the thread count (sums are split differently), so the count a run used is
-recorded in its config: `--from` and `--resume` use it again and repeat the run exactly.
+A `threads=` count other than the machine's default is said once: its pixels differ from a default
+run's.
+The count a run used is recorded in its config, so `--from` and `--resume` repeat it exactly.
+
+Sharing the cores is left to how idle threads wait, which never changes a result. PyTorch's
+OpenMP threads spin about 300,000 times before they sleep; beside a busy process every small
+operator then waits for a spinner that was descheduled. `wait_policy` picks, before torch
+starts its threads: idle threads sleep at once (OMP_WAIT_POLICY=PASSIVE) when other work is busy
+at the start, else a short spin (GOMP_SPINCOUNT=1000), which costs a run alone a few per cent and
+keeps it bearable when work arrives later. Measured on the README's shapes command (2 cores):
+alone 8.5 s spinning, 8.8 s short spin, 11.2 s passive; beside one busy process 17–26 s spinning,
+13.9 s short spin, 11.5 s passive; two runs at once 38–44 s spinning, 11.5–13.6 s passive.
 """
 
 from __future__ import annotations
@@ -21,12 +28,17 @@ import contextlib
 import logging
 import math
 import os
+import sys
 import threading
 import time
 from dataclasses import dataclass
 
 log = logging.getLogger(__name__)
 
+SHORT_SPIN = "1000"  # libgomp spins before an idle thread sleeps, when the machine was idle at the start
+WAIT_VARIABLES = ("OMP_WAIT_POLICY", "GOMP_SPINCOUNT", "KMP_BLOCKTIME")  # any of them set: the user chose
+
+_WAIT_SET_BY_US: dict[str, str | None] = {}  # the wait variables share_cores set (not the user's)
 _SET_BY_US: int | None = None  # the count this process last set, to tell it from the user's own
 _ACTIVE = threading.local()  # .plan: the enclosing run_threads' plan in this thread (a batch job, a video)
 
@@ -35,9 +47,12 @@ _ACTIVE = threading.local()  # .plan: the enclosing run_threads' plan in this th
 class ThreadPlan:
     threads: int
     reason: str  # why this count, for the log and the warning
-    busy: int = 0  # threads other processes kept busy when the plan was made
-    cores: int = 1  # the cores this process may use
-    chosen: bool = False  # by the policy from the free cores (not asked for, not the environment's)
+    cores: int = 1  # the cores this process may use: the default count
+    asked: bool = False  # by threads= / --threads (an environment's count is the environment's business)
+
+    @property
+    def default(self) -> bool:
+        return self.threads == self.cores
 
 
 def cgroup_cpu_quota(root: str = "/sys/fs/cgroup") -> float | None:
@@ -93,7 +108,47 @@ def env_threads(environ=os.environ) -> int | None:
     return int(value) if value.isdigit() and int(value) > 0 else None
 
 
-def plan_threads(asked: int | None = None, *, cores: int, busy: int, environ=os.environ,
+def wait_policy(environ=os.environ, busy: int | None = None) -> dict[str, str | None]:
+    """The wait variables that make torch's idle threads share the cores (None: unset), or nothing when
+    the user set one (see the module's docstring). `busy`: other processes' busy threads (looked at when None)."""
+    if any(environ.get(name) not in (None, _WAIT_SET_BY_US.get(name)) for name in WAIT_VARIABLES):
+        return {}
+    busy = busy_elsewhere() if busy is None else busy
+    return {"OMP_WAIT_POLICY": "PASSIVE", "GOMP_SPINCOUNT": None} if busy else \
+        {"OMP_WAIT_POLICY": None, "GOMP_SPINCOUNT": SHORT_SPIN}
+
+
+def share_cores(environ=os.environ) -> dict[str, str | None]:
+    """Set the wait policy in this process's environment before torch is imported (OpenMP reads it
+    once, when torch loads it); nothing once torch is imported. Returns what it set."""
+    if "torch" in sys.modules:
+        return {}
+    chosen = wait_policy(environ)
+    set_environment(chosen, environ)
+    _WAIT_SET_BY_US.update(chosen)
+    return chosen
+
+
+@contextlib.contextmanager
+def environment(values: dict[str, str | None], environ=os.environ):
+    """These environment variables (None: unset) while the block runs, for the processes it starts."""
+    saved = {name: environ.get(name) for name in values}
+    set_environment(values, environ)
+    try:
+        yield
+    finally:
+        set_environment(saved, environ)
+
+
+def set_environment(values: dict[str, str | None], environ=os.environ) -> None:
+    for name, value in values.items():
+        if value is None:
+            environ.pop(name, None)
+        else:
+            environ[name] = value
+
+
+def plan_threads(asked: int | None = None, *, cores: int, environ=os.environ,
                  current: int | None = None, default: int | None = None) -> ThreadPlan:
     """The count for a run (see the module's docstring for the order of the rules).
 
@@ -102,15 +157,13 @@ def plan_threads(asked: int | None = None, *, cores: int, busy: int, environ=os.
     by the caller, and is kept.
     """
     if asked is not None:
-        return ThreadPlan(asked, f"threads={asked}", busy, cores)
+        return ThreadPlan(asked, f"threads={asked}", cores, asked=True)
     from_env = env_threads(environ)
     if from_env is not None:
-        return ThreadPlan(from_env, f"OMP_NUM_THREADS={from_env}", busy, cores)
+        return ThreadPlan(from_env, f"OMP_NUM_THREADS={from_env}", cores)
     if current is not None and current not in (default, _SET_BY_US):
-        return ThreadPlan(current, f"torch.set_num_threads({current}) by the caller", busy, cores)
-    free = max(1, cores - busy)
-    reason = f"{free} of {cores} cores" + (f" ({busy} busy with other work)" if busy else "")
-    return ThreadPlan(free, reason, busy, cores, chosen=True)
+        return ThreadPlan(current, f"torch.set_num_threads({current}) by the caller", cores)
+    return ThreadPlan(cores, f"{cores} usable core{'s' if cores > 1 else ''}", cores)
 
 
 def set_torch_threads(count: int) -> None:
@@ -124,25 +177,23 @@ def set_torch_threads(count: int) -> None:
 @contextlib.contextmanager
 def run_threads(asked: int | None = None, *, quiet: bool = False):
     """Give torch the planned count for one run; yields the plan; the caller's count comes back after.
-    `quiet`: no warning when every core is busy (the plan is the same).
+    A threads= count other than the machine's default is said (`quiet`: not).
 
-    Inside another run_threads (a batch job, a video's frames) the enclosing plan holds unless
-    `asked` says otherwise: one job or video uses one count throughout.
+    Inside another run_threads (a command, a batch job, a video's frames) the enclosing plan holds
+    unless `asked` says otherwise: one job or video uses one count throughout.
     """
     global _SET_BY_US
     import torch
 
     outer = getattr(_ACTIVE, "plan", None)
-    if asked is None and outer is not None:
+    if outer is not None and asked in (None, outer.threads):
         yield outer
         return
 
-    busy = busy_elsewhere() if asked is None and env_threads() is None else 0  # only the last rule looks
-    plan = plan_threads(asked, cores=usable_cores(), busy=busy, current=torch.get_num_threads(),
-                        default=affinity_cores())
-    if plan.chosen and plan.busy >= plan.cores and not quiet:
-        log.warning("%d threads of other work are busy on the %d core(s) this run may use: it takes 1 thread "
-                    "and may run several times slower than alone (set threads= to choose)", plan.busy, plan.cores)
+    plan = plan_threads(asked, cores=usable_cores(), current=torch.get_num_threads(), default=affinity_cores())
+    if plan.asked and not plan.default and not quiet:
+        log.warning("%s: %d thread(s) where this machine's default is %d, so the pixels differ from a default "
+                    "run's (the run records its count: --from repeats it)", plan.reason, plan.threads, plan.cores)
     previous, previous_ours = torch.get_num_threads(), _SET_BY_US
     set_torch_threads(plan.threads)
     _ACTIVE.plan = plan

@@ -19,7 +19,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from ..errors import UserError
-from ..threads import usable_cores
+from ..threads import environment, wait_policy
 from .jobs import clear_folder, execute
 from .spec import Job, jobs_from
 from .summary import SUMMARY_NAME, append_record, config_hash, is_finished, read_summary, write_summary
@@ -284,14 +284,14 @@ def worker_devices(workers: int) -> list[str | None]:
 
 def _run_in_processes(pending: list[Job], out: Path, workers: int, threads: int | None):
     workers = min(workers, len(pending))
-    # Processes share the CPU cores: each gets its share unless told otherwise.
-    threads = threads or max(1, usable_cores() // workers)
     context = multiprocessing.get_context("spawn")  # CUDA cannot be used in forked children
     devices = context.Queue()
     for device in worker_devices(workers):
         devices.put(device)
-    with ProcessPoolExecutor(workers, mp_context=context, initializer=_start_worker,
-                             initargs=(devices,)) as pool:
+    # Each job keeps the default thread count (its pixels are a single run's); the workers share the
+    # cores by letting idle threads sleep, which the spawned processes read from the environment.
+    with environment(wait_policy(busy=workers - 1)), \
+            ProcessPoolExecutor(workers, mp_context=context, initializer=_start_worker, initargs=(devices,)) as pool:
         futures = {pool.submit(_worker_job, job.kind, job.settings, clear_folder(out / job.name), threads): job
                    for job in pending}
         try:
