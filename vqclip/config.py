@@ -121,13 +121,14 @@ class RunConfig:
     # the memory budget, measured on the spot
     size: Any = field(default_factory=lambda: [256, 256])
     memory_budget_mb: Optional[float] = None  # for size=auto; null: the device's free memory now
+    time_budget_s: Optional[float] = 300.0  # size=auto on a CPU: the whole run's predicted seconds; null: memory alone
     checkpoint_decoder: Optional[bool] = None  # recompute decoder activations in backward; null: from 512² px up
     compile: bool = False  # torch.compile the decoder step (minutes to compile; pays off in long GPU runs)
     steps: int = 500
     seed: Optional[int] = None  # null: a random seed, recorded with the outputs
     batch_size: int = 1  # candidates optimised together; the best by CLIP score is final.png
     device: str = "auto"  # auto | cpu | cuda | cuda:N | mps
-    threads: Optional[int] = None  # CPU threads for torch; null: the free cores now (vqclip/threads.py), recorded
+    threads: Optional[int] = None  # CPU threads for torch; null: the usable cores (vqclip/threads.py), recorded
     precision: str = "auto"  # the frozen networks' dtype: auto (bf16 where fast: CUDA, AVX512-BF16 CPUs) | fp32 | bf16 | fp16
     # Models.
     vqgan: VQGANConfig = field(default_factory=VQGANConfig)
@@ -404,6 +405,9 @@ def _check_machine(config: DictConfig) -> None:
         raise UserError(f"threads must be between 1 and {MAX_THREADS}, not {config.threads}")
     if config.memory_budget_mb is not None and not 0 < config.memory_budget_mb < float("inf"):
         raise UserError(f"memory_budget_mb must be a positive number of megabytes, not {config.memory_budget_mb}")
+    if config.time_budget_s is not None and not 0 < config.time_budget_s < float("inf"):
+        raise UserError(f"time_budget_s must be a positive number of seconds (or null: memory alone), "
+                        f"not {config.time_budget_s}")
 
 
 def _check_schedules(config: DictConfig) -> None:

@@ -30,7 +30,7 @@ from .mask import Edit, plan_edit
 from .objective import Objective
 from .optimize import NumericalError, Step, make_optimizer, make_scheduler, optimize
 from .paths import check_paths
-from .precision import compute_copy, in_autocast, resolve_precision
+from .precision import autocast, compute_copy, in_autocast, resolve_precision
 from .prompts import PromptTimeline, parse_prompts, split_story, timeline_from_schedule, timeline_from_story
 from .rng import restore_rng, seed_everything
 from .run_files import GenerationResult, RunWriter
@@ -403,17 +403,71 @@ CHECKPOINT_FROM_PIXELS = 512 * 512
 
 
 def _auto_size(config: DictConfig, models: Models, compute: Models, timeline, dtype) -> tuple[list[int], int]:
-    """size=auto: the largest square (and cutn) whose predicted step fits the memory budget."""
+    """size=auto: the largest square (and cutn) whose predicted step fits the memory budget and, on a
+    CPU, whose whole run fits time_budget_s."""
     from .memory import auto_size
 
     budget = _memory_budget(config, models.device)
     model_for_cutn = _memory_model(config, models, compute, timeline, dtype)
     side, cutn = auto_size(model_for_cutn, models.vqgan.factor, budget, int(config.cutn))
+    timed = ""
+    if models.device.type == "cpu" and config.time_budget_s:
+        side, timed = _side_in_time(config, models, compute, timeline, dtype, cutn, side)
     if not config.quiet:
         peak = model_for_cutn(cutn).predict(side, side)
-        print(f"size=auto: {side}×{side} with cutn {cutn} (predicted peak {peak / 2**20:.0f} MB) fits "
-              f"{budget / 2**20:.0f} MB", flush=True)
+        print(f"size=auto: {side}×{side} with cutn {cutn} ({timed}predicted peak {peak / 2**20:.0f} MB of "
+              f"{budget / 2**20:.0f} MB)", flush=True)
     return [side, side], cutn
+
+
+# The settings that change a step's work on a given machine: a step time measured for them holds
+# for every run that shares them (vqclip.step_time).
+STEP_KEYS = ("vqgan", "clip", "augmentations", "cut_mode", "cut_pow", "batch_size", "checkpoint_decoder", "compile",
+             "relaxation")
+
+
+def _side_in_time(config: DictConfig, models: Models, compute: Models, timeline, dtype, cutn: int,
+                  memory_side: int) -> tuple[int, str]:
+    """The largest side up to `memory_side` whose run is predicted to fit time_budget_s on this CPU,
+    and what to say of it. The step times are measured once per machine and workload (vqclip.step_time)."""
+    from .models.download import cache_dir
+    from .step_time import MAX_SCALE, cached_step_time, fastest, fit_step_time, largest_side_in_time, machine
+
+    vqgan, device, factor = models.vqgan, models.device, models.vqgan.factor
+
+    def time_at(side: int) -> float:
+        objective = _objective(config, compute.clip, timeline, torch.Generator(device).manual_seed(0), cutn=cutn)
+        decode = _decoder(vqgan, compute.vqgan, config, (side, side))
+        grid = side // factor
+        z = vqgan.tokens_to_z(torch.zeros(config.batch_size, grid, grid, dtype=torch.long, device=device))
+        z.requires_grad_(True)
+
+        def step() -> None:
+            with autocast(device, dtype):
+                loss = sum(objective(decode(z), z, 0).values())
+            loss.backward()
+            z.grad = None
+
+        return fastest(step)
+
+    settings = to_dict(config)
+    key = json.dumps({"machine": machine(), "threads": torch.get_num_threads(), "dtype": str(dtype), "cutn": cutn,
+                      **{name: settings.get(name) for name in STEP_KEYS}}, sort_keys=True)
+    trained = getattr(vqgan, "trained_size", None) or 256
+    max_side = max(factor, min(memory_side, trained * MAX_SCALE // factor * factor))
+
+    def choose(model) -> int:
+        return largest_side_in_time(model, factor, int(config.steps), float(config.time_budget_s), max_side,
+                                    min_side=min(4 * factor, max_side))
+
+    model, measured = cached_step_time(key, lambda: fit_step_time(time_at, factor, choose), cache_dir())
+    side = choose(model)
+    seconds = model.predict(side, side)
+    limit = ("the memory" if max_side == memory_side else f"{MAX_SCALE}× the VQGAN's trained {trained} px")
+    said = (f"predicted {seconds:.2f} s a step, {config.steps} steps ≈ {config.steps * seconds:.0f} s of "
+            f"time_budget_s={config.time_budget_s:g}, at most {max_side} px ({limit}); step times "
+            + ("measured now" if measured else "as measured before on this machine") + "; ")
+    return side, said
 
 
 def _memory_budget(config: DictConfig, device: torch.device) -> float:

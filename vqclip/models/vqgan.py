@@ -81,6 +81,7 @@ class VQGAN(nn.Module):
         self.keep_fp32 = ("quantizer",)  # a bf16 copy keeps the codebook exact: quantisation picks the same codes
         self.signed_output = signed_output  # taming decodes to [-1, 1], min-dalle to [0, 1]
         self.factor = 2 ** (len(ddconfig["ch_mult"]) - 1)
+        self.trained_size = ddconfig.get("resolution")  # the image side it was trained on: size=auto stays near it
         self.n_embed, self.embed_dim = n_embed, embed_dim
 
     # -- the codebook -------------------------------------------------------------------------
