@@ -6,6 +6,7 @@ import os
 
 import pytest
 import torch
+from PIL import Image
 
 from vqclip import threads
 from vqclip.generation import generate
@@ -180,8 +181,6 @@ def test_every_command_either_computes_or_never_imports_torch():
 
 @pytest.mark.parametrize("name", sorted(COMMAND_RUNS))
 def test_every_computing_command_plans_the_default_count_whatever_the_load(name, tmp_path, monkeypatch):
-    from PIL import Image
-
     from vqclip.cli import main
 
     images = tmp_path / "images"
@@ -200,3 +199,30 @@ def test_every_computing_command_plans_the_default_count_whatever_the_load(name,
     assert main([str(arg) for arg in COMMAND_RUNS[name](tmp_path)]) == 0
     assert counts and set(counts) == {3}  # planned, on the machine's default count, never fewer for the load
     assert torch.get_num_threads() == before
+
+
+@pytest.mark.parametrize("busy, cores, threads_flag, warned", [
+    (1, 2, None, True),  # a busy neighbour on 2 cores: the 2 threads wait for it at every step
+    (0, 2, None, False),
+    (1, 4, "2", False),  # a free core for each thread
+    (1, 2, "1", False),  # one thread never waits for another
+])
+def test_training_beside_busy_work_says_what_it_costs(busy, cores, threads_flag, warned, tmp_path, monkeypatch,
+                                                      capsys):
+    from vqclip.cli import main
+
+    images = tmp_path / "images"
+    images.mkdir()
+    for index, colour in enumerate(("red", "green", "blue", "white")):
+        Image.new("RGB", (32, 32), colour).save(images / f"{index}.png")
+        (images / f"{index}.txt").write_text(f"a {colour} square")
+    monkeypatch.delenv("OMP_NUM_THREADS", raising=False)
+    monkeypatch.setattr(threads, "busy_elsewhere", lambda *args, **kwargs: busy)
+    monkeypatch.setattr(threads, "usable_cores", lambda: cores)
+    monkeypatch.setattr(threads, "affinity_cores", torch.get_num_threads)
+    flag = ["--threads", threads_flag] if threads_flag else []
+    assert main(["train", "clip", str(images), "--out", str(tmp_path / "clip"), "steps=1", "batch_size=2", "width=8",
+                 "embed_dim=8", "text_width=16", "text_layers=1", "context_length=8", "held_out=2", "bf16=false",
+                 *flag]) == 0
+    said = capsys.readouterr().err
+    assert ("training waits for it at every step" in said) == warned

@@ -116,10 +116,12 @@ def training(command: str, argv: list[str], threads: int | None, quiet: bool):
     its state) the command that continues it."""
     from .distributed import ranks_from_env
     from .interrupt import Interrupted
-    from .threads import run_threads
+    from .threads import run_threads, warn_if_cores_are_shared
 
     try:
-        with run_threads(threads, quiet=quiet):
+        with run_threads(threads, quiet=quiet) as plan:
+            if not quiet and not ranks_from_env().several:
+                warn_if_cores_are_shared(plan)
             yield
     except Interrupted as exc:
         again = shlex.join([*command.split(), *argv, *([] if "--resume" in argv else ["--resume"])])

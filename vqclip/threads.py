@@ -202,3 +202,18 @@ def run_threads(asked: int | None = None, *, quiet: bool = False):
     finally:
         torch.set_num_threads(previous)
         _SET_BY_US, _ACTIVE.plan = previous_ours, outer
+
+
+def warn_if_cores_are_shared(plan: ThreadPlan) -> None:
+    """Say so when other work is busy on the cores a training run's threads need.
+
+    A training step of the small worlds is thousands of short operators, each waiting for every
+    thread, so a thread the kernel gives to other work stalls them all however it waits: 60 steps
+    of the digits VQGAN took 26–28 s alone on 2 cores, 75–81 s beside one busy process, and 44–46 s
+    there on 1 thread (other weights, so the count stays the machine's unless asked).
+    """
+    busy = busy_elsewhere()
+    if plan.threads > 1 and busy and busy + plan.threads > plan.cores:
+        log.warning("other work keeps %d thread(s) busy on the %d cores this run uses: training waits for it at "
+                    "every step (about 3× slower beside one busy process on 2 cores); --threads 1 is about 2× "
+                    "faster there, with other weights than a default run's", busy, plan.cores)
