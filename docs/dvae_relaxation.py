@@ -73,7 +73,8 @@ def train(out: Path) -> None:
 
 def compare(out: Path) -> None:
     from vqclip.config import build_config
-    from vqclip.generation import generate, load_models
+    from vqclip.generation import generate
+    from vqclip.loading import load_models
     from vqclip.shapes import judge
 
     vqgan = {"format": "dvae", "checkpoint": str(out / "decoder.pt"), "encoder": str(out / "encoder.pt")}

@@ -110,7 +110,7 @@ def digits(work: Path) -> None:
     import vqclip
     from vqclip.config import build_config
     from vqclip.digits.evaluate import DIGITS, PROMPT
-    from vqclip.generation import load_models
+    from vqclip.loading import load_models
     from vqclip.train.common import save_grid
 
     models = load_models(build_config("digits", {"quiet": True}))

@@ -259,7 +259,7 @@ def starting_z(monkeypatch) -> list[torch.Tensor]:
 def shapes_models():
     """The shapes world's VQGAN and CLIP on the CPU, loaded once (runs take them as `models=`)."""
     from vqclip.config import build_config
-    from vqclip.generation import load_models
+    from vqclip.loading import load_models
 
     return load_models(build_config("shapes"), torch.device("cpu"))
 

@@ -6,13 +6,13 @@ import json
 
 import pytest
 
+from vqclip.bench.concurrent import concurrent
+from vqclip.bench.time_to_image import first_reaching, time_to_image
 from vqclip.cli import main
-from vqclip.concurrency import concurrent
-from vqclip.time_to_image import first_reaching, time_to_image
 
 
 def test_concurrent_runs_k_processes_and_compares_with_perfect_sharing(monkeypatch):
-    monkeypatch.setattr("vqclip.concurrency.usable_cores", lambda: 2)
+    monkeypatch.setattr("vqclip.bench.concurrent.usable_cores", lambda: 2)
     result = concurrent(2, "shapes", steps=1, threads=1)
     assert result["k"] == 2 and result["cores"] == 2 and result["threads"] == 1
     assert min(result["single_s"], result["alone_s"], result["together_s"]) > 0

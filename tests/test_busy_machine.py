@@ -22,7 +22,7 @@ from safetensors.torch import load_file
 from test_train import shapes_folder  # noqa: F401 (a fixture)
 
 from vqclip import threads
-from vqclip.concurrency import write_random_real_vqgan
+from vqclip.bench.concurrent import write_random_real_vqgan
 
 
 @contextlib.contextmanager

@@ -29,7 +29,7 @@ def _no_models(*args, **kwargs):
 @pytest.fixture
 def models_fail(monkeypatch):
     """Loading any model is a loud failure (load_models itself, and what it calls)."""
-    for target in ("vqclip.generation.load_models", "vqclip.models.registry.load_vqgan_from_config",
+    for target in ("vqclip.loading.load_models", "vqclip.models.registry.load_vqgan_from_config",
                    "vqclip.models.clip.load_clip_ensemble", "vqclip.prior.weights.load_prior"):
         monkeypatch.setattr(target, _no_models)
 
@@ -103,7 +103,7 @@ def test_load_models_checks_every_model_path_before_loading_any(tiny_preset, tmp
     monkeypatch.setattr(vqclip.models.registry, "load_vqgan_from_config", _no_models)
     config = build_config(str(tiny_preset), {"init": {"mode": "prior", "prior": str(tmp_path / "nowhere")}})
     with pytest.raises(UserError, match="^init.prior: no such folder"):
-        vqclip.generation.load_models(config)
+        vqclip.loading.load_models(config)
 
 
 def test_names_are_not_paths():

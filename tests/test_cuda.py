@@ -36,7 +36,7 @@ def test_shapes_run_on_the_gpu_in_bf16_and_draws_the_prompt(tmp_path):
 
 def test_real_architectures_take_a_step_at_128_px(tmp_path):
     from vqclip import generate
-    from vqclip.concurrency import write_random_real_vqgan
+    from vqclip.bench.concurrent import write_random_real_vqgan
 
     config, checkpoint = write_random_real_vqgan(tmp_path)
     result = generate("a lighthouse", device="cuda", steps=2, size=[128, 128], cutn=16, seed=0, quiet=True,

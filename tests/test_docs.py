@@ -253,9 +253,11 @@ def _fake_check_models(preset, overrides):
 def offline_cli(monkeypatch, tmp_path):
     """vqclip.cli.main with every job replaced by a fake that checks its settings and returns."""
     import vqclip.batch
-    import vqclip.bench
+    import vqclip.bench.concurrent
+    import vqclip.bench.step
+    import vqclip.bench.time_to_image
     import vqclip.cli
-    import vqclip.concurrency
+    import vqclip.device
     import vqclip.digits.evaluate
     import vqclip.generation
     import vqclip.models.clip
@@ -266,7 +268,6 @@ def offline_cli(monkeypatch, tmp_path):
     import vqclip.shapes.train_clip
     import vqclip.shapes.train_prior
     import vqclip.shapes.train_vqgan
-    import vqclip.time_to_image
     import vqclip.train.jobs
     import vqclip.ui.access
     import vqclip.ui.app
@@ -277,7 +278,7 @@ def offline_cli(monkeypatch, tmp_path):
     patches = {
         (vqclip.generation, "generate_from_cli"): _generation_config,
         # a command naming --device cuda parses on a machine without one
-        (vqclip.generation, "pick_device"): lambda name: "cpu" if name == "auto" else name,
+        (vqclip.device, "pick_device"): lambda name: "cpu" if name == "auto" else name,
         (vqclip.video.jobs, "make_video"): _fake_video,
         (vqclip.video.jobs, "resume"): lambda run_dir, overrides=None, models=None: SimpleNamespace(output=run_dir),
         (vqclip.prior.jobs, "train_job"): _fake_train_job,
@@ -306,12 +307,12 @@ def offline_cli(monkeypatch, tmp_path):
         (vqclip.ui.app, "serve"): lambda *args, **kwargs: None,
         (vqclip.batch, "read_batch_file"): lambda path: [],
         (vqclip.batch, "run"): lambda *args, **kwargs: iter(()),
-        (vqclip.bench, "bench"): lambda **kwargs: {},
-        (vqclip.bench, "format_report"): lambda result: "",
-        (vqclip.concurrency, "concurrent"): lambda *args, **kwargs: {},
-        (vqclip.concurrency, "format_concurrent"): lambda result: "",
-        (vqclip.time_to_image, "time_to_image"): lambda *args, **kwargs: {},
-        (vqclip.time_to_image, "format_time_to_image"): lambda report: "",
+        (vqclip.bench.step, "bench"): lambda **kwargs: {},
+        (vqclip.bench.step, "format_report"): lambda result: "",
+        (vqclip.bench.concurrent, "concurrent"): lambda *args, **kwargs: {},
+        (vqclip.bench.concurrent, "format_concurrent"): lambda result: "",
+        (vqclip.bench.time_to_image, "time_to_image"): lambda *args, **kwargs: {},
+        (vqclip.bench.time_to_image, "format_time_to_image"): lambda report: "",
     }
     for (module, name), fake in patches.items():
         assert hasattr(module, name), f"{module.__name__}.{name} is gone: update tests/test_docs.py"

@@ -151,7 +151,7 @@ def test_noise_prompt_flag(tiny_preset, tmp_path, capsys):
 
 def test_init_modes(tiny_preset, tmp_path, starting_z):
     from vqclip.config import build_config
-    from vqclip.generation import load_models
+    from vqclip.loading import load_models
     from vqclip.outputs import save_latent
 
     models = load_models(build_config(str(tiny_preset)))

@@ -305,7 +305,7 @@ def test_the_page_turns_outpaint_buttons_and_painted_layers_into_settings(tmp_pa
 
 def test_each_candidate_of_a_batch_keeps_its_own_start(tiny_preset, tmp_path):
     """A latent start of two candidates: each keeps its own decoded pixels outside the box."""
-    from vqclip.generation import load_models
+    from vqclip.loading import load_models
 
     tokens = torch.randint(32, (2, 16, 16), generator=torch.Generator().manual_seed(7))
     save_latent(tmp_path / "tokens.pt", tokens)

@@ -23,7 +23,8 @@ import torch
 from vqclip.cli import main
 from vqclip.config import build_config
 from vqclip.errors import UserError
-from vqclip.generation import _decoder, _memory_model, _objective, build_timeline, generate, load_models
+from vqclip.generation import _decoder, _memory_model, _objective, build_timeline, generate
+from vqclip.loading import load_models
 from vqclip.memory import SAFETY, free_memory_bytes, is_out_of_memory, measure_peak_bytes
 from vqclip.models.vqgan import VQGAN
 from vqclip.precision import autocast, resolve_precision

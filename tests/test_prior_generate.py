@@ -49,8 +49,8 @@ def assert_pixels_are_the_final_latent(result, vqgan) -> None:
 
 
 def test_init_mode_prior_starts_from_the_best_sample(tmp_path, tiny_prior_dir, starting_z):
-    from vqclip.generation import load_models
     from vqclip.init import initial_z
+    from vqclip.loading import load_models
     from vqclip.prior.sample import prior_tokens
 
     config = build_config("shapes", {"prompts": ["a red circle on a blue background"], "quiet": True,
@@ -152,7 +152,8 @@ def write_min_dalle_folder(min_dalle_models, folder, width: int = 128, image_voc
 
 def test_min_dalle_files_load_and_drive_the_dalle_mini_preset(tmp_path, min_dalle_models, write_tiny_vqgan,
                                                               write_tiny_clip, starting_z):
-    from vqclip.generation import load_models, run
+    from vqclip.generation import run
+    from vqclip.loading import load_models
     from vqclip.prior.sample import prior_tokens
 
     encoder, _ = write_min_dalle_folder(min_dalle_models, tmp_path / "min-dalle")

@@ -168,7 +168,7 @@ def test_a_missing_file_fails_the_job_before_the_models_load(tmp_path, monkeypat
     def no_models(*args, **kwargs):
         raise AssertionError("a model was loaded before the paths were checked")
 
-    monkeypatch.setattr("vqclip.generation.load_models", no_models)
+    monkeypatch.setattr("vqclip.loading.load_models", no_models)
     pool = Workers()
     try:
         job = pool.submit(Job(shapes_config(tmp_path, init={"mode": "image", "image": str(tmp_path / "gone.png")})))

@@ -214,7 +214,7 @@ def test_restyle_keeps_the_input_fps_unless_one_is_asked(shapes_models, tmp_path
                           run_dir=str(tmp_path / "asked"), dotlist=["video.fps=5"], **settings)
     assert asked.fps == 5.0 and read_back(tmp_path / "asked.gif")[1]["duration"] == 200
     # On the command line, --fps is the one given.
-    monkeypatch.setattr("vqclip.generation.load_models", lambda *args, **kwargs: shapes_models)
+    monkeypatch.setattr("vqclip.loading.load_models", lambda *args, **kwargs: shapes_models)
     status = main(["video", "restyle", str(clip), "a blue square", "-p", "shapes-zoom", "--fps", "6", "--quiet",
                    "--seed", "5", "cutn=4", "steps=3", "video.first_frame_steps=1", "video.steps_per_frame=1",
                    "-o", str(tmp_path / "cli.mp4"), "--run-dir", str(tmp_path / "cli")])

@@ -9,7 +9,7 @@ from .lazy import lazy_getattr
 __version__ = "0.1.0"
 
 __getattr__ = lazy_getattr(__name__, {
-    "generate": "generation", "run": "generation", "resume": "generation", "load_models": "generation",
+    "generate": "generation", "run": "generation", "resume": "generation", "load_models": "loading",
     "GenerationResult": "run_files", "build_config": "config",
     "batch": "batch", "video": "video",  # `import vqclip; vqclip.batch.run(...)` without importing vqclip.batch
 })

@@ -181,7 +181,7 @@ def _check_models(preset: str | None, overrides: list[str]) -> int:
     import torch
 
     from .config import build_config
-    from .generation import load_models
+    from .loading import load_models
     from .threads import run_threads
 
     config = build_config(preset or "default", dotlist=overrides)
@@ -372,8 +372,8 @@ def train_command(argv: list[str]) -> int:
         raise UserError(f"train {args.recipe} takes " + ("--vqgan (the VQGAN whose tokens it writes), not --from"
                         if args.recipe == "prior" else "--from, not --vqgan (that is for train prior)"))
 
+    from .device import pick_device
     from .distributed import ranks_from_env
-    from .generation import pick_device
     from .train import jobs
 
     flags = {"steps": args.steps, "seed": args.seed, "base": args.base}
@@ -713,8 +713,8 @@ def bench_command(argv: list[str]) -> int:
     args = parser.parse_args(argv)
     progress = None if args.json else (lambda line: print(line, file=sys.stderr, flush=True))
     if args.time_to_image is not None:
+        from .bench.time_to_image import format_time_to_image, time_to_image
         from .shapes.evaluate import default_prompts
-        from .time_to_image import format_time_to_image, time_to_image
 
         every = default_prompts()  # 8 colours × 3 shapes: take each colour once, the shapes in turn
         prompts = [every[3 * colour + colour % 3] for colour in range(8)][:args.time_to_image]
@@ -722,14 +722,14 @@ def bench_command(argv: list[str]) -> int:
         print(json.dumps(report) if args.json else format_time_to_image(report))
         return 0
     if args.concurrent is not None:
-        from .concurrency import concurrent, format_concurrent
+        from .bench.concurrent import concurrent, format_concurrent
 
         result = concurrent(args.concurrent, args.workload, steps=args.steps or 30, threads=args.threads,
                             progress=progress)
         print(json.dumps(result) if args.json else format_concurrent(result))
         return 0
 
-    from .bench import bench, format_report
+    from .bench.step import bench, format_report
     from .threads import run_threads
 
     with run_threads():

@@ -15,95 +15,28 @@ import logging
 import secrets
 import shutil
 import traceback
-from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
 from omegaconf import DictConfig
 
-from . import outputs
+from . import loading, outputs
 from .config import build_config, read_yaml, to_dict
 from .errors import UserError
-from .init import check_size, initial_z, needs_prior
+from .init import check_size, initial_z
 from .interrupt import Interrupted, stop_on_signals
+from .loading import Models
 from .mask import Edit, plan_edit
 from .objective import Objective
 from .optimize import NumericalError, Step, make_optimizer, make_scheduler, optimize
 from .paths import check_paths
-from .precision import autocast, compute_copy, in_autocast, resolve_precision
+from .precision import autocast, in_autocast, resolve_precision
 from .prompts import PromptTimeline, parse_prompts, split_story, timeline_from_schedule, timeline_from_story
 from .rng import restore_rng, seed_everything
 from .run_files import GenerationResult, RunWriter
 from .threads import run_threads
 
 log = logging.getLogger(__name__)
-
-
-@dataclass
-class Models:
-    """The loaded networks a run needs; reuse them across runs that share them."""
-
-    vqgan: torch.nn.Module
-    clip: object  # vqclip.models.clip.ClipEnsemble
-    device: torch.device
-    prior: object = None  # vqclip.prior.weights.LoadedPrior, loaded only for init.mode=prior
-    copies: dict = field(default_factory=dict, repr=False, compare=False)  # dtype -> these models in it
-
-    def in_precision(self, dtype: torch.dtype) -> Models:
-        """These networks computing in `dtype`: a copy made once and kept (fp32 is `self`)."""
-        if dtype == torch.float32:
-            return self
-        if dtype not in self.copies:
-            constants = tuple(f"members.{i}.{name}" for i in range(len(self.clip.members)) for name in ("mean", "std"))
-            self.copies[dtype] = Models(compute_copy(self.vqgan, dtype, keep_fp32=self.vqgan.keep_fp32),
-                                        compute_copy(self.clip, dtype, keep_fp32=constants), self.device)
-        return self.copies[dtype]
-
-
-def pick_device(name: str) -> torch.device:
-    if name.startswith("cuda"):
-        index = int(name.partition(":")[2] or 0)
-        if not torch.cuda.is_available() or index >= torch.cuda.device_count():
-            raise UserError(f"device {name} is not available here ({torch.cuda.device_count()} CUDA devices): "
-                            "use device=auto or device=cpu")
-    if name == "mps" and not (getattr(torch.backends, "mps", None) and torch.backends.mps.is_available()):
-        raise UserError("device mps is not available here: use device=auto or device=cpu")
-    if name != "auto":
-        return torch.device(name)
-    if torch.cuda.is_available():
-        return torch.device("cuda")
-    if getattr(torch.backends, "mps", None) is not None and torch.backends.mps.is_available():
-        return torch.device("mps")
-    return torch.device("cpu")
-
-
-def load_models(config: DictConfig, device: torch.device | None = None) -> Models:
-    """The VQGAN, the CLIP ensemble and (init.mode=prior, mask.fill=prior) the prior a config names.
-
-    Every path the config names is checked first (vqclip.paths), so that a typo costs no loading;
-    the files init.mode starts from are left to `run`, which knows whether the run is resumed."""
-    from .models.clip import load_clip_ensemble
-    from .models.registry import load_vqgan_from_config, resolve_clip
-
-    check_paths(config, starting=False)
-    device = device or pick_device(config.device)
-    plain = to_dict(config)
-    vqgan = load_vqgan_from_config(plain["vqgan"], device, progress=not config.quiet)
-    clip = load_clip_ensemble([resolve_clip(spec) for spec in plain["clip"]["models"]], device)
-    prior = None
-    if needs_prior(config):
-        from .prior.weights import load_prior
-
-        prior = load_prior(config.init.prior, device, progress=not config.quiet)
-    return Models(vqgan, clip, device, prior=prior)
-
-
-def models_key(config: DictConfig) -> str:
-    """What `load_models` reads from a config: runs whose keys agree can share loaded models."""
-    plain = to_dict(config)
-    prior = plain["init"]["prior"] if needs_prior(config) else None
-    return json.dumps({"vqgan": plain["vqgan"], "clip": plain["clip"], "device": plain["device"], "prior": prior},
-                      sort_keys=True)
 
 
 def build_timeline(config: DictConfig) -> PromptTimeline | None:
@@ -225,7 +158,7 @@ def _run(config: DictConfig, models: Models | None, callback, state: dict | None
     timeline = build_timeline(config)
     check_paths(config, starting=state is None)  # a resumed run starts from its state, not its init files
     check_output_path(config.output)
-    models = models or load_models(config)
+    models = models or loading.load_models(config)
     dtype = resolve_precision(config.precision, models.device)
     compute = models.in_precision(dtype)  # the frozen networks, in the step's precision
     auto_size = config.size == "auto"

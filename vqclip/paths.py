@@ -5,7 +5,7 @@ mistyped path should not wait for it. `named_paths` lists every path a resolved 
 with the key that names it; `check_paths` refuses the first one that is missing or unreadable, in
 one line that names the key ("init.image: no such file 'x.png': check the path"). Every way into a
 run calls it before loading: `generation.run` (the command line, `vqclip.generate`, `--from`,
-`--resume`), `generation.load_models`, the video commands (with their keys and input video), and
+`--resume`), `loading.load_models`, the video commands (with their keys and input video), and
 each batch job as the batch file is read.
 
 Only values that are paths are checked. Registry names (vqgan.name=shapes, init.prior=shapes),

@@ -45,7 +45,8 @@ def resolve_generate(settings: dict) -> dict:
 
 
 def run_generate(settings: dict, folder: Path, cache: ModelCache, device: str | None) -> JobOutput:
-    from ..generation import load_models, run
+    from ..generation import run
+    from ..loading import load_models
     from ..paths import check_paths
 
     preset, overrides = generate_config_layers(settings)
@@ -68,8 +69,8 @@ def config_for_job(preset: str, overrides: dict, folder: Path, device: str | Non
 
 
 def model_key(config) -> str:
-    """The model cache's key: what load_models reads (vqclip.generation.models_key)."""
-    from ..generation import models_key
+    """The model cache's key: what load_models reads (vqclip.loading.models_key)."""
+    from ..loading import models_key
 
     return models_key(config)
 

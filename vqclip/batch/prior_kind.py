@@ -84,7 +84,7 @@ def chosen_prior(spec: str | None) -> str:
 
 def run_prior_sample(settings: dict, folder: Path, cache: ModelCache, device: str | None) -> JobOutput:
     from ..config import to_dict
-    from ..generation import load_models
+    from ..loading import load_models
     from ..prior.jobs import write_samples
 
     prompt, explicit, preset, overrides = prior_layers(settings)

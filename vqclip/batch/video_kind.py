@@ -94,7 +94,7 @@ def resolve_video(settings: dict) -> dict:
 
 
 def run_video(settings: dict, folder: Path, cache: ModelCache, device: str | None) -> JobOutput:
-    from ..generation import load_models
+    from ..loading import load_models
     from ..paths import check_paths
     from ..video.jobs import fps_given, make_video
 

@@ -29,7 +29,8 @@ def evaluate(seeds: int, *, preset: str = "digits", out: Path, dotlist: list[str
     the prior's samples too. Returns {"summary": ..., "rows": one per image, "prior": ..., "clip": ...};
     the summary's "seconds" say where the time went ("total" and its parts)."""
     from ..config import build_config
-    from ..generation import load_models, run
+    from ..generation import run
+    from ..loading import load_models
     from ..threads import run_threads
 
     def config(prompt: str, seed: int, run_dir: Path):

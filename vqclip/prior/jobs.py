@@ -36,7 +36,7 @@ def build_data_job(source: str, out: str, config, *, size: int, batch_size: int 
                    progress: bool = True, template: str | None = None) -> prior_data.PriorData:
     from ..data.images import usable_pairs
     from ..data.pairs import read_pairs
-    from ..generation import pick_device
+    from ..device import pick_device
 
     listed = read_pairs(source, template)  # what SOURCE is, checked before the VQGAN is loaded
     device = pick_device(config.device)
@@ -87,7 +87,7 @@ def sample_job(prompt: str, out: str, config, options: dict, prior_spec: str | N
 
     `options` are SampleSettings fields; those left None take the prior's recommended values."""
     from ..config import to_dict
-    from ..generation import pick_device
+    from ..device import pick_device
     from ..models.clip import load_clip_ensemble
     from ..models.registry import resolve_clip
     from ..paths import check_paths

@@ -43,7 +43,8 @@ def evaluate(prompts: list[str], seeds: int, *, preset: str = "shapes", out: Pat
     `dotlist` holds `key=value` settings applied to every run (e.g. steps=50, init.mode=random).
     """
     from ..config import build_config
-    from ..generation import load_models, run
+    from ..generation import run
+    from ..loading import load_models
 
     def config(prompt: str, seed: int, run_dir: Path):
         return build_config(preset, {"prompts": [prompt], "seed": seed, "quiet": True, "run_dir": str(run_dir)},

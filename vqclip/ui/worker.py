@@ -213,7 +213,7 @@ class Worker:
         return run(job.config, models=models, callback=on_step)
 
     def _load_models(self, config: DictConfig):
-        from ..generation import load_models, models_key
+        from ..loading import load_models, models_key
 
         key = models_key(config)
         if key != self._models_key:
@@ -248,7 +248,7 @@ class Workers:
         self._lock = threading.Lock()
 
     def submit(self, job: Job) -> Job:
-        from ..generation import pick_device
+        from ..device import pick_device
 
         device = str(pick_device(job.config.device))
         with self._lock:

@@ -110,7 +110,7 @@ def make_video(kind: str, inputs: list[str], config: DictConfig, models=None, *,
 
     `input_fps`: write the video at the input video's fps (where it is known) instead of
     `video.fps`: restyle does, unless the caller set the fps."""
-    from ..generation import load_models
+    from ..loading import load_models
 
     check_video_config(config)
     size, fps = check_inputs(kind, inputs, config)
@@ -127,7 +127,7 @@ def make_video(kind: str, inputs: list[str], config: DictConfig, models=None, *,
 
 def resume(run_dir: str | Path, models=None, overrides: dict | None = None) -> VideoResult:
     """Continue a killed video run from its last finished frame (same frames as never stopping)."""
-    from ..generation import load_models
+    from ..loading import load_models
 
     job = load_job(run_dir, overrides)
     check_video_config(job.config)

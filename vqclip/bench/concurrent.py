@@ -25,8 +25,8 @@ import sys
 import time
 from pathlib import Path
 
-from .errors import UserError, unknown_choice
-from .threads import usable_cores
+from ..errors import UserError, unknown_choice
+from ..threads import usable_cores
 
 WORKLOADS = ("shapes", "real")
 
@@ -52,8 +52,8 @@ def write_random_real_vqgan(folder: Path) -> tuple[Path, Path]:
     import yaml
     from safetensors.torch import save_file
 
-    from .models.registry import VQGANS
-    from .models.vqgan import build_vqgan, taming_state_dict, vqgan_spec_from_model_config
+    from ..models.registry import VQGANS
+    from ..models.vqgan import build_vqgan, taming_state_dict, vqgan_spec_from_model_config
 
     config, checkpoint = folder / "vqgan.yaml", folder / "vqgan.safetensors"
     if not checkpoint.is_file():

@@ -18,7 +18,7 @@ from __future__ import annotations
 import statistics
 import time
 
-from .errors import UserError
+from ..errors import UserError
 
 CLASSIC_START = {"init": {"mode": "random", "weight": 0.0}}  # random codes, nothing pulls toward them
 
@@ -26,7 +26,7 @@ CLASSIC_START = {"init": {"mode": "random", "weight": 0.0}}  # random codes, not
 def score_trace(config, models, scorer, target: float | None = None):
     """(seconds since the run started, CLIP score) after each step, and the final image; stops early
     at `target`."""
-    from .generation import run
+    from ..generation import run
 
     trace: list[tuple[float, float]] = []
     scoring = 0.0
@@ -48,7 +48,7 @@ def score_trace(config, models, scorer, target: float | None = None):
 def drawn_right(image, prompt: str) -> bool | None:
     """On the shapes world, whether the pixel judge finds the prompt's colour, shape and background
     (a CLIP score can be high for a texture); None for prompts the world does not parse."""
-    from .shapes import judge, world
+    from ..shapes import judge, world
 
     asked = world.parse_caption(prompt)
     if not asked or image.shape[-1] != image.shape[-2]:
@@ -67,9 +67,10 @@ def time_to_image(prompts: list[str], *, preset: str = "shapes", steps: int = 50
     """Per prompt: the classic target, and the seconds each start needs to reach it."""
     import tempfile
 
-    from .config import build_config
-    from .generation import build_timeline, load_models
-    from .objective import Objective
+    from ..config import build_config
+    from ..generation import build_timeline
+    from ..loading import load_models
+    from ..objective import Objective
 
     if steps < 1 or not prompts:
         raise UserError("--time-to-image needs at least one prompt and one step")
