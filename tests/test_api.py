@@ -96,3 +96,18 @@ def test_run_leaves_the_callers_config_as_given(tiny_preset, tmp_path):
     assert to_dict(config) == before
     assert (before["seed"], before["threads"], before["story_every"]) == (None, None, None)
     assert result.config["seed"] is not None and result.config["threads"] >= 1 and result.config["story_every"] == 1
+
+
+def test_no_module_imports_another_ones_private_names():
+    """A name with a leading underscore is its module's own: another module that needs it needs it public."""
+    import ast
+    from pathlib import Path
+
+    root = Path(vqclip.__file__).parent
+    private = [f"{path.relative_to(root)}: {node.module} {alias.name}"
+               for path in root.rglob("*.py")
+               for node in ast.walk(ast.parse(path.read_text(encoding="utf-8")))
+               if isinstance(node, ast.ImportFrom) and node.module != "__future__" and (node.level or
+                                                                                        (node.module or "").startswith("vqclip"))
+               for alias in node.names if alias.name.startswith("_") and not alias.name.startswith("__")]
+    assert private == []

@@ -29,7 +29,7 @@ def atomic_open(path: str | os.PathLike, mode: str = "wb", **kwargs) -> Iterator
             yield f
             f.flush()
             os.fsync(f.fileno())
-        os.chmod(tmp, _mode_for(path))  # mkstemp makes 0600 files; keep what a plain open() would give
+        os.chmod(tmp, permissions_for(path))  # mkstemp makes 0600 files; keep what a plain open() would give
         os.replace(tmp, path)
     except BaseException:
         with contextlib.suppress(FileNotFoundError):
@@ -37,7 +37,7 @@ def atomic_open(path: str | os.PathLike, mode: str = "wb", **kwargs) -> Iterator
         raise
 
 
-def _mode_for(path: Path) -> int:
+def permissions_for(path: Path) -> int:
     """The existing file's permissions, else the default for new files (0666 less the umask)."""
     try:
         return path.stat().st_mode & 0o7777

@@ -20,7 +20,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from ..atomic import _mode_for
+from ..atomic import permissions_for
 from ..errors import UserError
 from ..outputs import MAX_IMAGE_PIXELS, load_image, save_png, write_json
 
@@ -85,7 +85,7 @@ def _temporary_sibling(path: Path) -> Iterator[Path]:
     tmp = Path(name)
     try:
         yield tmp
-        os.chmod(tmp, _mode_for(path))  # mkstemp makes 0600 files; keep what a plain open() would give
+        os.chmod(tmp, permissions_for(path))  # mkstemp makes 0600 files; keep what a plain open() would give
         os.replace(tmp, path)
     finally:
         with contextlib.suppress(FileNotFoundError):
