@@ -112,9 +112,9 @@ class SeqFirstAttention(nn.Module):
     """A batch-first nn.MultiheadAttention run on contiguous sequence-first inputs: the same result.
 
     Given batch-first input, PyTorch's attention transposes it and projects the strided view; in
-    bf16 on CPU that product copies the projection weight once per sequence position (0.5 s a layer
-    for ViT-B/32 on 8 images, three times the product itself). A contiguous input avoids the copy:
-    ViT-B/32's forward on 8 cutouts went from 8.3 s to 1.4 s (fp32: 3.1 s).
+    bf16 on CPU that product copies the projection weight once per sequence position, which costs
+    more than the product itself; a contiguous input avoids the copy (measured in
+    docs/experiments.md#2026-11-22--a-fast-step-vqclip-bench).
     """
 
     def __init__(self, attention: nn.MultiheadAttention):
@@ -130,7 +130,7 @@ class SeqFirstAttention(nn.Module):
         k = q if key is query else seq_first(key)
         v = k if value is key else seq_first(value)
         # CLIP's sequences are short (50 tokens for ViT-B/32): on CPU the plain softmax(QKᵀ)V kernels
-        # beat the flash kernel, whose backward took 6× its forward (measured: −0.45 s a step).
+        # beat the flash kernel, whose backward is slow there (docs/experiments.md: a fast step).
         kernels = sdpa_kernel(SDPBackend.MATH) if q.device.type == "cpu" else contextlib.nullcontext()
         with kernels:
             out, weights = self.attention(q, k, v, **kwargs)

@@ -3,11 +3,9 @@
 A VQGAN trained to use most of its codebook spends many codes on the same flat colour: the
 shapes VQGAN draws a white background with codes 379, 143, 9 and 37 interchangeably, about 46
 distinct codes per 64 px image of two flat colours. The encoder's choice among them is noise
-that a prior must model token by token: trained on the same 16,384 images for 1,500 steps, the
-shapes prior drew the right shape for 29 % of the eval prompts, and 46 % with merged codes.
-Replacing each such code by one representative
-changes the decoded image by a fraction of a decibel (33.5 → 33.3 dB PSNR against the drawing)
-and leaves the prior only the structure to learn.
+that a prior must model token by token. Replacing each such code by one representative changes
+the decoded image by a fraction of a decibel and leaves the prior only the structure to learn
+(the shapes prior drew the right shape far more often: docs/experiments.md#2026-11-22--the-shapes-worlds-prior-merged-flat-codes-and-the-anchored-preset).
 
 A code is *flat* when a grid filled with it decodes to a near-uniform image; flat codes whose
 colours lie within `colour_distance` of each other form a group, represented by its flattest

@@ -123,9 +123,8 @@ def rank_by_clip(clip, images: torch.Tensor, text: str) -> list[float]:
     """Each image's score: the lowest, over its views (`clip_views`), of Σ member weight · cosine(view, text).
 
     Why the worst view: a small CLIP can rate a malformed drawing highly in one exact pixel alignment,
-    but rarely in all of them. Measured on the shapes prior (best of 8 by CLIP, 24 prompts, 8 sampling
-    seeds): shapes judged right 73.0 % when ranked by the image as drawn, 78.6 % by its worst view;
-    better on 6 seeds, equal on 2, worse on none.
+    but rarely in all of them (measured on the shapes prior, in docs/experiments.md:
+    #2026-11-22--ranking-prior-samples-by-clips-worst-view).
     """
     from ..models.clip import clip_scores
 

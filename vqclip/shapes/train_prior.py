@@ -8,12 +8,9 @@ training images from the world's seeded stream and encode them with the VQGAN in
 learns outlines instead of which of a dozen equivalent codes the encoder chose for the background;
 (3) train a small prior on them (vqclip.prior.train: AdamW, warm-up + cosine, blank captions);
 (4) grade it: sample each of the 24 colour × shape prompts, decode, and judge the pixels.
-What mattered, measured on the 24 prompts (shape right, the prior alone, best of 4): 2,048 images
-and 1,500 steps of batch 16 gave 25 % (it overfitted: held-out loss 1.96 against 1.42 in
-training); 16,384 images and 1,500 steps of batch 32 gave 29 %, 46 % with merged codes; the
-shipped recipe (12,288 images, 3,000 steps, merged codes) 71 %, once superconditioning came down
-from 4 to 2 (at 4 the sharper model drew 17 %), and 79 % once CLIP ranked each sample by its worst
-view (vqclip.prior.sample.rank_by_clip).
+What mattered (enough images not to overfit, merged codes, superconditioning brought down to 2
+for the sharper model, and CLIP ranking each sample by its worst view) is measured in
+docs/experiments.md#2026-11-22--the-shapes-worlds-prior-merged-flat-codes-and-the-anchored-preset.
 The text embedding keeps only the BPE ids the world's captions use (about 40 of open_clip's
 49408): at width 128 the full vocabulary alone would weigh 12 MB in fp16.
 """
@@ -40,7 +37,7 @@ class PriorRecipe:
     held_out: int = 256
     steps: int = 3000
     seed: int = 0
-    merge_flat_codes: bool = True  # see vqclip/prior/flat_codes.py: shapes 29 % → 46 % at 1500 steps
+    merge_flat_codes: bool = True  # see vqclip/prior/flat_codes.py
     train: TrainConfig = field(default_factory=lambda: TrainConfig(
         steps=3000, batch_size=32, lr=2e-3, warmup=100, eval_every=250, checkpoint_every=100,
         width=128, heads=4, glu=256, encoder_layers=1, decoder_layers=3, text_length=16, eval_items=256))
