@@ -1,7 +1,7 @@
 """Make the pictures in README.md and docs/ again, from the shipped shapes and digits worlds (offline).
 
-    python docs/pictures.py                  # all of them
-    python docs/pictures.py contact-sheet    # or some: contact-sheet, morph, masks, ui, digits
+    python tools/pictures.py                  # all of them
+    python tools/pictures.py contact-sheet    # or some: contact-sheet, morph, masks, ui, digits
 
 Each takes a minute or two on 2 CPU cores. `ui` drives the web page in Debian's Chromium
 (`apt-get install chromium`) through the browser test, which writes the screenshot.
@@ -16,8 +16,8 @@ import sys
 import tempfile
 from pathlib import Path
 
-DOCS = Path(__file__).resolve().parent
-ROOT = DOCS.parent
+ROOT = Path(__file__).resolve().parents[1]
+DOCS = ROOT / "docs"
 
 # The batch shown in docs/batch.md (its last job fails on purpose: a failed job is drawn in red).
 BATCH = {"defaults": {"preset": "shapes", "steps": 30},

@@ -1,7 +1,7 @@
 """The measurement behind relaxation.kind's default (docs/experiments.md, 2026-11-30).
 
-    python docs/dvae_relaxation.py train OUT     # a tiny dVAE trained on the shapes world (minutes, CPU)
-    python docs/dvae_relaxation.py compare OUT   # softmax vs gumbel with the shapes CLIP, a few seeds
+    python tools/dvae_relaxation.py train OUT     # a tiny dVAE trained on the shapes world (minutes, CPU)
+    python tools/dvae_relaxation.py compare OUT   # softmax vs gumbel with the shapes CLIP, a few seeds
 
 The dVAE has the published files' architecture at a small width (vqclip.models.dvae), trained as
 DALL-E's was in outline: the encoder's logits relaxed by a Gumbel-softmax whose temperature falls,
