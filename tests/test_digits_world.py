@@ -13,8 +13,8 @@ import torch
 pytest.importorskip("sklearn", reason="the digit judge needs scikit-learn (pip install 'vqclip[digits]')")
 
 from vqclip.cli import main  # noqa: E402
-from vqclip.data.digits import load_digits, picture  # noqa: E402
 from vqclip.digits import judge  # noqa: E402
+from vqclip.digits.data import load_digits, picture  # noqa: E402
 
 WEIGHTS = Path(__file__).resolve().parents[1] / "vqclip" / "digits" / "weights"
 

@@ -272,7 +272,7 @@ def offline_cli(monkeypatch, tmp_path):
     import vqclip.ui.access
     import vqclip.ui.app
     import vqclip.video.jobs
-    from vqclip.data import digits
+    from vqclip.digits import data as digits
 
     monkeypatch.chdir(tmp_path)  # nothing is written, but if it were, it would land here
     patches = {

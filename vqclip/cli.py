@@ -335,7 +335,7 @@ def data_command(argv: list[str]) -> int:
     digits.add_argument("--size", type=int, default=32, help="image side in pixels (default 32)")
     args = parser.parse_args(argv)
 
-    from .data import digits as digits_data
+    from .digits import data as digits_data
 
     counts = digits_data.write_digits(args.out, args.size)
     print(f"{args.out}: {counts['train']} training and {counts['held-out']} held-out images")

@@ -1,2 +1,2 @@
-"""Captioned images, read once for every recipe: the layouts (pairs.py), the pixels (images.py),
-and the scikit-learn digits written as such a folder (digits.py)."""
+"""Captioned images, read once for every recipe: the layouts (pairs.py) and the pixels (images.py).
+The worlds' own data makers live beside their worlds (vqclip.digits.data, vqclip.shapes.world)."""

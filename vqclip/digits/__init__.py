@@ -1,5 +1,6 @@
 """The shipped `digits` world: tiny models trained by `vqclip train all` on scikit-learn's digits.
 
+- `vqclip.digits.data`: `vqclip data digits OUT`, scikit-learn's digits as a captioned folder.
 - `weights/`: the VQGAN, CLIP and prior (`{name: digits}` in a config; presets/digits.yaml) with
   the metrics JSON files their recipes wrote.
 - `vqclip.digits.judge`: a classifier of the real held-out digits that reads a generated image

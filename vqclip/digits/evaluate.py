@@ -104,8 +104,8 @@ def clip_zero_shot(clip) -> dict:
     import numpy as np
     import torch
 
-    from ..data.digits import load_digits, picture
     from ..models.clip import clip_score_table
+    from .data import load_digits, picture
 
     images, digits = load_digits()
     mask = judge.held_out_mask(len(images))

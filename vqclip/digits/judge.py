@@ -12,7 +12,7 @@ import functools
 
 import numpy as np
 
-from ..data.digits import HELD_OUT_EVERY, load_digits
+from .data import HELD_OUT_EVERY, load_digits
 
 LEVELS = 16
 GAMMA, C = 0.0005, 10.0  # chosen on the data: the best held-out → train-split accuracy of a small grid
