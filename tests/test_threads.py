@@ -149,6 +149,15 @@ def test_a_video_plans_its_threads_once_and_records_them(tmp_path, monkeypatch):
     assert "threads: 1" in (result.run_dir / "config.yaml").read_text()
 
 
+def captioned_squares(folder, colours):
+    """A training folder: one 32 px square a colour, captioned."""
+    folder.mkdir()
+    for index, colour in enumerate(colours):
+        Image.new("RGB", (32, 32), colour).save(folder / f"{index}.png")
+        (folder / f"{index}.txt").write_text(f"a {colour} square")
+    return folder
+
+
 # One cheap run of every command that computes (the UI's jobs are generation and video runs).
 COMMAND_RUNS = {
     "generate": lambda d: ["a red circle", "--preset", "shapes", "--steps", "1", "--run-dir", d / "run", "--quiet"],
@@ -184,11 +193,7 @@ def test_every_command_either_computes_or_never_imports_torch():
 def test_every_computing_command_plans_the_default_count_whatever_the_load(name, tmp_path, monkeypatch):
     from vqclip.cli import main
 
-    images = tmp_path / "images"
-    images.mkdir()
-    for index, colour in enumerate(("red", "green", "blue", "white", "yellow", "cyan")):
-        Image.new("RGB", (32, 32), colour).save(images / f"{index}.png")
-        (images / f"{index}.txt").write_text(f"a {colour} square")
+    captioned_squares(tmp_path / "images", ("red", "green", "blue", "white", "yellow", "cyan"))
     (tmp_path / "batch.yaml").write_text("defaults: {preset: shapes, steps: 1, cutn: 2}\njobs:\n  - {prompt: a dot}\n")
     monkeypatch.delenv("OMP_NUM_THREADS", raising=False)
     monkeypatch.setattr(threads, "busy_elsewhere", lambda *args, **kwargs: 5)  # a machine full of other work
@@ -212,11 +217,7 @@ def test_training_beside_busy_work_says_what_it_costs(busy, cores, threads_flag,
                                                       capsys):
     from vqclip.cli import main
 
-    images = tmp_path / "images"
-    images.mkdir()
-    for index, colour in enumerate(("red", "green", "blue", "white")):
-        Image.new("RGB", (32, 32), colour).save(images / f"{index}.png")
-        (images / f"{index}.txt").write_text(f"a {colour} square")
+    images = captioned_squares(tmp_path / "images", ("red", "green", "blue", "white"))
     monkeypatch.delenv("OMP_NUM_THREADS", raising=False)
     monkeypatch.setattr(threads, "busy_elsewhere", lambda *args, **kwargs: busy)
     monkeypatch.setattr(threads, "usable_cores", lambda: cores)

@@ -371,9 +371,7 @@ def _side_in_time(config: DictConfig, models: Models, compute: Models, timeline,
     def time_at(side: int) -> float:
         objective = _objective(config, compute.clip, timeline, torch.Generator(device).manual_seed(0), cutn=cutn)
         decode = _decoder(vqgan, compute.vqgan, config, (side, side))
-        grid = side // factor
-        z = vqgan.tokens_to_z(torch.zeros(config.batch_size, grid, grid, dtype=torch.long, device=device))
-        z.requires_grad_(True)
+        z = _probe_latent(vqgan, config.batch_size, side, device).requires_grad_(True)
 
         def step() -> None:
             with autocast(device, dtype):
@@ -403,6 +401,12 @@ def _side_in_time(config: DictConfig, models: Models, compute: Models, timeline,
     return side, said
 
 
+def _probe_latent(vqgan, batch: int, side: int, device: torch.device) -> torch.Tensor:
+    """The latent of a side × side image of code 0: what size=auto's probe steps run on."""
+    grid = side // vqgan.factor
+    return vqgan.tokens_to_z(torch.zeros(batch, grid, grid, dtype=torch.long, device=device))
+
+
 def _memory_budget(config: DictConfig, device: torch.device) -> float:
     from .memory import free_memory_bytes
 
@@ -421,8 +425,7 @@ def _memory_model(config: DictConfig, models: Models, compute: Models, timeline,
     vqgan, device = models.vqgan, models.device
 
     def latent(side: int) -> torch.Tensor:
-        grid = side // vqgan.factor
-        return vqgan.tokens_to_z(torch.zeros(config.batch_size, grid, grid, dtype=torch.long, device=device))
+        return _probe_latent(vqgan, config.batch_size, side, device)
 
     def decoder(checkpoint: bool):
         decode = in_autocast(lambda z: compute.vqgan.decode(vqgan.quantize(z), checkpoint=checkpoint), device, dtype)

@@ -64,8 +64,8 @@ def fit_step_time(time_at: Callable[[int], float], factor: int,
     With `choose` (model → the side it would pick), a side beyond the probes is timed too and the
     line drawn through it and the larger probe: a step is slower per pixel once its tensors
     outgrow the caches, so a line through small probes alone predicts a large step too fast
-    (0.77 s for 1.23 s at 256 px on the shapes world). Timing the chosen size costs a few of the
-    run's own steps.
+    (docs/experiments.md#2026-12-06--same-pixels-under-load). Timing the chosen size costs a few of
+    the run's own steps.
     """
     probes = [((grid * factor) ** 2, time_at(grid * factor)) for grid in PROBE_GRIDS]
     model = line_through(*probes)

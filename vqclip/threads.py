@@ -17,9 +17,7 @@ OpenMP threads spin about 300,000 times before they sleep; beside a busy process
 operator then waits for a spinner that was descheduled. `wait_policy` picks, before torch
 starts its threads: idle threads sleep at once (OMP_WAIT_POLICY=PASSIVE) when other work is busy
 at the start, else a short spin (GOMP_SPINCOUNT=1000), which costs a run alone a few per cent and
-keeps it bearable when work arrives later. Measured on the README's shapes command (2 cores):
-alone 8.5 s spinning, 8.8 s short spin, 11.2 s passive; beside one busy process 17–26 s spinning,
-13.9 s short spin, 11.5 s passive; two runs at once 38–44 s spinning, 11.5–13.6 s passive.
+keeps it bearable when work arrives later (docs/experiments.md#2026-12-06--same-pixels-under-load).
 """
 
 from __future__ import annotations
@@ -208,12 +206,12 @@ def warn_if_cores_are_shared(plan: ThreadPlan) -> None:
     """Say so when other work is busy on the cores a training run's threads need.
 
     A training step of the small worlds is thousands of short operators, each waiting for every
-    thread, so a thread the kernel gives to other work stalls them all however it waits: 60 steps
-    of the digits VQGAN took 26–28 s alone on 2 cores, 75–81 s beside one busy process, and 44–46 s
-    there on 1 thread (other weights, so the count stays the machine's unless asked).
+    thread, so a thread the kernel gives to other work stalls them all however it waits; one thread
+    is then faster, but gives other weights, so the count stays the machine's unless asked
+    (docs/experiments.md#2026-12-06--same-pixels-under-load).
     """
     busy = busy_elsewhere()
     if plan.threads > 1 and busy and busy + plan.threads > plan.cores:
         log.warning("other work keeps %d thread(s) busy on the %d cores this run uses: training waits for it at "
-                    "every step (about 3× slower beside one busy process on 2 cores); --threads 1 is about 2× "
+                    "every step (about 3× slower beside one busy process on 2 cores); --threads 1 is about 1.7× "
                     "faster there, with other weights than a default run's", busy, plan.cores)
