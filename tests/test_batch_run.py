@@ -11,7 +11,7 @@ from PIL import Image
 
 import vqclip
 from vqclip.batch import JobOutput, ModelCache, register_kind
-from vqclip.batch import jobs as job_kinds
+from vqclip.batch import kinds as job_kinds
 from vqclip.cli import main
 from vqclip.outputs import read_jsonl, read_metadata, save_png
 
@@ -242,7 +242,7 @@ def test_prior_sample_job_draws_what_vqclip_prior_sample_draws(tmp_path, monkeyp
     """The same prompt and seed through `vqclip prior sample`'s job function and through a batch job:
     the same images and scores, because both take the prior's recommended settings (prior.json)."""
     from vqclip.config import build_config
-    from vqclip.prior.jobs import sample_job
+    from vqclip.prior.commands import sample_job
 
     monkeypatch.setattr(job_kinds, "WORKER_CACHE", ModelCache())
     prompt = "a green triangle on a white background"

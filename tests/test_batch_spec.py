@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 
 from vqclip.batch import ModelCache, parse_batch, read_batch_file
-from vqclip.batch.jobs import KINDS
+from vqclip.batch.kinds import KINDS
 from vqclip.batch.spec import Job, jobs_from
 from vqclip.batch.summary import config_hash, is_finished
 from vqclip.cli import main

@@ -220,7 +220,7 @@ def test_the_start_of_a_run_is_untouched_by_the_check(tiny_preset, tmp_path, pic
 
 def test_prior_sample_checks_the_vqgan_and_clip_files_before_loading_the_prior(tmp_path, capsys, monkeypatch,
                                                                              models_fail):
-    monkeypatch.setattr("vqclip.prior.jobs.load_prior", _no_models)
+    monkeypatch.setattr("vqclip.prior.commands.load_prior", _no_models)
     code, _, err = run_cli(["prior", "sample", "a red circle", "-o", tmp_path / "x.png", "--preset", "shapes",
                             "vqgan.checkpoint=nope.safetensors"], capsys)
     assert code == 2 and err.strip() == f"{ERROR_PREFIX}vqgan.checkpoint: no such file 'nope.safetensors': check the path"

@@ -71,7 +71,7 @@ def test_layout_errors_are_one_line(tmp_path):
     ["train", "vqgan", "{image}", "--out", "{out}"],
     ["train", "clip", "{image}", "--out", "{out}"],
     ["train", "vqgan", "{folder}", "--out", "{out}", "--held-out", "{image}"],
-    ["prior", "build-data", "{image}", "--out", "{out}", "-p", "shapes"],
+    ["train", "prior", "{image}", "--out", "{out}", "--vqgan", "shapes"],
 ])
 def test_a_single_image_as_data_says_what_data_may_be(tmp_path, capsys, argv):
     """One image given where a data set goes: not a UTF-8 error from reading the PNG as a list."""
@@ -134,13 +134,13 @@ def test_the_prior_builds_its_data_through_the_same_layer(tmp_path, capsys):
         (folder / name).mkdir(parents=True)
         write_image(folder / name / "1.png", colour=(255 * (1 - index), 0, 255 * index), size=(64, 64))
     (folder / "red" / "bad.png").write_bytes(b"not an image")
-    out = tmp_path / "data.pt"
-    code = main(["prior", "build-data", str(folder), "--template", "a {} square", "-o", str(out), "-p", "shapes",
-                 "--quiet"])
+    out = tmp_path / "prior"
+    code = main(["train", "prior", str(folder), "--template", "a {} square", "--out", str(out), "--vqgan", "shapes",
+                 "--quiet", "steps=1", "eval_items=1", "width=16", "heads=1", "glu=16", "bf16=false"])
     assert code == 0, capsys.readouterr().err
     from vqclip.prior.data import load_data
 
-    data = load_data(out)
+    data = load_data(out / "data.pt")
     assert data.captions == ["a blue square", "a red square"] and data.image_tokens.shape == (2, 16, 16)
     assert "skipped" in capsys.readouterr().err
 

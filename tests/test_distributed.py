@@ -21,10 +21,10 @@ import pytest
 import torch
 from test_train import kill_at_call, shapes_folder  # noqa: F401 (a fixture)
 
-from vqclip import distributed
 from vqclip.cli import main
 from vqclip.errors import UserError
 from vqclip.precision import training_autocast
+from vqclip.train import distributed
 from vqclip.train import vqgan as vqgan_recipe
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -156,7 +156,7 @@ def test_a_python_script_trains_under_torchrun(shapes_folder, tmp_path):  # noqa
     script = tmp_path / "train_clip.py"
     script.write_text(f"""
 import json, sys
-from vqclip import distributed
+from vqclip.train import distributed
 from vqclip.train import clip
 
 config = clip.ClipTrainConfig({", ".join(CLIP).replace("false", "False")})
@@ -171,14 +171,6 @@ with distributed.session():
     assert float(printed) == state(tmp_path / "one")["history"][-1]["zero_shot_accuracy"]
 
 
-def test_the_shapes_recipes_refuse_torchrun(tmp_path, monkeypatch, capsys):
-    monkeypatch.setenv("WORLD_SIZE", "2")
-    assert main(["shapes", "train", "vqgan", "--out", str(tmp_path / "out")]) == 2
-    assert "runs in one process: start it without torchrun" in capsys.readouterr().err
-    assert not (tmp_path / "out").exists()
-
-
-# -- the plumbing, without processes ----------------------------------------------------------------
 def test_ranks_come_from_torchrun_and_bad_ones_are_one_line_errors():
     assert distributed.ranks_from_env({}) == distributed.Ranks(0, 1, 0)
     ranks = distributed.ranks_from_env({"RANK": "3", "WORLD_SIZE": "4", "LOCAL_RANK": "1"})

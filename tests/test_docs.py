@@ -4,8 +4,8 @@
   starts with `vqclip `) parses with the real command line, and its `key=value` settings are
   accepted by the config schema. The jobs never run: the functions the CLI hands the parsed
   arguments to are replaced by fakes that check the settings and return at once.
-- Every `key=value` shown as inline code is a real setting (the run config, or a prior training
-  setting for `vqclip prior train`).
+- Every `key=value` shown as inline code is a real setting (the run config, or a training recipe's
+  setting for `vqclip train`).
 - docs/configuration.md lists exactly the schema's keys, defaults and comments: its tables are
   generated from vqclip/config.py. `python tests/test_docs.py` rewrites them.
 - Every relative link points to a file (and heading) that exists; the README stays short.
@@ -207,17 +207,10 @@ def _generation_config(preset, overrides, dotlist, from_image=None, resume_dir=N
 
 
 def _fake_video(kind, inputs, config, models=None, **options):
-    from vqclip.video.jobs import check_video_config
+    from vqclip.video.commands import check_video_config
 
     check_video_config(config)
     return SimpleNamespace(output=Path("run/video.mp4"))
-
-
-def _fake_train_job(data_path, out, settings, **options):
-    from vqclip.prior.jobs import train_config_from
-
-    train_config_from(settings)
-    return {}
 
 
 def _fake_sample_job(prompt, out, config, options, prior_spec):
@@ -257,21 +250,20 @@ def offline_cli(monkeypatch, tmp_path):
     import vqclip.bench.step
     import vqclip.bench.time_to_image
     import vqclip.cli
+    import vqclip.cli.inspection
     import vqclip.device
     import vqclip.digits.evaluate
     import vqclip.generation
     import vqclip.models.clip
     import vqclip.models.registry
     import vqclip.outputs
-    import vqclip.prior.jobs
+    import vqclip.prior.commands
+    import vqclip.shapes.data
     import vqclip.shapes.evaluate
-    import vqclip.shapes.train_clip
-    import vqclip.shapes.train_prior
-    import vqclip.shapes.train_vqgan
-    import vqclip.train.jobs
+    import vqclip.train.settings
     import vqclip.ui.access
     import vqclip.ui.app
-    import vqclip.video.jobs
+    import vqclip.video.commands
     from vqclip.digits import data as digits
 
     monkeypatch.chdir(tmp_path)  # nothing is written, but if it were, it would land here
@@ -279,12 +271,9 @@ def offline_cli(monkeypatch, tmp_path):
         (vqclip.generation, "generate_from_cli"): _generation_config,
         # a command naming --device cuda parses on a machine without one
         (vqclip.device, "pick_device"): lambda name: "cpu" if name == "auto" else name,
-        (vqclip.video.jobs, "make_video"): _fake_video,
-        (vqclip.video.jobs, "resume"): lambda run_dir, overrides=None, models=None: SimpleNamespace(output=run_dir),
-        (vqclip.prior.jobs, "train_job"): _fake_train_job,
-        (vqclip.prior.jobs, "sample_job"): _fake_sample_job,
-        (vqclip.prior.jobs, "build_data_job"): lambda *args, **kwargs: SimpleNamespace(
-            captions=[], image_tokens=SimpleNamespace(shape=(0, 16, 16))),
+        (vqclip.video.commands, "make_video"): _fake_video,
+        (vqclip.video.commands, "resume"): lambda run_dir, overrides=None, models=None: SimpleNamespace(output=run_dir),
+        (vqclip.prior.commands, "sample_job"): _fake_sample_job,
         (vqclip.shapes.evaluate, "evaluate"): _fake_evaluate,
         (vqclip.shapes.evaluate, "format_table"): lambda report: "",
         (vqclip.shapes.evaluate, "read_prompts"): lambda path: ["a red circle"],
@@ -293,14 +282,11 @@ def offline_cli(monkeypatch, tmp_path):
         (vqclip.digits.evaluate, "format_table"): lambda report: "",
         (vqclip.outputs, "write_json"): lambda *args, **kwargs: None,
         (vqclip.outputs, "read_metadata"): lambda path: {},
-        (vqclip.shapes.train_vqgan, "train"): lambda *args, **kwargs: {},
-        (vqclip.shapes.train_clip, "train"): lambda *args, **kwargs: {},
-        (vqclip.shapes.train_prior, "train"): lambda *args, **kwargs: {},
-        (vqclip.cli, "_shapes_vqgan"): lambda folder: None,
-        (vqclip.train.jobs, "run"): lambda *args, **kwargs: {},  # the settings are built (and checked) before
+        (vqclip.shapes.data, "write_shapes"): lambda out, count=4096: {"train": count, "held-out": 256},
+        (vqclip.train.settings, "run"): lambda *args, **kwargs: {},  # the settings are built (and checked) before
         (digits, "write_digits"): lambda out, size=32: {"train": 0, "held-out": 0},
         (vqclip.models.clip, "load_clip_ensemble"): lambda *args, **kwargs: None,
-        (vqclip.cli, "_check_models"): _fake_check_models,
+        (vqclip.cli.inspection, "check_models"): _fake_check_models,
         (vqclip.models.registry, "download_by_name"): lambda name: [],
         (vqclip.ui.access, "read_logins"): lambda auth, auth_file=None: (
             [("user", "password")] if auth or auth_file else []),
@@ -368,35 +354,27 @@ SETTINGS = [item for path in checked_files() for item in shown_settings(path)]
 def test_shown_setting_is_accepted(where, item):
     from vqclip.config import build_config, key_names
     from vqclip.errors import UserError
-    from vqclip.prior.jobs import train_config_from
-    from vqclip.prior.train import TrainConfig
+    from vqclip.train.settings import build_config as recipe_config
 
     key, _, value = item.partition("=")
     if item == "key=value":  # the placeholder itself
         return
-    training = {field.name for field in dataclasses.fields(TrainConfig)}
     recipes = recipe_settings()
-    assert key in key_names() | training | set(recipes), \
-        f"{where}: {key} is neither a config key nor a training setting"
+    assert key in key_names() | set(recipes), f"{where}: {key} is neither a config key nor a training setting"
     if not value or value == "..." or re.fullmatch(r"[A-Z_]+", value):  # `threads=`, `cutn=VALUE`: the key alone
         return
     try:
         build_config(None, dotlist=[item])
     except UserError as exc:
-        if key not in training and key not in recipes:
+        if key not in recipes:
             raise AssertionError(f"{where}: {item}: {exc}") from None
-        if key in recipes:
-            from vqclip.train.jobs import build_config as recipe_config
-
-            recipe_config(recipes[key], Path("nowhere"), [item])
-        else:
-            train_config_from([item])
+        recipe_config(recipes[key], Path("nowhere"), [item])
 
 
 def recipe_settings() -> dict[str, str]:
     """{setting: the `vqclip train` recipe that takes it}: each recipe's keys, and `train all`'s
     own and prefixed ones (vqgan.n_embed=...)."""
-    from vqclip.train.jobs import RECIPES, recipe_class
+    from vqclip.train.settings import RECIPES, recipe_class
 
     found = {}
     for recipe in RECIPES:

@@ -12,11 +12,27 @@ from vqclip.prior import data as prior_data
 from vqclip.prior.model import BartPrior, PriorConfig
 from vqclip.prior.sample import SampleSettings, clip_views, filter_logits, rank_by_clip, sample_tokens
 from vqclip.prior.tokenizer import BEGIN, END, PAD, UNKNOWN, BartBpeTokenizer, ClipBpeTokenizer, clip_bpe_ids
-from vqclip.prior.train import TrainConfig, train
 from vqclip.prior.weights import LoadedPrior, load_prior
+from vqclip.train.prior import PriorTrainConfig as TrainConfig
+from vqclip.train.prior import fit as train
 
 TINY = dict(steps=30, batch_size=4, lr=1e-2, warmup=2, eval_every=10, eval_items=8, checkpoint_every=5,
             width=32, heads=2, glu=48, encoder_layers=1, decoder_layers=1, text_length=16, bf16=False)
+
+
+WORLD_VQGAN = {"vqgan": "shapes", "size": 64, "codebook_size": 512, "factor": 4}
+
+
+def world_batches(items, batch_size):
+    """`batches(start)` for prior_data.build_data over (scene, caption) items of the shapes world."""
+    from vqclip.shapes import world
+
+    def batches(start: int):
+        for first in range(start, len(items), batch_size):
+            chunk = items[first:first + batch_size]
+            yield torch.stack([world.to_tensor(world.draw(scene)) for scene, _ in chunk]), [c for _, c in chunk]
+
+    return batches
 
 
 @pytest.fixture(scope="module")
@@ -28,10 +44,10 @@ def shapes_vqgan():
 
 @pytest.fixture(scope="module")
 def world_data_file(tmp_path_factory, shapes_vqgan):
-    from vqclip.shapes.train_prior import build_world_data
+    from vqclip.shapes.data import prior_tokens
 
     path = tmp_path_factory.mktemp("prior-data") / "data.pt"
-    build_world_data(path, shapes_vqgan, 40, 0, "train", resume=False, progress=False)
+    prior_tokens(path, shapes_vqgan, WORLD_VQGAN, 40, 0, "train", resume=False, progress=False)
     return path
 
 
@@ -71,7 +87,9 @@ def test_bart_tokenizer_merges_by_rank():
 
 # -- data files ----------------------------------------------------------------------------------
 def test_build_data_resumes_and_matches_a_straight_build(tmp_path, shapes_vqgan, world_data):
-    from vqclip.shapes.train_prior import vqgan_info, world_batches, world_items
+    from vqclip.shapes.data import world_items
+
+    vqgan_info = lambda vqgan: WORLD_VQGAN  # noqa: E731
 
     items, sources = world_items(40, 0, "train"), [f"shapes/train/0/{i}" for i in range(40)]
     partial = prior_data.build_data(world_batches(items[:16], batch_size=8), sources[:16], shapes_vqgan,
@@ -96,7 +114,7 @@ def test_build_data_resumes_and_matches_a_straight_build(tmp_path, shapes_vqgan,
 # -- training ------------------------------------------------------------------------------------
 def test_training_lowers_the_loss_writes_a_prior_and_resumes_exactly(tmp_path, world_data):
     config = TrainConfig(**TINY)
-    metrics = train(world_data, tmp_path / "straight", config, progress=False, log=lambda _: None)
+    metrics = train(world_data, tmp_path / "straight", config, progress=False)
     history = metrics["history"]
     assert [h["step"] for h in history] == [10, 20, 30] and metrics["tokens_per_second"] > 0
     # uniform guessing costs log(513) = 6.24; the held-out loss must fall well below it and keep falling
@@ -104,40 +122,41 @@ def test_training_lowers_the_loss_writes_a_prior_and_resumes_exactly(tmp_path, w
     prior = load_prior(tmp_path / "straight")
     assert prior.model.config.grid == [16, 16] and prior.model.config.image_vocab == 512
     assert prior.model.config.text_vocab < 100  # the pruned vocabulary
-    assert json.loads((tmp_path / "straight" / "prior.json").read_text())["vqgan"]["name"] == "shapes"
+    assert json.loads((tmp_path / "straight" / "prior.json").read_text())["vqgan"]["vqgan"] == "shapes"
 
     # seeded: the same settings give the same weights
     state_dir = tmp_path / "again"
-    train(world_data, state_dir, TrainConfig(**TINY), progress=False, log=lambda _: None)
+    train(world_data, state_dir, TrainConfig(**TINY), progress=False)
     assert torch.load(state_dir / "train_state.pt", weights_only=True)["step"] == 30
     straight = load_prior(tmp_path / "straight").model.state_dict()
     again = load_prior(state_dir).model.state_dict()
     assert all(torch.equal(straight[k], again[k]) for k in straight)  # seeded: the same run twice
 
 
-def test_resume_after_a_stop_gives_the_same_weights(tmp_path, world_data):
-    from vqclip import training
+def stop_after_saving(monkeypatch, at_step: int) -> None:
+    """The next training run is killed right after it writes its state at step `at_step`."""
+    from vqclip.train.loop import TrainState
 
-    straight = tmp_path / "straight"
-    train(world_data, straight, TrainConfig(**TINY), progress=False, log=lambda _: None)
-    stopped = tmp_path / "stopped"
-    original = training.save_checkpoint
+    original = TrainState.save
 
-    def save_then_stop(path, step, *args, **kwargs):
-        original(path, step, *args, **kwargs)
-        if step == 15:
+    def save_then_stop(self, step, settings):
+        original(self, step, settings)
+        if step == at_step:
             raise KeyboardInterrupt
 
-    import vqclip.prior.train as train_module
+    monkeypatch.setattr(TrainState, "save", save_then_stop)
 
-    train_module.save_checkpoint = save_then_stop
-    try:
+
+def test_resume_after_a_stop_gives_the_same_weights(tmp_path, world_data, monkeypatch):
+    straight = tmp_path / "straight"
+    train(world_data, straight, TrainConfig(**TINY), progress=False)
+    stopped = tmp_path / "stopped"
+    with monkeypatch.context() as patch:
+        stop_after_saving(patch, 15)
         with pytest.raises(KeyboardInterrupt):
-            train(world_data, stopped, TrainConfig(**TINY), progress=False, log=lambda _: None)
-    finally:
-        train_module.save_checkpoint = original
+            train(world_data, stopped, TrainConfig(**TINY), progress=False)
     assert not (stopped / "prior.safetensors").exists()
-    train(world_data, stopped, TrainConfig(**TINY), resume=True, progress=False, log=lambda _: None)
+    train(world_data, stopped, TrainConfig(**TINY), resume=True, progress=False)
     a, b = load_prior(straight).model.state_dict(), load_prior(stopped).model.state_dict()
     assert all(torch.equal(a[k], b[k]) for k in a)
 
@@ -146,58 +165,51 @@ def test_resume_from_a_state_file_of_the_earlier_layout_gives_the_same_weights(t
                                                                                monkeypatch):
     """train_state.pt files written before the random streams were saved as one dict (torch_rng,
     generator, rng, rng_version at the top level) still resume to the weights of a straight run."""
-    import vqclip.prior.train as train_module
-
     straight, stopped = tmp_path / "straight", tmp_path / "stopped"
-    train(world_data, straight, TrainConfig(**TINY), progress=False, log=lambda _: None)
-    original = train_module.save_checkpoint
-
-    def save_then_stop(path, step, *args, **kwargs):
-        original(path, step, *args, **kwargs)
-        if step == 15:
-            raise KeyboardInterrupt
-
-    monkeypatch.setattr(train_module, "save_checkpoint", save_then_stop)
-    with pytest.raises(KeyboardInterrupt):
-        train(world_data, stopped, TrainConfig(**TINY), progress=False, log=lambda _: None)
-    monkeypatch.setattr(train_module, "save_checkpoint", original)
+    train(world_data, straight, TrainConfig(**TINY), progress=False)
+    with monkeypatch.context() as patch:
+        stop_after_saving(patch, 15)
+        with pytest.raises(KeyboardInterrupt):
+            train(world_data, stopped, TrainConfig(**TINY), progress=False)
     state = torch.load(stopped / "train_state.pt", weights_only=True)
     streams = state.pop("rng")
     state.update(torch_rng=streams["torch"], generator=streams["generator"], rng=streams["python"],
                  rng_version=streams["python_version"])
     torch.save(state, stopped / "train_state.pt")
-    train(world_data, stopped, TrainConfig(**TINY), resume=True, progress=False, log=lambda _: None)
+    train(world_data, stopped, TrainConfig(**TINY), resume=True, progress=False)
     a, b = load_prior(straight).model.state_dict(), load_prior(stopped).model.state_dict()
     assert all(torch.equal(a[k], b[k]) for k in a)
 
 
 def test_the_prior_does_not_import_the_shapes_world():
     """The prior is the product's; the shapes world is one user of it (the shared training helpers
-    live in vqclip.training, the precision choice in vqclip.precision)."""
+    live in vqclip/train/, the precision choice in vqclip.precision)."""
     import subprocess
     import sys
 
-    code = "import vqclip.prior.train, sys; print([m for m in sys.modules if m.startswith('vqclip.shapes')])"
+    code = "import vqclip.train.prior, sys; print([m for m in sys.modules if m.startswith('vqclip.shapes')])"
     assert subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout == "[]\n"
 
 
-def test_resume_reads_the_settings_from_the_output_folder(tmp_path, world_data_file, capsys):
-    """`prior train --resume` continues the stored run: model settings need not be given again, the same
+def test_resume_reads_the_settings_from_the_output_folder(tmp_path, capsys):
+    """`train prior --resume` continues the stored run: model settings need not be given again, the same
     value is fine, another value is one line naming the key and both values, and steps may grow."""
     from vqclip.cli import main
 
-    data, out = str(world_data_file), tmp_path / "prior"
+    out = tmp_path / "prior"
+    world = ["world_images=40", "world_prompts=0", "eval_items=8", "merge_flat_codes=false"]
     first = {**TINY, "steps": 10, "width": 48, "glu": 40, "decoder_layers": 2}
-    assert main(["prior", "train", data, "--out", str(out), "--quiet", *[f"{k}={v}" for k, v in first.items()]]) == 0
+    command = ["train", "prior", "shapes", "--out", str(out), "--quiet"]
+    assert main([*command, *world, *[f"{k}={v}" for k, v in first.items()]]) == 0
     ten_steps = load_prior(out).model.state_dict()
     capsys.readouterr()
-    assert main(["prior", "train", data, "--out", str(out), "--quiet", "--resume", "width=64"]) == 2
+    assert main([*command, "--resume", "width=64"]) == 2
     assert capsys.readouterr().err == (f"vqclip: error: width=64 differs from width=48 stored in {out / 'train_state.pt'}: "
                                        "leave width out to continue that run, or train into another --out\n")
-    assert main(["prior", "train", data, "--out", str(out), "--quiet", "--resume", "steps=5"]) == 2
+    assert main([*command, "--resume", "steps=5"]) == 2
     assert "steps=5 is fewer than the 10" in capsys.readouterr().err
 
-    assert main(["prior", "train", data, "--out", str(out), "--quiet", "--resume", "steps=15", "width=48"]) == 0
+    assert main([*command, "--resume", "steps=15", "width=48"]) == 0
     metrics = json.loads((out / "prior-metrics.json").read_text())
     assert {k: metrics["train"][k] for k in first} == {**first, "steps": 15}  # the first run's, steps raised
     assert [h["step"] for h in metrics["history"]] == [10, 15]
@@ -208,20 +220,19 @@ def test_resume_reads_the_settings_from_the_output_folder(tmp_path, world_data_f
 
 def test_resuming_a_checkpoint_without_stored_settings_at_other_sizes_is_one_line(tmp_path, world_data):
     """train_state.pt written before the settings were stored in it: other sizes are a UserError."""
-    train(world_data, tmp_path, TrainConfig(**{**TINY, "steps": 5}), progress=False, log=lambda _: None)
+    train(world_data, tmp_path, TrainConfig(**{**TINY, "steps": 5}), progress=False)
     state = torch.load(tmp_path / "train_state.pt", weights_only=True)
     del state["train"]
     torch.save(state, tmp_path / "train_state.pt")
-    with pytest.raises(UserError, match="other sizes than width=64, heads=2, glu=48, encoder_layers=1, "
-                                        "decoder_layers=1: give the first run's values"):
-        train(world_data, tmp_path, TrainConfig(**{**TINY, "steps": 5, "width": 64}), resume=True, progress=False,
-              log=lambda _: None)
+    with pytest.raises(UserError, match="holds a model of other sizes than these settings: give the first run's "
+                                        "values"):
+        train(world_data, tmp_path, TrainConfig(**{**TINY, "steps": 5, "width": 64}), resume=True, progress=False)
 
 
 def test_raising_steps_on_resume_follows_the_longer_runs_schedule(tmp_path, world_data, monkeypatch):
     """The cosine is rebuilt from `steps`: after a raise, each step's rate is the longer run's rate at that
     step (the first step after the resume included), not the old schedule's (zero at its end)."""
-    from vqclip.training import warmup_cosine
+    from vqclip.train.loop import warmup_cosine
 
     rates = []
     adamw_step = torch.optim.AdamW.step
@@ -230,9 +241,9 @@ def test_raising_steps_on_resume_follows_the_longer_runs_schedule(tmp_path, worl
         rates.append(self.param_groups[0]["lr"])
         return adamw_step(self, *args, **kwargs)
 
-    train(world_data, tmp_path, TrainConfig(**{**TINY, "steps": 10}), progress=False, log=lambda _: None)
+    train(world_data, tmp_path, TrainConfig(**{**TINY, "steps": 10}), progress=False)
     monkeypatch.setattr(torch.optim.AdamW, "step", recording_step)
-    train(world_data, tmp_path, TrainConfig(**{**TINY, "steps": 15}), resume=True, progress=False, log=lambda _: None)
+    train(world_data, tmp_path, TrainConfig(**{**TINY, "steps": 15}), resume=True, progress=False)
     longer = warmup_cosine(TINY["warmup"], 15)
     assert rates == pytest.approx([TINY["lr"] * longer(step) for step in range(10, 15)], rel=1e-12)
     assert rates[0] == pytest.approx(0.25 * TINY["lr"])  # 2/3 of the way down the longer cosine, not the ended run's 0
@@ -240,13 +251,13 @@ def test_raising_steps_on_resume_follows_the_longer_runs_schedule(tmp_path, worl
 
 def test_too_little_data_to_hold_out_names_the_settings_to_change(world_data):
     with pytest.raises(UserError) as caught:
-        train(world_data, "unused", TrainConfig(**{**TINY, "eval_items": 256}), progress=False, log=lambda _: None)
+        train(world_data, "unused", TrainConfig(**{**TINY, "eval_items": 256}), progress=False)
     assert str(caught.value) == ("40 training items are too few to hold out eval_items=256 (under half of them can "
-                                 "be held out): set eval_items=19 or lower, or pass a held-out data file with --held-out")
+                                 "be held out): set eval_items=19 or lower, or pass held-out data with --held-out")
     tiny = prior_data.PriorData(world_data.image_tokens[:2], world_data.captions[:2], world_data.text_bpe[:2],
                                 world_data.vqgan, world_data.sources[:2])
-    with pytest.raises(UserError, match=r"eval_items=1 \(under half of them can be held out\): pass a held-out"):
-        train(tiny, "unused", TrainConfig(**{**TINY, "eval_items": 1}), progress=False, log=lambda _: None)
+    with pytest.raises(UserError, match=r"eval_items=1 \(under half of them can be held out\): pass held-out"):
+        train(tiny, "unused", TrainConfig(**{**TINY, "eval_items": 1}), progress=False)
 
 
 # -- sampling ------------------------------------------------------------------------------------

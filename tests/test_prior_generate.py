@@ -15,8 +15,9 @@ from vqclip.cli import main
 from vqclip.config import build_config
 from vqclip.errors import UserError
 from vqclip.generation import generate
-from vqclip.prior.train import TrainConfig, train
 from vqclip.prior.weights import load_prior
+from vqclip.train.prior import PriorTrainConfig as TrainConfig
+from vqclip.train.prior import fit as train
 
 TINY = dict(steps=4, batch_size=4, lr=1e-2, warmup=1, eval_every=4, eval_items=8, checkpoint_every=4,
             width=32, heads=2, glu=48, encoder_layers=1, decoder_layers=1, text_length=16, bf16=False)
@@ -26,12 +27,13 @@ TINY = dict(steps=4, batch_size=4, lr=1e-2, warmup=1, eval_every=4, eval_items=8
 def tiny_prior_dir(tmp_path_factory):
     """A tiny prior trained for a few steps on 40 encoded shapes-world images."""
     from vqclip.models.registry import load_vqgan_from_config
-    from vqclip.shapes.train_prior import build_world_data
+    from vqclip.shapes.data import prior_tokens
 
     folder = tmp_path_factory.mktemp("tiny-prior")
     vqgan = load_vqgan_from_config({"name": "shapes"}, progress=False)
-    data = build_world_data(folder / "data.pt", vqgan, 40, 0, "train", resume=False, progress=False)
-    train(data, folder, TrainConfig(**TINY), progress=False, log=lambda _: None)
+    description = {"vqgan": "shapes", "size": 64, "codebook_size": 512, "factor": 4}
+    data = prior_tokens(folder / "data.pt", vqgan, description, 40, 0, "train", resume=False, progress=False)
+    train(data, folder, TrainConfig(**TINY), progress=False)
     return folder
 
 
@@ -112,15 +114,15 @@ def test_prior_commands_end_to_end(tmp_path, capsys):
         scene = world.sample_scene(rng)
         Image.fromarray(world.draw(scene)).save(images / f"{i:02d}.png")
         (images / f"{i:02d}.txt").write_text(world.caption(scene, rng))
-    data = tmp_path / "data.pt"
-    assert main(["prior", "build-data", str(images), "-o", str(data), "-p", "shapes", "--quiet"]) == 0
-    assert main(["prior", "build-data", str(images), "-o", str(data), "-p", "shapes", "--quiet"]) == 2  # exists
-    assert main(["prior", "build-data", str(images), "-o", str(data), "-p", "shapes", "--quiet", "--resume"]) == 0
     settings = [f"{k}={v}" for k, v in {**TINY, "eval_items": 4, "steps": 2}.items()]
-    assert main(["prior", "train", str(data), "--out", str(tmp_path / "prior"), "--quiet", *settings]) == 0
+    train = ["train", "prior", str(images), "--vqgan", "shapes", "--size", "64", "--quiet"]
+    assert main([*train, "--out", str(tmp_path / "prior"), *settings]) == 0
+    assert (tmp_path / "prior" / "data.pt").is_file() and (tmp_path / "prior" / "samples").is_dir()
     capsys.readouterr()
-    assert main(["prior", "train", str(data), "--out", str(tmp_path / "p2"), "steps=abc"]) == 2
-    assert "steps must be a int" in capsys.readouterr().err
+    assert main([*train, "--out", str(tmp_path / "p2"), "steps=abc"]) == 2
+    assert "bad value for steps" in capsys.readouterr().err
+    assert main(["prior", "build-data", str(images), "-o", str(tmp_path / "data.pt")]) == 2
+    assert "vqclip train prior DATA --vqgan VQGAN --out DIR" in capsys.readouterr().err
     out = tmp_path / "samples" / "circle.png"
     assert main(["prior", "sample", "a red circle", "-o", str(out), "--prior", str(tmp_path / "prior"),
                  "-p", "shapes", "--num", "2", "--quiet", "--top-k", "50"]) == 0
@@ -182,18 +184,15 @@ def test_min_dalle_files_load_and_drive_the_dalle_mini_preset(tmp_path, min_dall
     assert_pixels_are_the_final_latent(result, models.vqgan)
 
 
-def test_shapes_prior_recipe_smoke_from_the_command_line(tmp_path, capsys, monkeypatch):
-    import vqclip.shapes.train_prior as recipe_module
-
-    real = recipe_module.PriorRecipe
-
-    def small():
-        return real(items=24, held_out=8, steps=2, eval_candidates=1, eval_prompts=1, train=TrainConfig(**TINY))
-
-    monkeypatch.setattr(recipe_module, "PriorRecipe", small)
-    assert main(["shapes", "train", "prior", "--out", str(tmp_path), "--quiet"]) == 0
+def test_shapes_world_prior_from_the_command_line(tmp_path, capsys):
+    """`vqclip train prior shapes`: the world drawn on the fly, its flat codes merged, samples graded."""
+    settings = [f"{k}={v}" for k, v in {**TINY, "steps": 2}.items()]
+    assert main(["train", "prior", "shapes", "--out", str(tmp_path), "--quiet", "world_images=24", "eval_items=8",
+                 "world_prompts=1", *settings]) == 0
     metrics = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
     assert metrics["steps"] == 2 and set(metrics["samples"]) >= {"colour", "shape", "background"}
+    stored = json.loads((tmp_path / "prior-metrics.json").read_text())["train"]
+    assert stored["merge_flat_codes"] is True and stored["eval_items"] == 8  # the world's own setting, then ours
     assert load_prior(tmp_path).model.config.grid == [16, 16]
 
 

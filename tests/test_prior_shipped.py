@@ -42,11 +42,11 @@ def test_shipped_prior_samples_meet_the_targets():
     """The prior alone, best of 16 by CLIP's worst view, on the 24 colour × shape prompts (README figures)."""
     from vqclip.models.clip import load_clip_ensemble
     from vqclip.models.registry import load_vqgan_from_config, resolve_clip
-    from vqclip.shapes.train_prior import grade_samples
+    from vqclip.shapes.data import prior_figures
 
     vqgan = load_vqgan_from_config({"name": "shapes"}, progress=False)
     clip = load_clip_ensemble([resolve_clip({"name": "shapes", "weight": 1.0})])
-    grades = grade_samples(WEIGHTS, vqgan, clip, candidates=16, seed=0)
+    grades = prior_figures(WEIGHTS, vqgan, clip, candidates=16, seed=0)
     # measured 100 % / 83.3 %; over 8 sampling seeds shape 70.8-91.7 %, mean 83.3 % (best of 8: 78.6 %)
     assert grades["colour"] >= 0.95 and grades["shape"] >= 0.8
 

@@ -38,17 +38,19 @@ def test_shipped_vqgan_reconstructs_held_out_drawings(vqgan, held_out):
 def test_shipped_clip_zero_shot_on_drawings_and_reconstructions(vqgan, held_out, shapes_models):
     import open_clip
 
-    from vqclip.shapes.train_clip import zero_shot
+    from vqclip.shapes.data import zero_shot
+    from vqclip.train.clip import Preprocess
 
     clip = shapes_models.clip.members[0]
     assert clip.input_size == 64
     images, scenes = held_out
     tokenizer = open_clip.SimpleTokenizer(context_length=clip.tokenizer.context_length)
     model = clip.model
-    clean = zero_shot(model, tokenizer, images, scenes)
+    preprocess = Preprocess({"vision_cfg": {"image_size": 64}}, (0.5, 0.5, 0.5), (0.25, 0.25, 0.25))
+    clean = zero_shot(model, tokenizer, preprocess, images, scenes)
     with torch.no_grad():
         reconstructions = vqgan.decode(vqgan.quantize(vqgan.encode(images)))
-    recon = zero_shot(model, tokenizer, reconstructions, scenes)
+    recon = zero_shot(model, tokenizer, preprocess, reconstructions, scenes)
     for result in (clean, recon):
         assert result["colour"] >= 0.95 and result["background"] >= 0.95 and result["shape"] >= 0.9, result
 

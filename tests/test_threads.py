@@ -163,14 +163,17 @@ COMMAND_RUNS = {
     "generate": lambda d: ["a red circle", "--preset", "shapes", "--steps", "1", "--run-dir", d / "run", "--quiet"],
     "prior sample": lambda d: ["prior", "sample", "a red circle", "-o", d / "p.png", "-p", "shapes", "--prior",
                                "shapes", "--num", "1", "--quiet"],
-    "prior build-data": lambda d: ["prior", "build-data", d / "images", "-o", d / "data.pt", "-p", "shapes", "--quiet"],
     "train vqgan": lambda d: ["train", "vqgan", d / "images", "--out", d / "vqgan", "steps=1", "batch_size=2",
                               "n_embed=16", "embed_dim=4", "z_channels=4", "ch=32", "disc_layers=1", "disc_ch=8",
                               "held_out=2", "bf16=false", "--quiet"],
     "train clip": lambda d: ["train", "clip", d / "images", "--out", d / "clip", "steps=1", "batch_size=2",
                              "width=8", "embed_dim=8", "text_width=16", "text_layers=1", "context_length=8",
                              "held_out=2", "bf16=false", "--quiet"],
-    "shapes train": lambda d: ["shapes", "train", "clip", "--steps", "1", "--out", d / "shapes-clip", "--quiet"],
+    "train prior": lambda d: ["train", "prior", d / "images", "--vqgan", "shapes", "--size", "32", "--out", d / "prior",
+                              "steps=1", "batch_size=2", "width=16", "heads=1", "glu=16", "eval_items=1", "bf16=false",
+                              "--quiet"],
+    "shapes eval": lambda d: ["shapes", "eval", "--prompts", d / "prompts.txt", "--out", d / "eval-shapes", "steps=1",
+                              "cutn=2"],
     "video": lambda d: ["video", "animate", "a red circle", "-p", "shapes-zoom", "--frames", "2", "-o",
                         d / "zoom.gif", "--run-dir", d / "video", "video.first_frame_steps=1",
                         "video.steps_per_frame=1", "--quiet"],
@@ -194,6 +197,7 @@ def test_every_computing_command_plans_the_default_count_whatever_the_load(name,
     from vqclip.cli import main
 
     captioned_squares(tmp_path / "images", ("red", "green", "blue", "white", "yellow", "cyan"))
+    (tmp_path / "prompts.txt").write_text("a red circle on a blue background\n")
     (tmp_path / "batch.yaml").write_text("defaults: {preset: shapes, steps: 1, cutn: 2}\njobs:\n  - {prompt: a dot}\n")
     monkeypatch.delenv("OMP_NUM_THREADS", raising=False)
     monkeypatch.setattr(threads, "busy_elsewhere", lambda *args, **kwargs: 5)  # a machine full of other work

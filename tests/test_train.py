@@ -17,7 +17,7 @@ from vqclip.cli import main
 from vqclip.errors import UserError
 from vqclip.train import clip as clip_recipe
 from vqclip.train import vqgan as vqgan_recipe
-from vqclip.train.jobs import build_config
+from vqclip.train.settings import build_config
 
 COLOURS = {"red": (220, 30, 30), "green": (30, 200, 60), "blue": (40, 60, 230)}
 
@@ -221,7 +221,7 @@ def test_train_prior_from_the_command_line(shapes_folder, tmp_path, capsys):
 
 
 @pytest.mark.parametrize("argv, message", [
-    (["train", "vqgan", "{data}", "--out", "{out}", "n_embeds=3"], "key one of"),
+    (["train", "vqgan", "{data}", "--out", "{out}", "n_embeds=3"], "unknown config key 'n_embeds' in settings (did you mean: n_embed"),
     (["train", "vqgan", "{data}", "--out", "{out}", "ch=48"], "multiple of 32"),
     (["train", "vqgan", "{data}", "--out", "{out}", "--size", "30"], "multiple of the VQGAN's factor 4"),
     (["train", "vqgan", "{data}", "--out", "{out}", "--from", "shapes", "crop=18"], "crop=18 must be a multiple"),
@@ -230,7 +230,8 @@ def test_train_prior_from_the_command_line(shapes_folder, tmp_path, capsys):
     (["train", "clip", "{data}", "--out", "{out}", "model=ViT-Q-99"], "unknown CLIP architecture"),
     (["train", "prior", "{data}", "--out", "{out}"], "needs --vqgan"),
     (["train", "prior", "{data}", "--out", "{out}", "--from", "shapes"], "not --from"),
-    (["train", "clip", "{data}", "--out", "{out}", "--vqgan", "shapes"], "not --vqgan"),
+    (["train", "vqgan", "{data}", "--out", "{out}", "--vqgan", "shapes"], "not --vqgan"),
+    (["train", "clip", "{data}", "--out", "{out}", "recon_fraction=0.1"], "needs --vqgan"),
     (["train", "all", "{data}", "--out", "{out}", "--from", "shapes"], "vqgan.base"),
     (["train", "vqgan", "{empty}", "--out", "{out}"], "no images"),
     (["train", "vqgan", "{data}", "--out", "{out}", "--steps", "0"], "at least 1"),
@@ -343,7 +344,7 @@ def test_ctrl_c_saves_the_state_says_how_to_resume_and_resuming_is_bit_exact(sha
     """Ctrl-C in step 3 of 6, long before the first periodic checkpoint: the step finishes, its state is
     written, the command to continue is printed (exit 130); that command ends on the weights of a run
     never stopped."""
-    from vqclip import distributed
+    from vqclip.train import distributed
 
     extra = []
     if recipe == "prior":
@@ -370,10 +371,10 @@ def test_ctrl_c_saves_the_state_says_how_to_resume_and_resuming_is_bit_exact(sha
 
 def test_training_takes_the_thread_policy(shapes_folder, tmp_path, capsys, monkeypatch):
     """--threads N and threads=N set torch's count for the run (restored after); a bad count is one line."""
-    from vqclip.train import jobs
+    from vqclip.train import settings
 
     seen, before = [], torch.get_num_threads()
-    monkeypatch.setattr(jobs, "run", lambda *args, **kwargs: seen.append(torch.get_num_threads()) or {})
+    monkeypatch.setattr(settings, "run", lambda *args, **kwargs: seen.append(torch.get_num_threads()) or {})
     base = ["train", "vqgan", str(shapes_folder), "--out", str(tmp_path / "out"), "--quiet"]
     assert main([*base, "--threads", "1"]) == 0 and main([*base, "threads=1"]) == 0
     assert seen == [1, 1] and torch.get_num_threads() == before

@@ -117,7 +117,7 @@ CASES = [
     Case("smoothing of 1 or more", lambda d: [*ANIMATE, "video.smoothing=1.5"], "video.smoothing"),
     Case("restyle without a prompt", lambda d: ["video", "restyle", clip(d), "-p", "shapes-zoom"],
          "restyle needs a prompt"),
-    Case("an unknown video action", lambda d: ["video", "morph", "a", "b"], "needs one of animate, interpolate"),
+    Case("an unknown video action", lambda d: ["video", "morph", "a", "b"], "invalid choice: 'morph' (choose from 'animate', 'interpolate', 'restyle')"),
     Case("resume a folder that is no video run", lambda d: ["video", "--resume", not_a_run(d)],
          "is not a vqclip video run folder"),
     Case("size auto (a single-image setting)", lambda d: [*ANIMATE, "size=auto"], "a video needs one size"),

@@ -289,6 +289,17 @@ def build_config(preset: str | None = "default", overrides: dict | None = None,
     return config
 
 
+def apply_settings(settings, items: list[str], source: str = "settings"):
+    """A copy of the dataclass `settings` (a training recipe's) with `key=value` strings applied, read
+    and checked as the run config's are: unknown keys and wrong types are refused with the valid
+    keys named."""
+    config = OmegaConf.structured(settings)
+    for item in items:
+        config = _merge(config, _parse_override(item), source)
+    _refuse_interpolations(config)
+    return OmegaConf.to_object(config)
+
+
 def _parse_override(item: str) -> DictConfig:
     """One `key=value`; the value is YAML (read safely: Python tags are refused)."""
     if "=" not in item:

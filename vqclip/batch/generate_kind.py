@@ -7,7 +7,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from ..errors import UserError
-from .jobs import JobOutput, ModelCache, register_kind
+from .kinds import JobOutput, ModelCache, register_kind
 
 CHOSEN_BY_THE_BATCH = ("run_dir", "output", "outputs_root")
 

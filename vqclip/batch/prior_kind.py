@@ -18,7 +18,7 @@ from pathlib import Path
 
 from ..errors import UserError
 from .generate_kind import config_for_job, generate_config_layers, model_key
-from .jobs import JobOutput, ModelCache, register_kind
+from .kinds import JobOutput, ModelCache, register_kind
 
 SAMPLE_KEYS = {"num": ("count", int), "seed": ("seed", int), "temperature": ("temperature", float),
                "top_k": ("top_k", int), "top_p": ("top_p", float), "supercondition": ("supercondition", float)}
@@ -85,7 +85,7 @@ def chosen_prior(spec: str | None) -> str:
 def run_prior_sample(settings: dict, folder: Path, cache: ModelCache, device: str | None) -> JobOutput:
     from ..config import to_dict
     from ..loading import load_models
-    from ..prior.jobs import write_samples
+    from ..prior.commands import write_samples
 
     prompt, explicit, preset, overrides = prior_layers(settings)
     config = config_for_job(preset, overrides, folder, device)

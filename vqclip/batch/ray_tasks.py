@@ -1,6 +1,6 @@
 """Batch jobs as Ray tasks: one GPU each where the cluster has GPUs, else CPUs.
 
-Ray reuses its worker processes, and each keeps its models in vqclip.batch.jobs.WORKER_CACHE,
+Ray reuses its worker processes, and each keeps its models in vqclip.batch.kinds.WORKER_CACHE,
 so jobs that share model settings load them once per worker. A worker that sees the batch's
 output folder (the same machine or a shared file system, recognised by a token file) writes
 there directly; any other runs the job in a temporary folder and sends the files back.
@@ -128,7 +128,7 @@ def run_on_ray(pending: list[Job], out: Path, threads: int | None) -> Iterator[t
 
 def ray_job(kind: str, settings: dict, name: str, out: str, token: str, threads: int) -> dict:
     """The Ray task: run one job where the batch folder is, or elsewhere and send the files."""
-    from .jobs import clear_folder, execute
+    from .kinds import clear_folder, execute
 
     marker = Path(out) / TOKEN_NAME
     if marker.is_file() and marker.read_text() == token:
@@ -145,7 +145,7 @@ def receive_files(folder: Path, files: dict[str, bytes] | None) -> None:
     """Write the files a remote worker sent into the job's folder (None: it wrote them itself)."""
     if files is None:
         return
-    from .jobs import clear_folder
+    from .kinds import clear_folder
 
     clear_folder(folder)
     for relative, data in files.items():

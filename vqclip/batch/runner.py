@@ -2,7 +2,7 @@
 
 Every way yields each job's result as it finishes, appends its summary line, and at the end
 rewrites summary.jsonl (one line per job, in order) and draws contact_sheet.png. Each worker
-keeps its loaded models between jobs (vqclip.batch.jobs.WORKER_CACHE), so a batch that uses one
+keeps its loaded models between jobs (vqclip.batch.kinds.WORKER_CACHE), so a batch that uses one
 VQGAN and one CLIP loads them once per worker.
 """
 
@@ -20,7 +20,7 @@ from pathlib import Path
 
 from ..errors import UserError
 from ..threads import environment, wait_policy
-from .jobs import clear_folder, execute
+from .kinds import clear_folder, execute
 from .spec import Job, jobs_from
 from .summary import SUMMARY_NAME, append_record, config_hash, is_finished, read_summary, write_summary
 

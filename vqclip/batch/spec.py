@@ -108,7 +108,7 @@ def jobs_from(items, source: str = "jobs") -> list[Job]:
 
 def make_job(index: int, settings: dict, origin: str = "", where: str | None = None) -> Job:
     """A checked Job: its kind exists and the kind accepts its settings."""
-    from .jobs import KINDS
+    from .kinds import KINDS
 
     where = where or f"job {index}"
     settings = dict(settings)

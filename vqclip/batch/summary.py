@@ -26,7 +26,7 @@ def config_hash(job: Job) -> str:
     edited preset changes it). A job whose settings cannot be resolved (an unknown preset) is
     hashed as written; it fails when run, and a failed job is never finished.
     """
-    from .jobs import KINDS
+    from .kinds import KINDS
 
     try:
         resolved = KINDS[job.kind].resolve(job.settings)

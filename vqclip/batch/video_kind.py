@@ -20,7 +20,7 @@ from pathlib import Path
 
 from ..errors import UserError, unknown_choice
 from .generate_kind import config_for_job, generate_config_layers, model_key
-from .jobs import JobOutput, ModelCache, register_kind
+from .kinds import JobOutput, ModelCache, register_kind
 
 COMMANDS = ("animate", "interpolate", "restyle")
 FORMATS = ("mp4", "gif")
@@ -39,7 +39,7 @@ class VideoLayers:
 
 def video_layers(settings: dict) -> VideoLayers:
     """The command, inputs, format, preset and config overrides of a video job's settings."""
-    from ..video.jobs import DEFAULT_PRESETS
+    from ..video.commands import DEFAULT_PRESETS
 
     settings = dict(settings)
     command = settings.pop("command", "animate")
@@ -76,7 +76,7 @@ def check_video(settings: dict) -> None:
     """The video settings, and the files the job names: its keys or input video, and its settings' paths."""
     from ..config import build_config
     from ..paths import check_paths
-    from ..video.jobs import check_video_config
+    from ..video.commands import check_video_config
 
     video = video_layers(settings)
     config = build_config(None, video.overrides)
@@ -96,7 +96,7 @@ def resolve_video(settings: dict) -> dict:
 def run_video(settings: dict, folder: Path, cache: ModelCache, device: str | None) -> JobOutput:
     from ..loading import load_models
     from ..paths import check_paths
-    from ..video.jobs import fps_given, make_video
+    from ..video.commands import fps_given, make_video
 
     video = video_layers(settings)
     config = config_for_job(video.preset, video.overrides, folder, device)

@@ -97,3 +97,16 @@ def _pairs_from_list(source: Path, records: list) -> list[tuple[str, str]]:
     if not pairs:
         raise UserError(f"{source} lists no images")
     return pairs
+
+
+def write_pair(folder: Path, name: str, image, caption: str) -> None:
+    """One captioned image in the layout read_pairs reads: FOLDER/NAME.png + FOLDER/NAME.txt, each
+    written atomically (`image`: a PIL image)."""
+    import io
+
+    from ..atomic import atomic_write_bytes, atomic_write_text
+
+    buffer = io.BytesIO()
+    image.save(buffer, format="PNG")
+    atomic_write_bytes(folder / f"{name}.png", buffer.getvalue())
+    atomic_write_text(folder / f"{name}.txt", caption + "\n")

@@ -14,7 +14,8 @@ import csv
 import io
 from pathlib import Path
 
-from ..atomic import atomic_write_bytes, atomic_write_text
+from ..atomic import atomic_write_text
+from ..data.pairs import write_pair
 from ..errors import UserError
 
 WORDS = ("zero", "one", "two", "three", "four", "five", "six", "seven", "eight", "nine")
@@ -64,10 +65,7 @@ def write_digits(out: str | Path, size: int = SIZE) -> dict:
     for index, (pixels, digit) in enumerate(zip(images, digits)):
         split = split_of(index)
         name = f"{index:04d}"
-        buffer = io.BytesIO()
-        picture(pixels, size).save(buffer, format="PNG")
-        atomic_write_bytes(out / split / f"{name}.png", buffer.getvalue())
-        atomic_write_text(out / split / f"{name}.txt", caption(digit, index) + "\n")
+        write_pair(out / split, name, picture(pixels, size), caption(digit, index))
         rows.append((split, f"{split}/{name}.png", digit))
         counts[split] += 1
     text = io.StringIO()

@@ -225,3 +225,9 @@ class BartPrior(nn.Module):
     def loss(self, text_tokens: torch.Tensor, image_tokens: torch.Tensor) -> torch.Tensor:
         logits = self(text_tokens, image_tokens)
         return F.cross_entropy(logits.flatten(0, 1).float(), image_tokens.flatten())
+
+    def parameter_groups(self, weight_decay: float) -> list[dict]:
+        """The optimiser's groups: weight decay on the matrices, none on embeddings, norms and biases."""
+        decays = {name: p.ndim >= 2 and "embed" not in name for name, p in self.named_parameters()}
+        return [{"params": [p for n, p in self.named_parameters() if decays[n]], "weight_decay": weight_decay},
+                {"params": [p for n, p in self.named_parameters() if not decays[n]], "weight_decay": 0.0}]

@@ -1,9 +1,11 @@
 """`vqclip train all DATA --out DIR`: the VQGAN, the CLIP and the prior in order, then DIR/preset.yaml.
 
 DIR/vqgan, DIR/clip and DIR/prior hold each recipe's output (and training state: `--resume`
-continues whichever was interrupted; the finished ones are not trained again). The preset names the
-three by absolute paths, so `vqclip "caption" --preset DIR/preset.yaml` works from any folder; it
-starts each run from the prior's best of 8 samples, held near that start, as the shapes preset does.
+continues whichever was interrupted; the finished ones are not trained again). The CLIP learns
+from the new VQGAN's reconstructions when `clip.recon_fraction` is set, and the prior writes its
+tokens. The preset names the three by absolute paths, so `vqclip "caption" --preset
+DIR/preset.yaml` works from any folder; it starts each run from the prior's best of 8 samples,
+held near that start, as the shapes preset does.
 """
 
 from __future__ import annotations
@@ -11,20 +13,20 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from ..distributed import ranks_from_env
 from ..outputs import write_json, write_yaml
-from ..prior.train import TrainConfig
 from . import clip as clip_recipe
 from . import prior as prior_recipe
 from . import vqgan as vqgan_recipe
+from .common import open_vqgan
+from .distributed import ranks_from_env
 
 
 @dataclass
 class AllConfig:
     vqgan: vqgan_recipe.VQGANTrainConfig = field(default_factory=vqgan_recipe.VQGANTrainConfig)
     clip: clip_recipe.ClipTrainConfig = field(default_factory=clip_recipe.ClipTrainConfig)
-    prior: TrainConfig = field(default_factory=lambda: TrainConfig(eval_items=64, width=128, decoder_layers=3,
-                                                                   encoder_layers=1))
+    prior: prior_recipe.PriorTrainConfig = field(default_factory=lambda: prior_recipe.PriorTrainConfig(
+        eval_items=64, width=128, decoder_layers=3, encoder_layers=1))
     steps: int = 30  # the preset's generation steps
     init_weight: float = 20.0  # the preset's pull toward the prior's start
 
@@ -42,7 +44,8 @@ def train(data: str | Path, out: str | Path, config: AllConfig, *, held_out: str
     if not (resume and finished(out / "vqgan", ("vqgan.yaml", "vqgan.safetensors", "vqgan-metrics.json"))):
         metrics["vqgan"] = vqgan_recipe.train(data, out / "vqgan", config.vqgan, resume=resume, **common)
     if not (resume and finished(out / "clip", ("clip.json", "clip.safetensors", "clip-metrics.json"))):
-        metrics["clip"] = clip_recipe.train(data, out / "clip", config.clip, resume=resume, **common)
+        vqgan = open_vqgan(str(out / "vqgan")) if config.clip.recon_fraction > 0 else None
+        metrics["clip"] = clip_recipe.train(data, out / "clip", config.clip, vqgan=vqgan, resume=resume, **common)
     metrics["prior"] = prior_recipe.train(data, out / "prior", config.prior, vqgan=str(out / "vqgan"),
                                           size=config.vqgan.size, resume=resume, **common)
     if ranks_from_env().main:  # under torchrun, rank 0 writes

@@ -23,16 +23,14 @@ from pathlib import Path
 
 import torch
 import torch.nn.functional as F
-from tqdm.auto import trange
 
-from .. import distributed
 from ..atomic import atomic_open, atomic_write_text
 from ..errors import UserError
-from ..interrupt import stop_on_signals
 from ..outputs import write_json
 from ..precision import training_autocast
-from ..training import end_of_step, load_checkpoint, save_checkpoint, warmup_cosine
-from .common import check_positive, check_same_settings, training_data
+from . import distributed, loop
+from .common import check_positive, training_data, world_named
+from .loop import TrainState, warmup_cosine
 
 TINY_MEAN, TINY_STD = (0.5, 0.5, 0.5), (0.25, 0.25, 0.25)
 
@@ -48,6 +46,7 @@ class ClipTrainConfig:
     shift: int = 2  # random shifts of up to this many pixels
     noise: float = 0.05  # up to this much Gaussian noise per image
     flip: bool = False  # left-right flips (wrong for text and digits)
+    recon_fraction: float = 0.0  # share of images reconstructed by --vqgan first (what generation shows CLIP)
     eval_every: int = 250
     checkpoint_every: int = 100
     held_out: int = 64  # images kept out of training for the figures (without --held-out)
@@ -177,30 +176,58 @@ def contrastive_step(model, optimizer, schedule, tokens: torch.Tensor, pixels: t
     return loss.detach()
 
 
-def train(data: str | Path, out: str | Path, config: ClipTrainConfig, *, held_out: str | Path | None = None,
-          template: str | None = None, resume: bool = False, device: str = "cpu", progress: bool = True) -> dict:
-    """Train; checkpoint to OUT/train_state.pt; write OUT/clip.{json,safetensors} and OUT/clip-metrics.json."""
+def train(data: str | Path, out: str | Path, config: ClipTrainConfig, *, vqgan=None,
+          held_out: str | Path | None = None, template: str | None = None, resume: bool = False, device: str = "cpu",
+          progress: bool = True) -> dict:
+    """Train; checkpoint to OUT/train_state.pt; write OUT/clip.{json,safetensors} and OUT/clip-metrics.json.
+
+    DATA is a folder or list of captioned images, or a world drawn on the fly (`shapes`); `vqgan`
+    (a loaded VQGAN) reconstructs `recon_fraction` of every batch first."""
     check_positive(config, ("steps", "batch_size", "size", "eval_every", "checkpoint_every"))
     (ranks, device), out = distributed.start(device, config.batch_size), Path(out)
     progress = progress and ranks.main
+    world = world_named(data, held_out, template)
+    if config.recon_fraction > 0 and vqgan is None:
+        raise UserError(f"recon_fraction={config.recon_fraction} needs --vqgan (the VQGAN whose reconstructions "
+                        "the CLIP learns from)")
     model_cfg, mean, std = model_config(config)
-    train_set, held, report = training_data(data, config.size, held_out=held_out, held_out_count=config.held_out,
-                                            template=template, progress=progress)
-    choices = sorted(set(train_set.captions) | set(held.captions))
+    if not world:
+        train_set, held, report = training_data(data, config.size, held_out=held_out,
+                                                held_out_count=config.held_out, template=template, progress=progress)
+        choices = sorted(set(train_set.captions) | set(held.captions))
     torch.manual_seed(config.seed)
-    generator, rng = torch.Generator().manual_seed(config.seed), random.Random(config.seed)
+    generator = torch.Generator().manual_seed(config.seed)
+    rng = world.make_rng(config.seed) if world else random.Random(config.seed)
     model = build_model(config, model_cfg)
 
     def draw():
-        index = torch.randint(len(train_set), (config.batch_size,), generator=generator)
-        return augment(train_set.floats(index), config, generator), [train_set.captions[i] for i in index.tolist()]
+        if world:
+            images, captions = world.caption_batch(rng, config.batch_size)
+        else:
+            index = torch.randint(len(train_set), (config.batch_size,), generator=generator)
+            images, captions = train_set.floats(index), [train_set.captions[i] for i in index.tolist()]
+        if vqgan is not None and config.recon_fraction > 0:
+            chosen = torch.rand(len(images), generator=generator) < config.recon_fraction
+            if chosen.any():
+                with torch.no_grad():
+                    images[chosen] = vqgan.decode(vqgan.quantize(vqgan.encode(images[chosen]))).clamp(0, 1)
+        return augment(images, config, generator), captions
 
-    def figures(model, tokenizer, preprocess) -> dict:
-        return zero_shot(model, tokenizer, preprocess, held.floats(), held.captions, choices, device)
+    if world:
+        report, loss_fn = {"data": world.NAME}, world.clip_loss()
 
-    history = fit(model, model_cfg, mean, std, draw, contrastive_loss, figures, out, config, rng=rng,
+        def figures(model, tokenizer, preprocess) -> dict:
+            return world.clip_figures(model, tokenizer, preprocess, config.held_out, vqgan)
+    else:
+        loss_fn = contrastive_loss
+
+        def figures(model, tokenizer, preprocess) -> dict:
+            return zero_shot(model, tokenizer, preprocess, held.floats(), held.captions, choices, device)
+
+    history = fit(model, model_cfg, mean, std, draw, loss_fn, figures, out, config, rng=rng,
                   generator=generator, resume=resume, device=device, progress=progress)
-    metrics = {**(history[-1] if history else {}), "steps": config.steps, "history": history, **report, "config": asdict(config)}
+    metrics = {**(history[-1] if history else {}), "steps": config.steps, "history": history, **report,
+               "config": asdict(config)}
     metrics.pop("step", None)
     if ranks.main:
         write_json(out / "clip-metrics.json", metrics)
@@ -208,12 +235,11 @@ def train(data: str | Path, out: str | Path, config: ClipTrainConfig, *, held_ou
 
 
 def fit(model, model_cfg: dict, mean, std, draw, loss_fn, figures, out: Path, config: ClipTrainConfig, *,
-        rng: random.Random, generator: torch.Generator, resume: bool, device: torch.device,
-        progress: bool) -> list[dict]:
-    """The loop over `draw()`'s batches ((images in [0, 1], captions): a folder, the shapes world) with
-    `loss_fn(image, text, scale, captions)`; every `eval_every` steps `figures(model, tokenizer,
-    preprocess)` joins the history. Writes OUT/clip.{json,safetensors}; returns the history. Under
-    torchrun each rank embeds its share of every batch (vqclip/distributed.py); rank 0 writes."""
+        rng, generator: torch.Generator, resume: bool, device: torch.device, progress: bool) -> list[dict]:
+    """The loop over `draw()`'s batches ((images in [0, 1], captions)) with `loss_fn(image, text, scale,
+    captions)`; every `eval_every` steps `figures(model, tokenizer, preprocess)` joins the history.
+    Writes OUT/clip.{json,safetensors}; returns the history. Under torchrun each rank embeds its
+    share of every batch (vqclip/train/distributed.py); rank 0 writes."""
     import open_clip
 
     ranks, device = distributed.start(device, config.batch_size)
@@ -222,31 +248,23 @@ def fit(model, model_cfg: dict, mean, std, draw, loss_fn, figures, out: Path, co
     tokenizer = open_clip.SimpleTokenizer(context_length=model_cfg["text_cfg"].get("context_length", 77))
     optimizer = torch.optim.AdamW(model.parameters(), lr=config.lr, weight_decay=config.weight_decay)
     schedule = torch.optim.lr_scheduler.LambdaLR(optimizer, warmup_cosine(config.warmup, config.steps))
-    state_path, start, history = out / "train_state.pt", 0, []
-    if resume and state_path.is_file():
-        check_same_settings(state_path, asdict(config))
-        state = load_checkpoint(state_path, model, optimizer, schedule, rng, generator)
-        start, history = int(state["step"]), list(state["history"])
+    state = TrainState(out / "train_state.pt", model, optimizer, schedule, rng, generator)
+    if resume and state.path.is_file():
+        state.resume(asdict(config))
     distributed.seed_rank(config.seed, ranks)
     towers = distributed.parallel(model, embed, ranks, device)
-    bar = trange(start, config.steps, initial=start, total=config.steps, disable=not progress, desc="clip")
-    with stop_on_signals() as stop:
-        for step in bar:
-            images, captions = draw()
-            loss = contrastive_step(model, optimizer, schedule,
-                                    tokenizer(distributed.shard(captions, ranks)).to(device),
-                                    preprocess(distributed.shard(images, ranks).to(device)),
-                                    lambda image, text, scale: loss_fn(image, text, scale, captions), device,
-                                    config.bf16, towers, ranks)
-            bar.set_postfix(loss=f"{loss.item():.3f}", refresh=False)
-            done = step + 1
-            if ranks.main and (done % config.eval_every == 0 or done == config.steps):
-                model.eval()
-                history.append({"step": done, "loss": round(loss.item(), 4), **figures(model, tokenizer, preprocess)})
-                model.train()
-            end_of_step(done, config, stop, state_path, lambda: save_checkpoint(
-                state_path, done, model, optimizer, schedule, rng, generator, history=history, config=asdict(config)),
-                ranks, device)
+
+    def step(index: int) -> dict:
+        images, captions = draw()
+        loss = contrastive_step(model, optimizer, schedule, tokenizer(distributed.shard(captions, ranks)).to(device),
+                                preprocess(distributed.shard(images, ranks).to(device)),
+                                lambda image, text, scale: loss_fn(image, text, scale, captions), device,
+                                config.bf16, towers, ranks)
+        return {"loss": round(loss.item(), 4)}
+
+    history = loop.fit("clip", config, state, step, every=config.eval_every,
+                       evaluate=lambda done: figures(model, tokenizer, preprocess), ranks=ranks, device=device,
+                       progress=progress)
     model.eval()
     if ranks.main:
         export(model, model_cfg, mean, std, out)

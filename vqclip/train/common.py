@@ -1,4 +1,5 @@
-"""What the general recipes share beyond vqclip/training.py: their data, held-out split and sample grids."""
+"""What the recipes share besides their loop (loop.py): the data, a world drawn on the fly, the held-out
+split and the sample grids."""
 
 from __future__ import annotations
 
@@ -11,6 +12,36 @@ from ..data.images import ImageSet, load_images
 from ..errors import UserError
 
 log = logging.getLogger(__name__)
+
+
+WORLDS = {"shapes": "vqclip.shapes.data"}  # DATA names a world: write ./shapes for a folder of that name
+
+
+def world_named(data: str | Path, held_out=None, template=None):
+    """The world module DATA names (drawn on the fly), or None when DATA is a folder or list."""
+    if str(data) not in WORLDS:
+        return None
+    if held_out is not None or template is not None:
+        raise UserError(f"the {data} world draws its own held-out images and captions: leave out --held-out and "
+                        "--template (or write the world as a folder first: vqclip data shapes OUT)")
+    from importlib import import_module
+
+    return import_module(WORLDS[str(data)])
+
+
+def open_vqgan(spec: str, device="cpu"):
+    """A VQGAN a recipe uses (the prior writes its tokens, the CLIP learns from its reconstructions):
+    a folder from `vqclip train vqgan`, or a VQGAN name."""
+    from ..models.registry import VQGANS, load_vqgan_from_config
+    from ..models.vqgan import load_vqgan
+
+    folder = Path(spec)
+    if (folder / "vqgan.yaml").is_file():
+        return load_vqgan(folder / "vqgan.yaml", folder / "vqgan.safetensors", device)
+    if spec in VQGANS:
+        return load_vqgan_from_config({"name": spec}, device, progress=False)
+    raise UserError(f"--vqgan {spec!r} is neither a folder with vqgan.yaml (from vqclip train vqgan) nor a VQGAN "
+                    f"name ({', '.join(VQGANS)})")
 
 
 def training_data(source: str | Path, size: int, *, held_out: str | Path | None = None, held_out_count: int = 0,
@@ -69,22 +100,3 @@ def check_positive(config, names: tuple[str, ...]) -> None:
     for name in names:
         if getattr(config, name) <= 0:
             raise UserError(f"{name} must be at least 1, not {getattr(config, name)}")
-
-
-def stored_settings(path: Path) -> dict | None:
-    """The settings stored in the training state file `path` (a recipe's `config`, the prior's `train`),
-    read without loading the weights; None when there are none."""
-    state = torch.load(path, map_location="cpu", weights_only=True, mmap=True)
-    return state.get("config", state.get("train"))
-
-
-def check_same_settings(path: Path, config: dict) -> None:
-    """Before `--resume` loads the state in `path`: a UserError naming the first setting of `config` that
-    differs from the stored run's (a different architecture would otherwise fail inside load_state_dict)."""
-    stored = stored_settings(path) or {}
-    for key, new in config.items():
-        if key in stored and stored[key] != new:
-            raise UserError(f"{key}={new} differs from {key}={stored[key]} stored in {path}: leave {key} out "
-                            "to continue that run, or train into another --out")
-    if stored.keys() != config.keys():
-        raise UserError(f"{path} was written by another version of this recipe: train into another --out")

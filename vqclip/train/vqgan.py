@@ -24,17 +24,15 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 import yaml
-from tqdm.auto import trange
 
-from .. import distributed
 from ..atomic import atomic_open, atomic_write_text
 from ..errors import UserError
-from ..interrupt import stop_on_signals
 from ..models.vqgan import VQ, build_vqgan, read_taming_config, taming_state_dict
 from ..outputs import write_json
 from ..precision import training_autocast
-from ..training import end_of_step, load_checkpoint, save_checkpoint, warmup_cosine
-from .common import check_positive, check_same_settings, random_crops, save_grid, training_data
+from . import distributed, loop
+from .common import check_positive, random_crops, save_grid, training_data, world_named
+from .loop import TrainState, warmup_cosine
 
 
 @dataclass
@@ -179,33 +177,46 @@ def evaluate(model, images: torch.Tensor, device: torch.device, batch_size: int 
 
 def train(data: str | Path, out: str | Path, config: VQGANTrainConfig, *, held_out: str | Path | None = None,
           template: str | None = None, resume: bool = False, device: str = "cpu", progress: bool = True) -> dict:
-    """Train; checkpoint to OUT/train_state.pt; write OUT/vqgan.{yaml,safetensors} and OUT/vqgan-metrics.json."""
+    """Train; checkpoint to OUT/train_state.pt; write OUT/vqgan.{yaml,safetensors} and OUT/vqgan-metrics.json.
+
+    DATA is a folder or list of captioned images, or a world drawn on the fly (`shapes`)."""
     check_positive(config, ("steps", "batch_size", "size", "sample_every", "checkpoint_every"))
     ranks, device = distributed.start(device, config.batch_size)
     progress = progress and ranks.main
+    world = world_named(data, held_out, template)
     torch.manual_seed(config.seed)
-    generator, rng = torch.Generator().manual_seed(config.seed), random.Random(config.seed)
+    generator = torch.Generator().manual_seed(config.seed)
+    rng = world.make_rng(config.seed) if world else random.Random(config.seed)
     model, spec = build_model(config)  # before the data is read: a wrong setting is told at once
-    train_set, held, report = training_data(data, config.size, held_out=held_out, held_out_count=config.held_out,
-                                            template=template, progress=progress)
+    if world:
+        held, report = world.held_out_images(config.held_out), {"data": world.NAME}
 
-    def draw() -> torch.Tensor:
-        return train_set.floats(torch.randint(len(train_set), (config.batch_size,), generator=generator))
+        def draw() -> torch.Tensor:
+            return world.image_batch(rng, config.batch_size)
+    else:
+        train_set, held, report = training_data(data, config.size, held_out=held_out,
+                                                held_out_count=config.held_out, template=template, progress=progress)
+        held = held.floats()
 
-    metrics = fit(model, spec, draw, held.floats(), Path(out), config, rng=rng, generator=generator, resume=resume,
+        def draw() -> torch.Tensor:
+            return train_set.floats(torch.randint(len(train_set), (config.batch_size,), generator=generator))
+
+    metrics = fit(model, spec, draw, held, Path(out), config, rng=rng, generator=generator, resume=resume,
                   device=device, progress=progress)
+    if world and ranks.main:
+        metrics.update(world.vqgan_figures(model.cpu(), config.held_out))
     metrics.update(report)
     if ranks.main:
         write_json(Path(out) / "vqgan-metrics.json", metrics)
     return metrics
 
 
-def fit(model, spec: dict, draw, held: torch.Tensor, out: Path, config: VQGANTrainConfig, *, rng: random.Random,
+def fit(model, spec: dict, draw, held: torch.Tensor, out: Path, config: VQGANTrainConfig, *, rng,
         generator: torch.Generator, resume: bool, device: torch.device, progress: bool) -> dict:
-    """The loop over the batches `draw()` returns (images in [0, 1]; any source: a folder, the shapes
-    world); `rng` and `generator` are the streams it draws from, saved with every checkpoint.
-    Writes OUT/vqgan.{yaml,safetensors}; returns the held-out figures and the history. Under torchrun
-    each rank trains on its share of every batch (vqclip/distributed.py); rank 0 writes."""
+    """The loop over the batches `draw()` returns (images in [0, 1]); `rng` and `generator` are the
+    streams they are drawn from, saved with every state. Writes OUT/vqgan.{yaml,safetensors}; returns
+    the held-out figures and the history. Under torchrun each rank trains on its share of every
+    batch (vqclip/train/distributed.py); rank 0 writes."""
     ranks, device = distributed.start(device, config.batch_size)
     discriminator = build_discriminator(config)
     discriminator = distributed.global_batch_norms(discriminator, ranks).to(device).train()
@@ -214,40 +225,36 @@ def fit(model, spec: dict, draw, held: torch.Tensor, out: Path, config: VQGANTra
     d_optimizer = torch.optim.Adam(discriminator.parameters(), lr=config.lr, betas=(0.5, 0.9))
     schedule = torch.optim.lr_scheduler.LambdaLR(optimizer, warmup_cosine(config.warmup, config.steps))
     usage = torch.zeros(model.n_embed, dtype=torch.long)
-    state_path, start, history = out / "train_state.pt", 0, []
-    if resume and state_path.is_file():
-        check_same_settings(state_path, asdict(config))
-        state = load_checkpoint(state_path, model, optimizer, schedule, rng, generator)
-        discriminator.load_state_dict(state["discriminator"])
-        d_optimizer.load_state_dict(state["d_optimizer"])
-        usage, start, history = state["usage"], int(state["step"]), list(state["history"])
+    state = TrainState(out / "train_state.pt", model, optimizer, schedule, rng, generator,
+                       extra=lambda: {"usage": usage, "discriminator": discriminator.state_dict(),
+                                      "d_optimizer": d_optimizer.state_dict()})
+    if resume and state.path.is_file():
+        stored = state.resume(asdict(config))
+        discriminator.load_state_dict(stored["discriminator"])
+        d_optimizer.load_state_dict(stored["d_optimizer"])
+        usage.copy_(stored["usage"])
     distributed.seed_rank(config.seed, ranks)
     losses = distributed.parallel(model, functools.partial(vq_losses, beta=config.beta), ranks, device)
     judge = distributed.parallel(discriminator, lambda module, images: module(images), ranks, device)
-    bar = trange(start, config.steps, initial=start, total=config.steps, disable=not progress, desc="vqgan")
-    with stop_on_signals() as stop:
-        for step in bar:
-            images = random_crops(draw(), config.crop, generator).to(device)
-            recon, tokens = train_step(model, losses, judge, optimizer, d_optimizer,
-                                       distributed.shard(images, ranks), config,
-                                       adversarial=0 <= config.disc_start <= step,
-                                       average=functools.partial(distributed.mean, ranks=ranks))
-            schedule.step()
-            usage += distributed.total(torch.bincount(tokens.flatten(), minlength=model.n_embed), ranks).cpu()
-            recon = distributed.mean(recon, ranks).item()
-            if config.restart_every and (step + 1) % config.restart_every == 0:
-                with torch.no_grad():
-                    candidates = model.encode(images).movedim(1, -1).reshape(-1, model.embed_dim).float()
-                restart_dead_codes(model, usage, candidates, generator)
-                usage.zero_()
-            bar.set_postfix(recon=f"{recon:.4f}", refresh=False)
-            done = step + 1
-            if ranks.main and (done % config.sample_every == 0 or done == config.steps):
-                history.append({"step": done, "recon_loss": round(recon, 5), **watch(model, held, out, done, device)})
-            end_of_step(done, config, stop, state_path, lambda: save_checkpoint(
-                state_path, done, model, optimizer, schedule, rng, generator, usage=usage, history=history,
-                config=asdict(config), discriminator=discriminator.state_dict(), d_optimizer=d_optimizer.state_dict()),
-                ranks, device)
+
+    def step(index: int) -> dict:
+        images = random_crops(draw(), config.crop, generator).to(device)
+        recon, tokens = train_step(model, losses, judge, optimizer, d_optimizer, distributed.shard(images, ranks),
+                                   config, adversarial=0 <= config.disc_start <= index,
+                                   average=functools.partial(distributed.mean, ranks=ranks))
+        schedule.step()
+        usage.add_(distributed.total(torch.bincount(tokens.flatten(), minlength=model.n_embed), ranks).cpu())
+        recon = distributed.mean(recon, ranks).item()
+        if config.restart_every and (index + 1) % config.restart_every == 0:
+            with torch.no_grad():
+                candidates = model.encode(images).movedim(1, -1).reshape(-1, model.embed_dim).float()
+            restart_dead_codes(model, usage, candidates, generator)
+            usage.zero_()
+        return {"recon_loss": round(recon, 5)}
+
+    history = loop.fit("vqgan", config, state, step, every=config.sample_every,
+                       evaluate=lambda done: watch(model, held, out, done, device), ranks=ranks, device=device,
+                       progress=progress)
     model.eval()
     figures = {}
     if ranks.main:

@@ -361,7 +361,7 @@ def video_available() -> bool:
     import importlib.util
 
     try:
-        return importlib.util.find_spec("vqclip.video.jobs") is not None
+        return importlib.util.find_spec("vqclip.video.commands") is not None
     except ImportError:
         return False
 

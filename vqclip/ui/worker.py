@@ -228,8 +228,8 @@ def make_video_for_page(job: Job, models):
 
     vqclip.video has no per-frame callback yet: a video shows no preview and runs to its end.
     """
+    from ..video.commands import make_video
     from ..video.frames import read_settings, write_video
-    from ..video.jobs import make_video
 
     result = make_video(job.kind, job.inputs, job.config, models)
     if result.output.suffix.lower() != ".gif":

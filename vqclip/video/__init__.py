@@ -12,6 +12,7 @@ Importing this package loads nothing heavy; the functions are imported on first 
 from ..lazy import lazy_getattr
 
 __getattr__ = lazy_getattr(__name__, {
-    "animate": "jobs", "interpolate": "jobs", "restyle": "jobs", "resume": "jobs", "VideoResult": "jobs",
+    "animate": "commands", "interpolate": "commands", "restyle": "commands", "resume": "commands",
+    "VideoResult": "commands",
     "read_frames": "frames", "write_video": "frames", "read_settings": "frames",
     "parse_schedule": "schedule", "lerp": "interpolation", "slerp": "interpolation"})
