@@ -21,8 +21,8 @@ from PIL import Image
 from safetensors.torch import load_file
 from test_train import shapes_folder  # noqa: F401 (a fixture)
 
-from vqclip import threads
 from vqclip.bench.concurrent import write_random_real_vqgan
+from vqclip.machine import threads
 
 
 @contextlib.contextmanager

@@ -21,7 +21,7 @@ pytestmark = [pytest.mark.cuda,
 
 def test_shapes_run_on_the_gpu_in_bf16_and_draws_the_prompt(tmp_path):
     from vqclip import generate
-    from vqclip.precision import fast_bf16, resolve_precision
+    from vqclip.machine.precision import fast_bf16, resolve_precision
     from vqclip.shapes import judge
 
     device = torch.device("cuda")
@@ -74,7 +74,7 @@ def test_a_batch_runs_its_jobs_on_the_gpu(tmp_path):
 
 def test_size_auto_fits_what_cuda_reports_free(tmp_path):
     from vqclip import generate
-    from vqclip.memory import free_memory_bytes
+    from vqclip.machine.memory import free_memory_bytes
 
     free = free_memory_bytes(torch.device("cuda"))
     reported, total = torch.cuda.mem_get_info()

@@ -135,14 +135,14 @@ def test_clip_zero_shot_encodes_each_held_out_digit_once(monkeypatch):
 
 
 def test_digits_eval_says_its_thread_count_once_and_where_the_time_went(tmp_path, monkeypatch, caplog, capsys):
-    from vqclip import threads
+    from vqclip.machine import threads
 
     monkeypatch.delenv("OMP_NUM_THREADS", raising=False)
     monkeypatch.setattr(threads, "usable_cores", lambda: 2)
     out = tmp_path / "eval"
-    with caplog.at_level("WARNING", logger="vqclip.threads"):
+    with caplog.at_level("WARNING", logger="vqclip.machine.threads"):
         assert main(["digits", "eval", "--digits", "3,7", "--out", str(out), "steps=2", "threads=1"]) == 0
-    warnings = [record.getMessage() for record in caplog.records if record.name == "vqclip.threads"]
+    warnings = [record.getMessage() for record in caplog.records if record.name == "vqclip.machine.threads"]
     assert len(warnings) == 1 and warnings[0].startswith("threads=1: 1 thread(s) where this machine's default is 2")
     assert "threads: 1" in (out / "digit7-seed0" / "config.yaml").read_text()  # every run used the one plan
     summary = json.loads((out / "eval.json").read_text())["summary"]

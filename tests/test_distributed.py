@@ -23,7 +23,7 @@ from test_train import kill_at_call, shapes_folder  # noqa: F401 (a fixture)
 
 from vqclip.cli import main
 from vqclip.errors import UserError
-from vqclip.precision import training_autocast
+from vqclip.machine.precision import training_autocast
 from vqclip.train import distributed
 from vqclip.train import vqgan as vqgan_recipe
 

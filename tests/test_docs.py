@@ -251,9 +251,9 @@ def offline_cli(monkeypatch, tmp_path):
     import vqclip.bench.time_to_image
     import vqclip.cli
     import vqclip.cli.inspection
-    import vqclip.device
     import vqclip.digits.evaluate
     import vqclip.generation
+    import vqclip.machine.device
     import vqclip.models.clip
     import vqclip.models.registry
     import vqclip.outputs
@@ -270,7 +270,7 @@ def offline_cli(monkeypatch, tmp_path):
     patches = {
         (vqclip.generation, "generate_from_cli"): _generation_config,
         # a command naming --device cuda parses on a machine without one
-        (vqclip.device, "pick_device"): lambda name: "cpu" if name == "auto" else name,
+        (vqclip.machine.device, "pick_device"): lambda name: "cpu" if name == "auto" else name,
         (vqclip.video.commands, "make_video"): _fake_video,
         (vqclip.video.commands, "resume"): lambda run_dir, overrides=None, models=None: SimpleNamespace(output=run_dir),
         (vqclip.prior.commands, "sample_job"): _fake_sample_job,

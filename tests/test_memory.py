@@ -25,9 +25,9 @@ from vqclip.config import build_config
 from vqclip.errors import UserError
 from vqclip.generation import _decoder, _memory_model, _objective, build_timeline, generate
 from vqclip.loading import load_models
-from vqclip.memory import SAFETY, free_memory_bytes, is_out_of_memory, measure_peak_bytes
+from vqclip.machine.memory import SAFETY, free_memory_bytes, is_out_of_memory, measure_peak_bytes
+from vqclip.machine.precision import autocast, resolve_precision
 from vqclip.models.vqgan import VQGAN
-from vqclip.precision import autocast, resolve_precision
 
 TOLERANCE = 0.05  # predicted vs measured peak; measured here: within 1.7 % (shapes) and 0.6 % (tiny)
 ALLOCATOR_ERROR = ("DefaultCPUAllocator: can't allocate memory: you tried to allocate 53687091200 bytes. "

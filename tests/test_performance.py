@@ -13,9 +13,9 @@ from vqclip.cli import main
 from vqclip.cutouts import make_cutouts
 from vqclip.errors import UserError
 from vqclip.generation import generate
-from vqclip.memory import SAFETY, LiveTensorMemory, auto_size, largest_side, measure_peak_bytes
+from vqclip.machine.memory import SAFETY, LiveTensorMemory, auto_size, largest_side, measure_peak_bytes
+from vqclip.machine.precision import autocast, resolve_precision
 from vqclip.models.vqgan import build_vqgan
-from vqclip.precision import autocast, resolve_precision
 from vqclip.prompts import EmbeddingPrompt
 
 
@@ -63,9 +63,9 @@ def test_precision_names_fail_loudly():
 
 @pytest.mark.parametrize("fast", [True, False])
 def test_training_takes_bf16_where_precision_finds_it_fast(monkeypatch, fast):
-    """The shapes recipes and the prior ask vqclip.precision (no choice of their own): bf16 only where
+    """The shapes recipes and the prior ask vqclip.machine.precision (no choice of their own): bf16 only where
     fast_bf16 says so (a GPU that emulates bf16 trains in fp32), and never with bf16=False."""
-    from vqclip import precision
+    from vqclip.machine import precision
 
     monkeypatch.setattr(precision, "fast_bf16", lambda device: fast)
     x = torch.ones(2, 2)
@@ -230,7 +230,7 @@ def test_contiguous_attention_gives_the_same_embeddings_and_gradients():
 
     import open_clip
 
-    from vqclip.precision import _feed_attention_contiguous
+    from vqclip.machine.precision import _feed_attention_contiguous
 
     torch.manual_seed(0)
     model = open_clip.create_model("ViT-B-32", pretrained=None).visual.eval().requires_grad_(False)

@@ -183,7 +183,7 @@ def test_resume_from_a_state_file_of_the_earlier_layout_gives_the_same_weights(t
 
 def test_the_prior_does_not_import_the_shapes_world():
     """The prior is the product's; the shapes world is one user of it (the shared training helpers
-    live in vqclip/train/, the precision choice in vqclip.precision)."""
+    live in vqclip/train/, the precision choice in vqclip.machine.precision)."""
     import subprocess
     import sys
 

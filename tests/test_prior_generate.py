@@ -51,9 +51,9 @@ def assert_pixels_are_the_final_latent(result, vqgan) -> None:
 
 
 def test_init_mode_prior_starts_from_the_best_sample(tmp_path, tiny_prior_dir, starting_z):
-    from vqclip.init import initial_z
     from vqclip.loading import load_models
     from vqclip.prior.sample import prior_tokens
+    from vqclip.start import initial_z
 
     config = build_config("shapes", {"prompts": ["a red circle on a blue background"], "quiet": True,
                                      "init": {"mode": "prior", "prior": str(tiny_prior_dir), "prior_candidates": 3}})

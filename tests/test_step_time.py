@@ -7,9 +7,9 @@ import time
 
 import pytest
 
-from vqclip import step_time
 from vqclip.generation import generate
-from vqclip.step_time import StepTime, fit_step_time, largest_side_in_time
+from vqclip.machine import step_time
+from vqclip.machine.step_time import StepTime, fit_step_time, largest_side_in_time
 
 
 def test_the_fitted_line_goes_through_both_probes():

@@ -8,8 +8,8 @@ import pytest
 import torch
 from PIL import Image
 
-from vqclip import threads
 from vqclip.generation import generate
+from vqclip.machine import threads
 from vqclip.outputs import read_metadata
 
 
@@ -69,7 +69,7 @@ def test_the_cli_sets_the_wait_policy_before_torch_starts(tmp_path):
     import subprocess
     import sys
 
-    code = ("import os, sys; from vqclip import threads; threads.busy_elsewhere = lambda: 1; "
+    code = ("import os, sys; from vqclip.machine import threads; threads.busy_elsewhere = lambda: 1; "
             "print(threads.share_cores(), os.environ.get('OMP_WAIT_POLICY')); import torch; "
             "print(threads.share_cores(), threads.wait_policy(busy=0))")
     environ = {key: value for key, value in os.environ.items() if key not in threads.WAIT_VARIABLES}
@@ -99,18 +99,18 @@ def test_the_default_count_ignores_the_load_and_another_count_is_said(tiny_prese
     seen = []
     for busy in (0, 3):  # the planner never looks at the load: nothing to mock would change it
         monkeypatch.setattr(threads, "busy_elsewhere", lambda busy=busy: busy)
-        with caplog.at_level("WARNING", logger="vqclip.threads"):
+        with caplog.at_level("WARNING", logger="vqclip.machine.threads"):
             result = generate("a red circle", preset=str(tiny_preset), steps=1, quiet=False,
                               run_dir=str(tmp_path / f"busy{busy}"), callback=lambda step: seen.append(torch.get_num_threads()))
         assert result.config["threads"] == 2
     assert seen == [2, 2] and "threads" not in caplog.text
-    with caplog.at_level("WARNING", logger="vqclip.threads"):
+    with caplog.at_level("WARNING", logger="vqclip.machine.threads"):
         result = generate("a red circle", preset=str(tiny_preset), steps=1, quiet=False, threads=1,
                           run_dir=str(tmp_path / "one"))
     assert result.config["threads"] == 1
     assert "threads=1: 1 thread(s) where this machine's default is 2, so the pixels differ" in caplog.text
     caplog.clear()
-    with caplog.at_level("WARNING", logger="vqclip.threads"):  # quiet: nothing said
+    with caplog.at_level("WARNING", logger="vqclip.machine.threads"):  # quiet: nothing said
         generate("a red circle", preset=str(tiny_preset), steps=1, quiet=True, threads=1, run_dir=str(tmp_path / "q"))
     assert "threads" not in caplog.text
 

@@ -128,7 +128,7 @@ class RunConfig:
     seed: Optional[int] = None  # null: a random seed, recorded with the outputs
     batch_size: int = 1  # candidates optimised together; the best by CLIP score is final.png
     device: str = "auto"  # auto | cpu | cuda | cuda:N | mps
-    threads: Optional[int] = None  # CPU threads for torch; null: the usable cores (vqclip/threads.py), recorded
+    threads: Optional[int] = None  # CPU threads for torch; null: the usable cores (vqclip/machine/threads.py), recorded
     precision: str = "auto"  # the frozen networks' dtype: auto (bf16 where fast: CUDA, AVX512-BF16 CPUs) | fp32 | bf16 | fp16
     # Models.
     vqgan: VQGANConfig = field(default_factory=VQGANConfig)
@@ -165,11 +165,11 @@ MAX_SIDE, MAX_CUTN, MAX_BATCH, MAX_THREADS = 16384, 4096, 1024, 1024  # far beyo
 
 # Keys with a fixed set of values, and where that set lives: the module that acts on the value owns it.
 CHOICES = {
-    "init.mode": ("vqclip.init", "INIT_MODES"),
-    "init.noise": ("vqclip.init", "NOISE_KINDS"),
-    "init.anchor": ("vqclip.init", "ANCHORS"),
+    "init.mode": ("vqclip.start", "INIT_MODES"),
+    "init.noise": ("vqclip.start", "NOISE_KINDS"),
+    "init.anchor": ("vqclip.start", "ANCHORS"),
     "cut_mode": ("vqclip.cutouts", "CUTOUT_MODES"),
-    "precision": ("vqclip.precision", "PRECISION_CHOICES"),
+    "precision": ("vqclip.machine.precision", "PRECISION_CHOICES"),
     "lr_schedule": ("vqclip.optimize", "LR_SCHEDULES"),
     "vqgan.format": ("vqclip.models.registry", "VQGAN_FORMATS"),
     "relaxation.kind": ("vqclip.models.dvae", "RELAXATIONS"),

@@ -23,18 +23,18 @@ from omegaconf import DictConfig
 from . import loading, outputs
 from .config import build_config, read_yaml, to_dict
 from .errors import UserError
-from .init import check_size, initial_z
 from .interrupt import Interrupted, stop_on_signals
 from .loading import Models
+from .machine.precision import autocast, in_autocast, resolve_precision
+from .machine.threads import run_threads
 from .mask import Edit, plan_edit
 from .objective import Objective
 from .optimize import NumericalError, Step, make_optimizer, make_scheduler, optimize
 from .paths import check_paths
-from .precision import autocast, in_autocast, resolve_precision
 from .prompts import PromptTimeline, parse_prompts, split_story, timeline_from_schedule, timeline_from_story
 from .rng import restore_rng, seed_everything
 from .run_files import GenerationResult, RunWriter
-from .threads import run_threads
+from .start import check_size, initial_z
 
 log = logging.getLogger(__name__)
 
@@ -269,7 +269,7 @@ def _advice_on_out_of_memory(config: DictConfig, models: Models, compute: Models
                              size: tuple[int, int], doing: str):
     """An allocation failure (CUDA's OutOfMemoryError, the CPU allocator's RuntimeError) becomes a
     one-line UserError that says which size fits, predicted by the memory model of size=auto."""
-    from .memory import is_out_of_memory
+    from .machine.memory import is_out_of_memory
 
     try:
         yield
@@ -282,7 +282,7 @@ def _advice_on_out_of_memory(config: DictConfig, models: Models, compute: Models
 
 def _out_of_memory_error(config: DictConfig, models: Models, compute: Models, timeline, dtype,
                          size: tuple[int, int], doing: str) -> UserError:
-    from .memory import is_out_of_memory, largest_size_like
+    from .machine.memory import is_out_of_memory, largest_size_like
 
     what = (f"out of memory on {models.device} {doing} at size {size[0]}×{size[1]} with cutn {config.cutn} "
             f"and batch {config.batch_size}")
@@ -338,7 +338,7 @@ CHECKPOINT_FROM_PIXELS = 512 * 512
 def _auto_size(config: DictConfig, models: Models, compute: Models, timeline, dtype) -> tuple[list[int], int]:
     """size=auto: the largest square (and cutn) whose predicted step fits the memory budget and, on a
     CPU, whose whole run fits time_budget_s."""
-    from .memory import auto_size
+    from .machine.memory import auto_size
 
     budget = _memory_budget(config, models.device)
     model_for_cutn = _memory_model(config, models, compute, timeline, dtype)
@@ -354,7 +354,7 @@ def _auto_size(config: DictConfig, models: Models, compute: Models, timeline, dt
 
 
 # The settings that change a step's work on a given machine: a step time measured for them holds
-# for every run that shares them (vqclip.step_time).
+# for every run that shares them (vqclip.machine.step_time).
 STEP_KEYS = ("vqgan", "clip", "augmentations", "cut_mode", "cut_pow", "batch_size", "checkpoint_decoder", "compile",
              "relaxation")
 
@@ -362,9 +362,9 @@ STEP_KEYS = ("vqgan", "clip", "augmentations", "cut_mode", "cut_pow", "batch_siz
 def _side_in_time(config: DictConfig, models: Models, compute: Models, timeline, dtype, cutn: int,
                   memory_side: int) -> tuple[int, str]:
     """The largest side up to `memory_side` whose run is predicted to fit time_budget_s on this CPU,
-    and what to say of it. The step times are measured once per machine and workload (vqclip.step_time)."""
+    and what to say of it. The step times are measured once per machine and workload (vqclip.machine.step_time)."""
+    from .machine.step_time import MAX_SCALE, cached_step_time, fastest, fit_step_time, largest_side_in_time, machine
     from .models.download import cache_dir
-    from .step_time import MAX_SCALE, cached_step_time, fastest, fit_step_time, largest_side_in_time, machine
 
     vqgan, device, factor = models.vqgan, models.device, models.vqgan.factor
 
@@ -408,19 +408,19 @@ def _probe_latent(vqgan, batch: int, side: int, device: torch.device) -> torch.T
 
 
 def _memory_budget(config: DictConfig, device: torch.device) -> float:
-    from .memory import free_memory_bytes
+    from .machine.memory import free_memory_bytes
 
     return config.memory_budget_mb * 2**20 if config.memory_budget_mb else free_memory_bytes(device)
 
 
 def _memory_model(config: DictConfig, models: Models, compute: Models, timeline, dtype):
-    """cutn → the step's MemoryModel (vqclip.memory), from probe steps at small sizes.
+    """cutn → the step's MemoryModel (vqclip.machine.memory), from probe steps at small sizes.
 
     The decoder is probed once per checkpointing setting the run can use (auto switches at
     CHECKPOINT_FROM_PIXELS), uncompiled (a compiled decoder needs no more); the objective
     once per cutn asked.
     """
-    from .memory import MemoryModel, fit_decoder_memory, fit_objective_memory, probe_decoder, probe_objective
+    from .machine.memory import MemoryModel, fit_decoder_memory, fit_objective_memory, probe_decoder, probe_objective
 
     vqgan, device = models.vqgan, models.device
 

@@ -13,10 +13,10 @@ import torch
 from omegaconf import DictConfig
 
 from .config import to_dict
-from .device import pick_device
-from .init import needs_prior
+from .machine.device import pick_device
+from .machine.precision import compute_copy
 from .paths import check_paths
-from .precision import compute_copy
+from .start import needs_prior
 
 
 @dataclass

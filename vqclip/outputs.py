@@ -1,4 +1,5 @@
-"""What a run leaves on disk: run folders, PNGs that carry their settings, latents, state, logs.
+"""The files vqclip writes and reads, a function per format: run folders, PNGs that carry their
+settings, JSON/YAML, the JSON-lines log, latents, state files, and pictures read in.
 
 Every write goes through vqclip.atomic (a reader sees the old file or the new one), except the
 JSON-lines log, which grows by whole lines. torch is imported inside the functions that need

@@ -146,8 +146,8 @@ def _init_paths(config: DictConfig, starting: bool) -> list[NamedPath]:
 
 
 def _prior_paths(config: DictConfig) -> list[NamedPath]:
-    from .init import needs_prior
     from .models.registry import PRIORS
+    from .start import needs_prior
 
     if not needs_prior(config):
         return []

@@ -1,4 +1,5 @@
-"""What a run leaves on disk (its random streams are saved through vqclip/rng.py).
+"""One generation run's folder as it fills (the formats are vqclip/outputs.py's; the random streams
+are saved through vqclip/rng.py).
 
 RunWriter writes log.jsonl every step, progress images and state.pt on their schedules, and the
 ranked final images at the end; every write goes through vqclip.outputs (atomic).

@@ -18,7 +18,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from ..errors import UserError, first_line
-from ..threads import run_threads
+from ..machine.threads import run_threads
 
 
 @dataclass

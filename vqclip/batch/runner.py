@@ -19,7 +19,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from ..errors import UserError
-from ..threads import environment, wait_policy
+from ..machine.threads import environment, wait_policy
 from .kinds import clear_folder, execute
 from .spec import Job, jobs_from
 from .summary import SUMMARY_NAME, append_record, config_hash, is_finished, read_summary, write_summary

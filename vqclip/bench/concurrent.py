@@ -26,7 +26,7 @@ import time
 from pathlib import Path
 
 from ..errors import UserError, unknown_choice
-from ..threads import usable_cores
+from ..machine.threads import usable_cores
 
 WORKLOADS = ("shapes", "real")
 

@@ -27,7 +27,7 @@ import torch
 
 from ..cutouts import build_augmentations, crop_and_resize, make_cutouts, sample_cutout_boxes
 from ..errors import UserError, unknown_choice
-from ..precision import autocast, resolve_precision
+from ..machine.precision import autocast, resolve_precision
 from ..prompts import EmbeddingPrompt
 
 STAGES = ("decode", "cutouts", "augment", "clip", "backward", "optimizer")
@@ -75,7 +75,7 @@ def bench(vqgan: str = "imagenet_f16_16384", clip: str = "ViT-B-32", size: int =
 
     `compile` compiles the fast path's decoder and CLIP image encoder (forward and backward) with
     torch.compile: the warm-up step pays for the compilation (inductor keeps it in its on-disk cache)."""
-    from ..device import pick_device
+    from ..machine.device import pick_device
 
     if size < 1 or cutn < 1 or steps < 1 or warmup < 0:
         raise UserError(f"bench needs size, cutn and steps ≥ 1 (got size {size}, cutn {cutn}, steps {steps})")
@@ -265,7 +265,7 @@ def _release_free_memory() -> None:
 def _device_name(device: torch.device) -> str:
     if device.type == "cuda":
         return torch.cuda.get_device_name(device)
-    from ..step_time import cpu_name
+    from ..machine.step_time import cpu_name
 
     return f"{cpu_name()}, {torch.get_num_threads()} threads"
 

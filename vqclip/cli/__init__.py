@@ -49,7 +49,7 @@ def main(argv: list[str] | None = None) -> int:
         if not said:
             refuse_mistyped_command(argv)
         if name in COMPUTING:
-            from ..threads import share_cores
+            from ..machine.threads import share_cores
 
             share_cores()  # how torch's idle threads wait, set before torch is imported
         return COMMANDS[name](argv)

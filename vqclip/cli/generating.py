@@ -139,8 +139,8 @@ def prior_command(argv: list[str]) -> int:
     at_least(args.num, 1, "--num")
 
     from ..config import build_config, overrides_from_flags
+    from ..machine.threads import run_threads
     from ..prior import commands as prior_commands
-    from ..threads import run_threads
 
     config = build_config(args.preset, overrides_from_flags({"quiet": args.quiet or None, "threads": args.threads}),
                           args.settings)

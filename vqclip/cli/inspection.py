@@ -46,7 +46,7 @@ def check_models(preset: str | None, overrides: list[str]) -> int:
 
     from ..config import build_config
     from ..loading import load_models
-    from ..threads import run_threads
+    from ..machine.threads import run_threads
 
     config = build_config(preset or "default", dotlist=overrides)
     with run_threads(config.threads, quiet=True):
@@ -178,7 +178,7 @@ def bench_command(argv: list[str]) -> int:
 
     from ..bench.step import bench, format_report
     from ..config import RunConfig
-    from ..threads import run_threads
+    from ..machine.threads import run_threads
 
     with run_threads():
         result = bench(vqgan=args.vqgan, clip=args.clip, size=args.size, cutn=args.cutn or RunConfig.cutn,

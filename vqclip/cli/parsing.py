@@ -10,7 +10,7 @@ import shlex
 from ..errors import UserError
 
 COMMANDS = {}
-COMPUTING = set()  # the commands that run torch: each one under the thread policy (vqclip.threads)
+COMPUTING = set()  # the commands that run torch: each one under the thread policy (vqclip.machine.threads)
 
 
 def command(name: str, computes: bool = True):
@@ -51,7 +51,7 @@ def training(command: str, argv: list[str], threads: int | None, quiet: bool):
     """A training command's run: under the thread policy, and on Ctrl-C or SIGTERM (the loop has saved
     its state) the command that continues it."""
     from ..interrupt import Interrupted
-    from ..threads import run_threads, warn_if_cores_are_shared
+    from ..machine.threads import run_threads, warn_if_cores_are_shared
     from ..train.distributed import ranks_from_env
 
     try:

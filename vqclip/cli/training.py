@@ -66,7 +66,7 @@ def train_command(argv: list[str]) -> int:
         raise UserError(f"train {args.recipe} takes " + ("--vqgan (the VQGAN whose tokens it writes), not --from"
                         if args.recipe == "prior" else "--from, not --vqgan (that is for train prior and clip)"))
 
-    from ..device import pick_device
+    from ..machine.device import pick_device
     from ..train import settings
     from ..train.distributed import ranks_from_env
 

@@ -31,7 +31,7 @@ def evaluate(seeds: int, *, preset: str = "digits", out: Path, dotlist: list[str
     from ..config import build_config
     from ..generation import run
     from ..loading import load_models
-    from ..threads import run_threads
+    from ..machine.threads import run_threads
 
     def config(prompt: str, seed: int, run_dir: Path):
         return build_config(preset, {"prompts": [prompt], "seed": seed, "quiet": True, "run_dir": str(run_dir)},

@@ -101,7 +101,7 @@ class ClipModel(nn.Module):
                 images, size=(self.input_size, self.input_size), mode=self.interpolation, antialias=True,
                 align_corners=False,
             )
-        # The weights are bf16 in a fast step (vqclip.precision); the embeddings are fp32 always.
+        # The weights are bf16 in a fast step (vqclip.machine.precision); the embeddings are fp32 always.
         weights_dtype = next(self.model.parameters()).dtype
         return F.normalize(self.model.encode_image(self.normalize(images).to(weights_dtype)).float(), dim=-1)
 

@@ -28,7 +28,7 @@ def sample_job(prompt: str, out: str, config, options: dict, prior_spec: str | N
 
     `options` are SampleSettings fields; those left None take the prior's recommended values."""
     from ..config import to_dict
-    from ..device import pick_device
+    from ..machine.device import pick_device
     from ..models.clip import load_clip_ensemble
     from ..models.registry import resolve_clip
     from ..paths import check_paths

@@ -26,8 +26,8 @@ import torch.nn.functional as F
 
 from ..atomic import atomic_open, atomic_write_text
 from ..errors import UserError
+from ..machine.precision import training_autocast
 from ..outputs import write_json
-from ..precision import training_autocast
 from . import distributed, loop
 from .common import check_positive, training_data, world_named
 from .loop import TrainState, warmup_cosine
@@ -51,7 +51,7 @@ class ClipTrainConfig:
     checkpoint_every: int = 100
     held_out: int = 64  # images kept out of training for the figures (without --held-out)
     seed: int = 0
-    bf16: bool = True  # autocast where bf16 is fast (vqclip.precision decides)
+    bf16: bool = True  # autocast where bf16 is fast (vqclip.machine.precision decides)
     model: str = "tiny"  # or an open_clip architecture (open_clip.list_models())
     base: str = ""  # fine-tune from this open_clip checkpoint file; "" = random weights
     # model=tiny: the towers' sizes

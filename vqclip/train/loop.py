@@ -8,7 +8,7 @@ and Ctrl-C. A training state (model, optimiser, schedule, step and every random 
 file, written atomically, so a run killed at any moment continues with `--resume` and ends with
 the same weights as one never stopped. On Ctrl-C or SIGTERM the loop finishes its step, writes the
 state and raises Interrupted. Generation runs save the same random streams in their state.pt, in
-the same layout (vqclip/rng.py). Which dtype a step computes in is decided in vqclip/precision.py.
+the same layout (vqclip/rng.py). Which dtype a step computes in is decided in vqclip/machine/precision.py.
 """
 
 from __future__ import annotations

@@ -22,8 +22,8 @@ from pathlib import Path
 import torch
 
 from ..errors import UserError
+from ..machine.precision import training_autocast
 from ..outputs import write_json
-from ..precision import training_autocast
 from ..prior import data as prior_data
 from ..prior.model import BartPrior, PriorConfig
 from ..prior.tokenizer import ClipBpeTokenizer, pad_rows
@@ -48,7 +48,7 @@ class PriorTrainConfig:
     eval_items: int = 256  # held out from the data when no held-out data is given
     checkpoint_every: int = 100
     seed: int = 0
-    bf16: bool = True  # autocast where bf16 is fast (vqclip.precision.fast_bf16 decides)
+    bf16: bool = True  # autocast where bf16 is fast (vqclip.machine.precision.fast_bf16 decides)
     merge_flat_codes: bool = False  # one token for each set of interchangeable flat codes
     world_images: int = 12288  # DATA=shapes: drawings to encode (each under every caption that applies)
     world_prompts: int = 24  # DATA=shapes: prompts whose samples the pixel judge grades at the end (0: none)

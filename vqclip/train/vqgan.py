@@ -27,9 +27,9 @@ import yaml
 
 from ..atomic import atomic_open, atomic_write_text
 from ..errors import UserError
+from ..machine.precision import training_autocast
 from ..models.vqgan import VQ, build_vqgan, read_taming_config, taming_state_dict
 from ..outputs import write_json
-from ..precision import training_autocast
 from . import distributed, loop
 from .common import check_positive, random_crops, save_grid, training_data, world_named
 from .loop import TrainState, warmup_cosine
@@ -53,7 +53,7 @@ class VQGANTrainConfig:
     checkpoint_every: int = 100
     held_out: int = 64  # images kept out of training for the figures (without --held-out)
     seed: int = 0
-    bf16: bool = True  # autocast where bf16 is fast (vqclip.precision decides)
+    bf16: bool = True  # autocast where bf16 is fast (vqclip.machine.precision decides)
     base: str = ""  # fine-tune this VQGAN (a name, a folder or a taming YAML); "" = from scratch
     # the architecture from scratch (taming's ddconfig; ch: a multiple of 32, taming's GroupNorm groups)
     n_embed: int = 512

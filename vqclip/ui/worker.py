@@ -248,7 +248,7 @@ class Workers:
         self._lock = threading.Lock()
 
     def submit(self, job: Job) -> Job:
-        from ..device import pick_device
+        from ..machine.device import pick_device
 
         device = str(pick_device(job.config.device))
         with self._lock:

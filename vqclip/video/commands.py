@@ -15,12 +15,12 @@ from omegaconf import DictConfig
 
 from ..config import build_config, to_dict
 from ..errors import UserError
-from ..init import check_size
 from ..interrupt import Interrupted, stop_on_signals
+from ..machine.threads import run_threads
 from ..mask import is_editing
 from ..outputs import environment_info, load_image
 from ..paths import check_paths
-from ..threads import run_threads
+from ..start import check_size
 from .animation import animate_frames, check_timeline, motion_schedules
 from .frames import output_kind, read_frames, write_video
 from .interpolation import (

@@ -30,10 +30,10 @@ from omegaconf import DictConfig
 from tqdm.auto import tqdm
 
 from ..errors import UserError, unknown_choice
-from ..init import check_size, read_latent
 from ..outputs import load_image
 from ..paths import check_paths
 from ..prompts import parse_prompts
+from ..start import check_size, read_latent
 from .animation import weighted_prompts
 from .frames import IMAGE_SUFFIXES, is_video_input, read_frames
 from .run_state import FrameStore, VideoJob, decode_latent, encode_image, fixed_size, optimise_frame

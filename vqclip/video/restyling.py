@@ -18,8 +18,8 @@ import torch
 
 from .. import outputs
 from ..errors import UserError
-from ..init import check_size
 from ..mask import is_editing, plan_edit, wanted_region
+from ..start import check_size
 from .animation import chain_frames
 from .frames import is_video_input, read_frames
 from .interpolation import lerp

@@ -103,7 +103,7 @@ def machine() -> str:
 def cached_step_time(key: str, measure: Callable[[], StepTime], folder: Path) -> tuple[StepTime, bool]:
     """The StepTime stored under `key` in folder/step-times.json, or `measure()` stored there first.
     Returns it and whether it was measured now."""
-    from .atomic import atomic_write_text
+    from ..atomic import atomic_write_text
 
     path = folder / CACHE_NAME
     try:

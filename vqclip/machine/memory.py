@@ -33,7 +33,7 @@ import torch
 from torch.utils._python_dispatch import TorchDispatchMode
 from torch.utils._pytree import tree_flatten
 
-from .errors import UserError
+from ..errors import UserError
 
 MAX_AUTO_SIDE = 4096  # size=auto never goes beyond this, whatever the memory
 # The share of the budget a predicted peak may use. The count misses what never becomes a tensor:
