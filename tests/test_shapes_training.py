@@ -121,3 +121,19 @@ def test_data_shapes_writes_a_folder_the_recipes_read(tmp_path, capsys):
     first_image, first_caption, _ = next(world.stream(0))
     assert images.captions[0] == first_caption and len(images) == 6
     assert torch.equal(images.images[0], torch.from_numpy(first_image).permute(2, 0, 1))  # lossless PNG
+
+
+def test_train_all_on_the_world_writes_a_preset_that_generates(tmp_path, capsys):
+    """`vqclip train all shapes`: the three recipes on the world in order, each part's settings
+    prefixed, the CLIP learning from the new VQGAN's reconstructions, then a preset over the three."""
+    out = tmp_path / "all"
+    assert main(["train", "all", "shapes", "--out", str(out), "--steps", "1", "--quiet", "vqgan.batch_size=2",
+                 "vqgan.held_out=8", "clip.batch_size=12", "clip.held_out=8", "prior.world_images=16",
+                 "prior.eval_items=4", "prior.world_prompts=1", "prior.batch_size=4"]) == 0
+    printed = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+    assert {part: printed[part]["data"] for part in ("vqgan", "clip", "prior")} == dict.fromkeys(
+        ("vqgan", "clip", "prior"), "shapes")
+    assert "vqgan_reconstructions" in printed["clip"] and printed["prior"]["samples"]["prompts"] == 1
+    assert main(["a red circle", "--preset", str(out / "preset.yaml"), "--steps", "1", "cutn=2",
+                 "init.prior_candidates=1", "--run-dir", str(tmp_path / "run"), "--quiet"]) == 0
+    assert (tmp_path / "run" / "final.png").is_file()

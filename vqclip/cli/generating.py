@@ -124,7 +124,7 @@ def prior_command(argv: list[str]) -> int:
     flags.add(sample, "threads", "quiet", "settings",
               output={"required": True, "help": "the best image; with --num N also OUTPUT-0..N-1"},
               preset={"default": "default", "help": "where the VQGAN and CLIP come from"},
-              seed={"default": 0})
+              seed={"help": "the sampling seed (default: the prior's recommendation, else 0)"})
     sample.add_argument("--num", type=int, help="samples to draw and rank (default: the prior's recommendation, "
                         "else 8)")
     sample.add_argument("--prior", help="a prior name (vqclip models list) or folder (default: the preset's init.prior)")
