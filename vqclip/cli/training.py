@@ -18,10 +18,16 @@ def data_command(argv: list[str]) -> int:
                             "(needs: pip install 'vqclip[digits]')")
     shapes = sub.add_parser("shapes", help="drawings of the shapes world as OUT/train and OUT/held-out (the "
                             "recipes can also draw it on the fly: vqclip train all shapes --out DIR)")
-    for one in (digits, shapes):
+    emoji = sub.add_parser("emoji", help="the named emoji of a colour emoji font on eight background colours, "
+                           "as OUT/train and OUT/held-out (held-out: (emoji, background) pairs never trained on)")
+    for one in (digits, shapes, emoji):
         one.add_argument("out")
     flags.add(digits, size={"default": 32, "help": "image side in pixels (default 32)"})
+    flags.add(emoji, size={"default": 64, "help": "image side in pixels (default 64)"})
     shapes.add_argument("--count", type=int, default=4096, help="training images (default 4096)")
+    emoji.add_argument("--font", help="a CBDT/COLR colour emoji font (default: Debian's fonts-noto-color-emoji)")
+    emoji.add_argument("--per-pair", type=int, default=1, help="training images of each (emoji, background) pair "
+                       "(default 1)")
     args = parser.parse_args(argv)
 
     if args.name == "shapes":
@@ -29,6 +35,11 @@ def data_command(argv: list[str]) -> int:
         from ..shapes.data import write_shapes
 
         counts = write_shapes(args.out, args.count)
+    elif args.name == "emoji":
+        from ..emoji.data import write_emoji
+
+        counts = write_emoji(args.out, font=args.font, per_pair=args.per_pair, size=args.size)
+        print(f"{args.out}: {counts['emoji']} emoji")
     else:
         from ..digits.data import write_digits
 
