@@ -252,6 +252,7 @@ def offline_cli(monkeypatch, tmp_path):
     import vqclip.cli
     import vqclip.cli.inspection
     import vqclip.digits.evaluate
+    import vqclip.emoji.evaluate
     import vqclip.generation
     import vqclip.machine.device
     import vqclip.models.clip
@@ -280,6 +281,9 @@ def offline_cli(monkeypatch, tmp_path):
         (vqclip.digits.evaluate, "evaluate"): lambda seeds, *, preset, out, dotlist, **kwargs: _fake_evaluate(
             [], seeds, preset=preset, out=out, dotlist=dotlist),
         (vqclip.digits.evaluate, "format_table"): lambda report: "",
+        (vqclip.emoji.evaluate, "evaluate"): lambda pairs, seeds, *, preset, out, dotlist, **kwargs: _fake_evaluate(
+            [], seeds, preset=preset, out=out, dotlist=dotlist),
+        (vqclip.emoji.evaluate, "format_table"): lambda report: "",
         (vqclip.outputs, "write_json"): lambda *args, **kwargs: None,
         (vqclip.outputs, "read_metadata"): lambda path: {},
         (vqclip.shapes.data, "write_shapes"): lambda out, count=4096: {"train": count, "held-out": 256},

@@ -104,3 +104,22 @@ def test_the_judge_reads_real_renders_and_their_background(font):
 
     verdict = judge(Image.new("RGB", (64, 64), emoji_data.PALETTE["green"]))  # nothing drawn
     assert verdict.background == "green" and verdict.ranking == [] and judge.rank_of(verdict, emoji[0]) is None
+
+
+@needs_font
+def test_emoji_eval_runs_on_a_tiny_sample(tmp_path, capsys):
+    """Any preset can be graded (the shapes world's here, one step): the figures are poor, the report whole."""
+    import json
+
+    out = tmp_path / "eval"
+    assert main(["emoji", "eval", "--preset", "shapes", "--pairs", "2", "--prior-samples", "2", "--out", str(out),
+                 "steps=1", "cutn=2", "init.prior_candidates=1"]) == 0
+    report = json.loads((out / "eval.json").read_text())
+    summary = report["summary"]
+    assert summary["images"] == 2 and summary["emoji"] == 2 and 0 <= summary["top1"] <= summary["top5"] <= 1
+    assert report["clip"]["choices"] == len(emoji_data.named_emoji(emoji_data.find_font())) and report["clip"]["images"] == 2
+    assert report["prior"]["samples_per_prompt"] == 2 and report["ceiling"]["images"] == 2
+    rows = report["rows"]
+    assert rows[0]["prompt"].endswith("background") and Path(rows[0]["image"]).is_file()
+    assert "generation: the emoji first" in capsys.readouterr().out
+    assert main(["emoji", "eval", "--pairs", "0"]) == 2

@@ -26,6 +26,8 @@ FLAGS: dict[str, tuple[tuple[str, ...], dict]] = {
     "from": (("--from",), {"dest": "base"}),
     "vqgan": (("--vqgan",), {"help": "a VQGAN: a name (vqclip models list) or a folder from vqclip train vqgan"}),
     "seeds": (("--seeds",), {"type": int, "default": 1, "help": "seeds per prompt"}),
+    "prior_samples": (("--prior-samples",), {"type": int, "default": 0, "help": "also judge this many samples of "
+                                             "the prior alone per prompt, and the best of them by CLIP (default: none)"}),
     "mask": (("--mask",), {"help": "edit part of the start image: a greyscale or alpha mask, white = may change, "
                                    "black = keep (mask.* keys: feather, keep_weight, composite, cutouts, fill)"}),
     "mask_box": (("--mask-box",), {"type": float, "nargs": 4, "metavar": ("X0", "Y0", "X1", "Y1"),

@@ -1,5 +1,5 @@
 """The commands of the worlds and of training: `vqclip data`, `vqclip train`, `vqclip shapes eval`,
-`vqclip digits eval`."""
+`vqclip digits eval`, `vqclip emoji eval`."""
 
 from __future__ import annotations
 
@@ -134,33 +134,58 @@ def shapes_command(argv: list[str]) -> int:
     return write_report(report, evaluate.format_table(report), out)
 
 
+def grading_parser(world: str, about: str, unit: str) -> tuple[Parser, Parser]:
+    """`vqclip WORLD eval`'s parser with the options every world's grading takes, and its eval sub-parser."""
+    parser = Parser(prog=f"vqclip {world}", description=f"The {world} world: grade what a preset draws.")
+    grade = parser.add_subparsers(dest="action", required=True).add_parser("eval", help=about)
+    flags.add(grade, "prior_samples", preset={"default": world}, seeds={"help": f"seeds per {unit}"},
+              out={"default": f"outputs/{world}-eval", "help": "folder for the images and eval.json"},
+              settings={"help": "key=value, e.g. steps=20 init.weight=10"})
+    return parser, grade
+
+
+def checked_grading(args) -> None:
+    at_least(args.seeds, 1, "--seeds")
+    at_least(args.prior_samples, 0, "--prior-samples")
+
+
 @command("digits")
 def digits_command(argv: list[str]) -> int:
-    parser = Parser(prog="vqclip digits", description="The shipped digits models: grade what they draw.")
-    sub = parser.add_subparsers(dest="action", required=True)
-    grade = sub.add_parser("eval", help='draw "the digit 0" ... "the digit 9" and judge the images with a '
-                           "classifier of real held-out digits (needs: pip install 'vqclip[digits]')")
-    flags.add(grade, preset={"default": "digits"}, seeds={"help": "seeds per digit"},
-              out={"default": "outputs/digits-eval", "help": "folder for the images and eval.json"},
-              settings={"help": "key=value, e.g. steps=20 init.weight=10"})
+    parser, grade = grading_parser("digits", 'draw "the digit 0" ... "the digit 9" and judge the images with a '
+                                   "classifier of real held-out digits (needs: pip install 'vqclip[digits]')", "digit")
     grade.add_argument("--digits", default="0,1,2,3,4,5,6,7,8,9", help="which digits to draw, e.g. 3,7 (default: all)")
-    grade.add_argument("--prior-samples", type=int, default=0, help="also judge this many samples of the prior "
-                       "alone per digit, and the best of them by CLIP (default: none)")
     args = parser.parse_args(argv)
     digits = tuple(int(d) for d in args.digits.split(",") if d.strip().isdigit() and int(d) <= 9)
     if not digits or len(digits) != len(args.digits.split(",")):
         raise UserError(f"--digits takes digits 0 to 9 separated by commas (e.g. 3,7), not {args.digits!r}")
-    at_least(args.seeds, 1, "--seeds")
-    at_least(args.prior_samples, 0, "--prior-samples")
+    checked_grading(args)
 
     from pathlib import Path
 
     from ..digits import evaluate
 
-    out = Path(args.out)
-    report = evaluate.evaluate(args.seeds, preset=args.preset, out=out, dotlist=args.settings,
+    report = evaluate.evaluate(args.seeds, preset=args.preset, out=Path(args.out), dotlist=args.settings,
                                prior_samples=args.prior_samples, digits=digits)
-    return write_report(report, evaluate.format_table(report), out)
+    return write_report(report, evaluate.format_table(report), Path(args.out))
+
+
+@command("emoji")
+def emoji_command(argv: list[str]) -> int:
+    parser, grade = grading_parser("emoji", "draw held-out (emoji, background) pairs, never trained on, and judge "
+                                   "them against every emoji of the font (needs Debian's fonts-noto-color-emoji)",
+                                   "pair")
+    grade.add_argument("--pairs", type=int, default=100, help="held-out pairs to draw (default 100)")
+    args = parser.parse_args(argv)
+    at_least(args.pairs, 1, "--pairs")
+    checked_grading(args)
+
+    from pathlib import Path
+
+    from ..emoji import evaluate
+
+    report = evaluate.evaluate(args.pairs, args.seeds, preset=args.preset, out=Path(args.out), dotlist=args.settings,
+                               prior_samples=args.prior_samples)
+    return write_report(report, evaluate.format_table(report), Path(args.out))
 
 
 def write_report(report: dict, table: str, out) -> int:

@@ -9,14 +9,16 @@ Three figures, each judged by `vqclip.digits.judge` (a classifier of real held-o
 
 from __future__ import annotations
 
-import contextlib
-import time
 from pathlib import Path
 
+from ..grading import grading, rate, summary_seconds, timed
 from . import judge
 
 PROMPT = "the digit {}"
 DIGITS = tuple(range(10))
+
+
+PARTS = ("judging", "clip_zero_shot", "prior")  # the timed parts besides loading and generation
 
 
 def prompts() -> list[str]:
@@ -28,57 +30,28 @@ def evaluate(seeds: int, *, preset: str = "digits", out: Path, dotlist: list[str
     """Generate each of `digits` with seeds 0..seeds-1 and judge the images; with `prior_samples`,
     the prior's samples too. Returns {"summary": ..., "rows": one per image, "prior": ..., "clip": ...};
     the summary's "seconds" say where the time went ("total" and its parts)."""
-    from ..config import build_config
-    from ..generation import run
-    from ..loading import load_models
-    from ..machine.threads import run_threads
-
-    def config(prompt: str, seed: int, run_dir: Path):
-        return build_config(preset, {"prompts": [prompt], "seed": seed, "quiet": True, "run_dir": str(run_dir)},
-                            list(dotlist))
-
-    started = time.perf_counter()
-    seconds = dict.fromkeys(("loading", "generation", "judging", "clip_zero_shot", "prior"), 0.0)
-    with _timed(seconds, "loading"):
-        judge.classifier()  # without scikit-learn: the one-line error before any image is drawn
-        first = config("x", 0, out)  # checks the settings before any work
-    # one thread plan (and at most one "threads busy" warning) for the whole command: each run inside keeps it
-    with run_threads(first.threads):
-        with _timed(seconds, "loading"):
-            models = load_models(first)  # loaded once
+    # the classifier first: without scikit-learn, the one-line error before any image is drawn
+    with grading(preset, out, dotlist, first=judge.classifier, parts=PARTS) as runs:
         rows = []
         for digit in digits:
             for seed in range(seeds):
-                with _timed(seconds, "generation"):
-                    result = run(config(PROMPT.format(digit), seed, out / f"digit{digit}-seed{seed}"), models=models)
-                with _timed(seconds, "judging"):
+                result = runs.run(PROMPT.format(digit), seed, f"digit{digit}-seed{seed}")
+                with timed(runs.seconds, "judging"):
                     drawn = judge.judge(result.images[:1])[0]
                 rows.append({"digit": digit, "seed": seed, "judged": drawn, "ok": drawn == digit,
                              "clip_score": round(result.scores[0], 4), "image": str(result.final_path)})
-        with _timed(seconds, "clip_zero_shot"):
-            clip = clip_zero_shot(models.clip)
+        with timed(runs.seconds, "clip_zero_shot"):
+            clip = clip_zero_shot(runs.models.clip)
         prior = None
         if prior_samples:
-            with _timed(seconds, "prior"):
-                prior = prior_figures(models, prior_samples, digits)
-    seconds = {"total": time.perf_counter() - started, **seconds}
-    report = {"summary": {"accuracy": _rate([row["ok"] for row in rows]), "per_digit": _per_digit(rows, digits),
-                          "images": len(rows), "seconds_per_image": round(seconds["generation"] / max(len(rows), 1), 2),
-                          "seconds": {part: round(value, 2) for part, value in seconds.items()}},
+            with timed(runs.seconds, "prior"):
+                prior = prior_figures(runs.models, prior_samples, digits)
+    report = {"summary": {"accuracy": rate([row["ok"] for row in rows]), "per_digit": _per_digit(rows, digits),
+                          "images": len(rows), **summary_seconds(runs.seconds, len(rows))},
               "rows": rows, "clip": clip}
     if prior is not None:
         report["prior"] = prior
     return report
-
-
-@contextlib.contextmanager
-def _timed(seconds: dict, part: str):
-    """Adds the seconds spent inside the `with` to seconds[part]."""
-    started = time.perf_counter()
-    try:
-        yield
-    finally:
-        seconds[part] += time.perf_counter() - started
 
 
 def prior_figures(models, samples: int, digits: tuple[int, ...] = DIGITS, seed: int = 0) -> dict:
@@ -96,7 +69,7 @@ def prior_figures(models, samples: int, digits: tuple[int, ...] = DIGITS, seed: 
         judged = judge.judge(result.images)  # ranked best first
         every += [drawn == digit for drawn in judged]
         best.append(judged[0] == digit)
-    return {"samples_accuracy": _rate(every), "best_of_n_accuracy": _rate(best), "samples_per_digit": samples}
+    return {"samples_accuracy": rate(every), "best_of_n_accuracy": rate(best), "samples_per_digit": samples}
 
 
 def clip_zero_shot(clip) -> dict:
@@ -113,15 +86,11 @@ def clip_zero_shot(clip) -> dict:
                           for p in images[mask]])
     scores = clip_score_table(clip, pixels, prompts())  # each image embedded once, against the ten prompts
     truth = torch.tensor(np.asarray(digits)[mask])
-    return {"zero_shot_accuracy": _rate((scores.argmax(1) == truth).tolist()), "images": int(mask.sum())}
+    return {"zero_shot_accuracy": rate((scores.argmax(1) == truth).tolist()), "images": int(mask.sum())}
 
 
 def _per_digit(rows: list[dict], digits: tuple[int, ...]) -> dict:
-    return {str(d): _rate([row["ok"] for row in rows if row["digit"] == d]) for d in digits}
-
-
-def _rate(flags: list[bool]) -> float | None:
-    return round(sum(flags) / len(flags), 4) if flags else None
+    return {str(d): rate([row["ok"] for row in rows if row["digit"] == d]) for d in digits}
 
 
 def format_table(report: dict) -> str:
@@ -139,6 +108,6 @@ def format_table(report: dict) -> str:
     if "seconds" in s:  # reports written before the breakdown have none
         t = s["seconds"]
         lines.append(f"{t['total']:.1f} s after start-up: loading {t['loading']:.1f} s, generation {t['generation']:.1f} s, "
-                     f"judging {t['judging']:.1f} s, CLIP zero-shot {t['clip_zero_shot']:.1f} s"
-                     + (f", prior alone {t['prior']:.1f} s" if "prior" in report else ""))
+                     f"judging {t.get('judging', 0):.1f} s, CLIP zero-shot {t.get('clip_zero_shot', 0):.1f} s"
+                     + (f", prior alone {t.get('prior', 0):.1f} s" if "prior" in report else ""))
     return "\n".join(lines)

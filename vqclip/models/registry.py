@@ -108,7 +108,7 @@ VQGANS: dict[str, VQGANEntry] = {e.name: e for e in [
                           "https://drive.google.com/uc?export=download&id=1fHwGx_hnBtC8nsq7hesJvs-Klv-P0gzT"),
                note="FacesHQ (Net2Net first stage), community mirrors"),
     _bundled_vqgan("shapes", n_embed=512, resolution=64, ch=64, approx_mb=7.9,
-                   note="the embedded shapes world (shipped; `vqclip shapes train vqgan`)"),
+                   note="the embedded shapes world (shipped; `vqclip train vqgan shapes`)"),
     _bundled_vqgan("digits", n_embed=128, resolution=32, ch=32, approx_mb=2.1,
                    note="the shipped digits world (`vqclip train all` on `vqclip data digits`)"),
     VQGANEntry("min-dalle", None,

@@ -1,4 +1,5 @@
-"""`vqclip prior build-data`: captioned images → VQGAN token grids + text tokens, in one cache file.
+"""The prior's token data: captioned images → VQGAN token grids + text tokens, in one cache file
+(`vqclip train prior` writes OUT/data.pt).
 
 Sources: any layout of captioned images that vqclip/data/pairs.py reads (same-name `.txt`
 captions, a CSV/JSONL list, class sub-folders); images that cannot be read are skipped there.
@@ -63,7 +64,7 @@ def save_data(path: str | Path, data: PriorData, total: int) -> None:
 def load_data(path: str | Path) -> PriorData:
     stored = load_file(path)
     if not isinstance(stored, dict) or stored.get("format") != FORMAT:
-        raise UserError(f"{path} is not a prior data file (make one with: vqclip prior build-data)")
+        raise UserError(f"{path} is not a prior data file (vqclip train prior writes one as OUT/data.pt)")
     return PriorData(stored["image_tokens"], list(stored["captions"]), stored["text_bpe"],
                      dict(stored["vqgan"]), list(stored["sources"]))
 
@@ -102,17 +103,3 @@ def build_data(batches, sources: list[str], vqgan, vqgan_info: dict, out: str | 
     data.image_tokens = torch.cat(chunks) if chunks else data.image_tokens
     save_data(out, data, total)
     return data
-
-
-def file_batches(pairs: list[tuple[str, str]], size: int, batch_size: int = 32):
-    """`batches(start)` for build_data over image files, each brought to a size × size RGB square
-    (vqclip/data/images.py: shorter side resized, centre cut out)."""
-    from ..data.images import decode
-
-    def batches(start: int):
-        for first in range(start, len(pairs), batch_size):
-            chunk = pairs[first:first + batch_size]
-            images = torch.stack([decode(path, size) for path, _ in chunk])
-            yield images, [caption for _, caption in chunk]
-
-    return batches
