@@ -107,7 +107,7 @@ def shell_commands(lines: list[str]) -> list[tuple[int, str]]:
             buffer = line
         else:
             buffer += ("\n" if _open_quote(buffer) else " ") + line
-        if buffer.rstrip().endswith("\\") and not _open_quote(buffer):
+        if buffer.rstrip().endswith("\\") and not _open_quote(buffer.rstrip()[:-1]):
             buffer = buffer.rstrip()[:-1]
             continue
         if _open_quote(buffer):

@@ -37,6 +37,7 @@ def test_captions_read_as_english():
     assert [emoji_data.caption(rocket, "blue", turn) for turn in range(3)] == [
         "a rocket on a blue background", "a picture of a rocket", "rocket"]
     assert emoji_data.caption(pizza, "red") == "a slice of pizza on a red background"
+    assert emoji_data.caption(pizza, "orange") == "a slice of pizza on an orange background"
     assert emoji_data.caption(men, "red") == "two men holding hands on a red background"
     assert emoji_data.with_article("apple") == "an apple" and emoji_data.with_article("unicorn face") == "a unicorn face"
     assert emoji_data.with_article("scissors") == "scissors" and emoji_data.with_article("octopus") == "an octopus"
@@ -116,10 +117,38 @@ def test_emoji_eval_runs_on_a_tiny_sample(tmp_path, capsys):
                  "steps=1", "cutn=2", "init.prior_candidates=1"]) == 0
     report = json.loads((out / "eval.json").read_text())
     summary = report["summary"]
-    assert summary["images"] == 2 and summary["emoji"] == 2 and 0 <= summary["top1"] <= summary["top5"] <= 1
+    assert summary["images"] == summary["pairs"] == summary["emoji"] == 2 and 0 <= summary["top1"] <= summary["top5"] <= 1
+    reconstruction = report["reconstruction"]  # the shapes VQGAN rebuilding emoji: poorly, but measured
+    assert reconstruction["images"] == 2 and 5 < reconstruction["psnr_db"] < 40
     assert report["clip"]["choices"] == len(emoji_data.named_emoji(emoji_data.find_font())) and report["clip"]["images"] == 2
     assert report["prior"]["samples_per_prompt"] == 2 and report["ceiling"]["images"] == 2
     rows = report["rows"]
     assert rows[0]["prompt"].endswith("background") and Path(rows[0]["image"]).is_file()
-    assert "generation: the emoji first" in capsys.readouterr().out
+    printed = capsys.readouterr().out
+    assert "generation: the emoji first" in printed and "the judge on the VQGAN's reconstructions" in printed
     assert main(["emoji", "eval", "--pairs", "0"]) == 2
+
+
+@needs_font
+def test_a_vqgan_that_keeps_everything_reaches_the_judges_own_ceiling():
+    """vqgan_ceiling through an identity 'VQGAN' is the judge on the renders themselves."""
+    import torch
+
+    from vqclip.emoji.evaluate import held_out_pairs, vqgan_ceiling
+    from vqclip.emoji.judge import ceiling, shared_judge
+
+    class Identity(torch.nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.unused = torch.nn.Parameter(torch.zeros(1))
+
+        def encode(self, images):
+            return images
+
+        quantize = decode = encode
+
+    pairs = held_out_pairs(6)
+    kept = vqgan_ceiling(Identity(), pairs)
+    assert kept["psnr_db"] == 100.0 and kept["images"] == 6
+    clean = ceiling(shared_judge(), pairs, blur=0.0, scale=1.0)
+    assert (kept["top1"], kept["top5"], kept["background_ok"]) == (clean["top1"], clean["top5"], clean["background"])

@@ -114,7 +114,8 @@ def with_article(name: str) -> str:
 def caption(emoji: Emoji, background: str, turn: int = 0) -> str:
     """The caption of the `turn`-th image: the phrasings take turns (the first, which names the
     background, is the held-out images' and the eval's prompt)."""
-    forms = (f"{with_article(emoji.name)} on a {background} background", f"a picture of {with_article(emoji.name)}",
+    forms = (f"{with_article(emoji.name)} on {with_article(background + ' background')}",
+             f"a picture of {with_article(emoji.name)}",
              emoji.name)
     return forms[turn % len(forms)]
 
