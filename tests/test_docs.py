@@ -524,7 +524,8 @@ def _comments(cls) -> dict[str, tuple[str, str]]:
 
 
 def schema_keys() -> list[tuple[str, list[SchemaKey]]]:
-    """(group, keys) in the schema's order: the top level, vqgan, clip, init, relaxation, mask, video."""
+    """(group, keys) in the schema's order: the top level, vqgan, clip, init, relaxation, mask, palette,
+    video."""
     from omegaconf import OmegaConf
 
     from vqclip import config as schema
@@ -550,6 +551,7 @@ def schema_keys() -> list[tuple[str, list[SchemaKey]]]:
             ("init", keys(schema.InitConfig, "init.", defaults["init"])),
             ("relaxation", keys(schema.RelaxationConfig, "relaxation.", defaults["relaxation"])),
             ("mask", keys(schema.MaskConfig, "mask.", defaults["mask"])),
+            ("palette", keys(schema.PaletteConfig, "palette.", defaults["palette"])),
             ("video", keys(schema.VideoConfig, "video.", defaults["video"]))]
 
 
@@ -612,7 +614,7 @@ def test_configuration_page_covers_every_key_the_cli_knows():
     from vqclip.config import key_names
 
     shown = {key.replace("[]", "") for key in documented_keys(CONFIGURATION.read_text(encoding="utf-8"))}
-    containers = {"vqgan", "clip", "init", "relaxation", "mask", "video"}
+    containers = {"vqgan", "clip", "init", "relaxation", "mask", "palette", "video"}
     assert key_names() - containers <= shown
 
 

@@ -1,7 +1,7 @@
 """Make the pictures in README.md and docs/ again, from the shipped shapes and digits worlds (offline).
 
     python tools/pictures.py                  # all of them
-    python tools/pictures.py contact-sheet    # or some: contact-sheet, morph, masks, ui, digits
+    python tools/pictures.py contact-sheet    # or some: contact-sheet, morph, masks, ui, digits, tiles, palettes
 
 Each takes a minute or two on 2 CPU cores. `ui` drives the web page in Debian's Chromium
 (`apt-get install chromium`) through the browser test, which writes the screenshot.
@@ -60,7 +60,7 @@ def masks(work: Path) -> None:
     """docs/masks.png: a blue square, the right half masked, "a red circle" drawn there (composite
     pixels, then latent, then started from the prior), and the picture outpainted to the right; 3×
     with sharp pixels."""
-    from PIL import Image, ImageDraw
+    from PIL import Image
 
     import vqclip
 
@@ -81,17 +81,68 @@ def masks(work: Path) -> None:
                             ("--outpaint 0 0 32 0", {"outpaint": [0, 0, 32, 0]})):
         result = vqclip.generate("a red circle", mask=settings, run_dir=str(work / label.strip("-")), **common)
         edits.append((label, Image.open(result.final_path).convert("RGB")))
-    scale, gap = 3, 8
-    width = sum(image.width * scale for _, image in edits) + gap * (len(edits) - 1)
-    sheet = Image.new("RGB", (width, 64 * scale + 18), (255, 255, 255))
-    x = 0
-    for label, image in edits:
+    labelled_row(edits, DOCS / "masks.png", scale=3)
+
+
+def labelled_row(pictures, path: Path, scale: int) -> None:
+    """(label, PIL image) pairs side by side, enlarged `scale` times with sharp pixels, framed and
+    labelled underneath."""
+    from PIL import Image, ImageDraw
+
+    gap, height = 8, max(image.height for _, image in pictures) * scale
+    width = sum(image.width * scale for _, image in pictures) + gap * (len(pictures) - 1)
+    sheet = Image.new("RGB", (width, height + 18), (255, 255, 255))
+    draw, x = ImageDraw.Draw(sheet), 0
+    for label, image in pictures:
         sheet.paste(image.resize((image.width * scale, image.height * scale), Image.Resampling.NEAREST), (x, 0))
-        draw = ImageDraw.Draw(sheet)
-        draw.rectangle((x, 0, x + image.width * scale - 1, 64 * scale - 1), outline=(160, 160, 160))
-        draw.text((x + 2, 64 * scale + 4), label, fill=(0, 0, 0))
+        draw.rectangle((x, 0, x + image.width * scale - 1, image.height * scale - 1), outline=(160, 160, 160))
+        draw.text((x + 2, height + 4), label, fill=(0, 0, 0))
         x += image.width * scale + gap
-    sheet.save(DOCS / "masks.png", optimize=True)
+    sheet.save(path, optimize=True)
+
+
+TILE_PROMPT = "a red circle on a blue background"
+
+
+def tiles(work: Path) -> None:
+    """docs/tiles.png: the shapes world from random codes, 60 steps, seed 2, as a plain run and as a
+    tile, each repeated 3 × 3 as final-3x3.png shows it."""
+    from PIL import Image
+
+    import vqclip
+
+    common = dict(preset="shapes", seed=2, steps=60, init={"mode": "random", "weight": 0.0}, quiet=True)
+    rows = []
+    for label, tile in (("plain run, repeated 3 x 3", False), ("--tile: final-3x3.png", True)):
+        result = vqclip.generate(TILE_PROMPT, tile=tile, run_dir=str(work / str(tile)), **common)
+        image = Image.open(result.final_path).convert("RGB")
+        repeated = Image.new("RGB", (image.width * 3, image.height * 3))
+        for row in range(3):
+            for column in range(3):
+                repeated.paste(image, (column * image.width, row * image.height))
+        rows.append((label, repeated))
+    labelled_row(rows, DOCS / "tiles.png", scale=2)
+
+
+def palettes(work: Path) -> None:
+    """docs/palettes.png: one prompt and seed as a plain run, with a palette (indexed, then dithered
+    to colours the world's VQGAN cannot draw) and with mirror symmetry."""
+    from PIL import Image
+
+    import vqclip
+
+    off = {"colours": ["#264653", "#e9c46a", "#e76f51"], "quantize": True}
+    runs = [("plain", {}), ("--palette (world's red, blue)", {"palette": {"colours": ["#dc1e1e", "#1e46dc"],
+                                                                             "quantize": True}}),
+            ("3 other colours, indexed", {"palette": off}),
+            ("... dithered", {"palette": {**off, "dither": True}}),
+            ("--symmetry both", {"symmetry": "both"})]
+    pictures = []
+    for index, (label, settings) in enumerate(runs):
+        result = vqclip.generate(TILE_PROMPT, preset="shapes", seed=1, quiet=True, run_dir=str(work / str(index)),
+                                 **settings)
+        pictures.append((label, Image.open(result.final_path).convert("RGB")))
+    labelled_row(pictures, DOCS / "palettes.png", scale=3)
 
 
 def ui(work: Path) -> None:
@@ -122,7 +173,8 @@ def digits(work: Path) -> None:
     save_grid(DOCS / "digits-grid.png", rows, {"preset": "digits", "rows": "the digit 0 ... 9", "seeds": "0-5"})
 
 
-PICTURES = {"contact-sheet": contact_sheet, "morph": morph, "masks": masks, "ui": ui, "digits": digits}
+PICTURES = {"contact-sheet": contact_sheet, "morph": morph, "masks": masks, "ui": ui, "digits": digits, "tiles": tiles,
+            "palettes": palettes}
 
 
 def main(names: list[str]) -> int:

@@ -81,6 +81,19 @@ class MaskConfig:
 
 
 @dataclass
+class PaletteConfig:
+    """A limited palette (vqclip/controls/palette.py, docs/palettes-and-symmetry.md); off while no colours are given."""
+
+    colours: list[str] = field(default_factory=list)  # hex colours: ["#264653", "#e9c46a", "#e76f51"]
+    image: Optional[str] = None  # or the colours of this picture, by k-means (--palette-from IMAGE)
+    size: int = 8  # colours taken from palette.image
+    weight: float = 1.0  # the pull toward each pixel's nearest colour: weight · mean ΔE / 100
+    ramp: float = 0.5  # the weight rises from 0 over this fraction of the run
+    quantize: bool = False  # write the final image as an indexed PNG of exactly these colours
+    dither: bool = False  # ... Floyd–Steinberg dithered
+
+
+@dataclass
 class VideoConfig:
     """`vqclip video ...`: animations, interpolations and restyled videos (vqclip/video/)."""
 
@@ -144,6 +157,11 @@ class RunConfig:
     noise_fac: float = 0.1  # per-cutout noise U(0, noise_fac) · N(0, 1)
     augmentations: Any = "classic"  # a pipeline name in augmentations/, a YAML path, or an inline list
     tv_weight: float = 0.0  # total-variation penalty on the image: flat regions over CLIP-pleasing noise
+    # The picture's form (docs/tiles.md, docs/palettes-and-symmetry.md).
+    tile: bool = False  # a seamless tile: circular padding, wrapped cutouts, final-3x3.png beside final.png
+    symmetry: str = "none"  # none | horizontal (left mirrors right) | vertical (top mirrors bottom) | both
+    symmetry_weight: float = 30.0  # the pull toward the mirror image: weight · mean |image − mirror|
+    palette: PaletteConfig = field(default_factory=PaletteConfig)
     # Optimisation.
     optimizer: str = "Adam"  # any torch.optim optimiser by name
     lr: float = 0.1
@@ -176,6 +194,7 @@ CHOICES = {
     "mask.fill": ("vqclip.mask", "FILLS"),
     "mask.composite": ("vqclip.mask", "COMPOSITES"),
     "mask.cutouts": ("vqclip.mask", "CUTOUT_REGIONS"),
+    "symmetry": ("vqclip.controls.symmetry", "SYMMETRIES"),
 }
 
 
@@ -193,7 +212,8 @@ FLAG_KEYS = {"prompt": "prompts", "batch": "batch_size", "image_prompt": "image_
              "noise_prompt": "noise_prompts", "init_image": "init.image",
              "frames": "video.frames", "fps": "video.fps", "between": "video.between", "method": "video.method",
              "ease": "video.ease", "steps_per_frame": "video.steps_per_frame", "guided": "video.guided_steps",
-             "mask": "mask.image", "mask_box": "mask.box", "mask_invert": "mask.invert", "outpaint": "mask.outpaint"}
+             "mask": "mask.image", "mask_box": "mask.box", "mask_invert": "mask.invert", "outpaint": "mask.outpaint",
+             "palette_colours": "palette.colours", "palette_from": "palette.image"}
 LIST_KEYS = ("prompts", "image_prompts", "noise_prompts")  # a single value given for these is a list of one
 
 
@@ -356,6 +376,7 @@ def validate(config: DictConfig) -> None:
     _check_machine(config)
     _check_schedules(config)
     _check_mask(config)
+    _check_form(config)
     if not config.clip.models:
         raise UserError("clip.models is empty: name at least one CLIP model")
 
@@ -454,6 +475,18 @@ def _check_mask(config: DictConfig) -> None:
             raise UserError(f"--outpaint {' '.join(map(str, sides))} is beyond {MAX_SIDE} px a side")
     if not 0 <= mask.feather <= 64:
         raise UserError(f"mask.feather is a number of latent cells from 0 to 64, not {mask.feather}")
+
+
+def _check_form(config: DictConfig) -> None:
+    """Tiles, symmetry and the palette."""
+    from .controls.palette import check_palette
+
+    if config.tile and config.mask.outpaint is not None:
+        raise UserError("tile=true makes a picture that wraps around, and --outpaint grows a picture outward: "
+                        "use one or the other")
+    if not 0 <= config.symmetry_weight < float("inf"):
+        raise UserError(f"symmetry_weight must be a finite number of 0 or more, not {config.symmetry_weight}")
+    check_palette(config.palette)
 
 
 def _four(values, key: str, names: str) -> list:

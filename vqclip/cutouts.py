@@ -140,12 +140,15 @@ def pooled_view(image: torch.Tensor, cut_size: int) -> torch.Tensor:
 
 def make_cutouts(image: torch.Tensor, cut_size: int, cutn: int, *, cut_pow: float = 1.0,
                  mode: str = "classic", noise_fac: float = 0.1, augment: nn.Module | None = None,
-                 generator: torch.Generator | None = None, region: torch.Tensor | None = None) -> torch.Tensor:
+                 generator: torch.Generator | None = None, region: torch.Tensor | None = None,
+                 wrap: bool = False) -> torch.Tensor:
     """Cutouts of `image` [B, 3, H, W] in [0, 1] for a CLIP model that takes cut_size² inputs.
 
     mode: 'classic' random crops (sample_cutout_boxes), 'pooled' the whole image pooled (diversity
     only from `augment`), 'mix' half of each. Then `augment`, then per-cutout noise
-    U(0, noise_fac)·N(0, 1). `region`: the random crops each overlap it (sample_cutout_boxes). Returns [cutn·B, 3, cut_size, cut_size]; gradients reach `image`.
+    U(0, noise_fac)·N(0, 1). `region`: the random crops each overlap it (sample_cutout_boxes).
+    `wrap` (seamless tiles): the image is first rolled by a random offset, so that crops also
+    span its edges. Returns [cutn·B, 3, cut_size, cut_size]; gradients reach `image`.
     """
     if mode not in CUTOUT_MODES:
         raise unknown_choice("cutout mode", mode, CUTOUT_MODES)
@@ -155,6 +158,10 @@ def make_cutouts(image: torch.Tensor, cut_size: int, cutn: int, *, cut_pow: floa
         raise UserError(f"cutn must be at least 1, got {cutn}")
     if noise_fac < 0:
         raise UserError(f"noise_fac must be >= 0, got {noise_fac}")
+    if wrap:
+        from .controls.tiling import random_roll
+
+        image, region = random_roll(image, generator, region)
     n_classic = {"classic": cutn, "pooled": 0, "mix": (cutn + 1) // 2}[mode]
     parts = []
     if n_classic:

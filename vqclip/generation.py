@@ -203,7 +203,7 @@ def _run(config: DictConfig, models: Models | None, callback, state: dict | None
             return callback(info) if callback is not None else None
 
         try:
-            with _removed_without_a_step(run_dir if created else None, writer), \
+            with _removed_without_a_step(run_dir if created else None, writer), _seamless(config, models, compute), \
                     _advice_on_out_of_memory(config, models, compute, timeline, dtype, size, "while optimising"):
                 steps_done = optimize(z, in_autocast(_decoder(vqgan, compute.vqgan, config, size), models.device, dtype),
                                       in_autocast(objective, models.device, dtype),
@@ -213,7 +213,15 @@ def _run(config: DictConfig, models: Models | None, callback, state: dict | None
         except NumericalError:
             writer.save_last_good()
             raise
-    return writer.finish(z.detach(), vqgan, objective, steps_done)
+    with _seamless(config, models, compute):
+        return writer.finish(z.detach(), vqgan, objective, steps_done)
+
+
+def _seamless(config: DictConfig, models: Models, compute: Models):
+    """tile=true: the decoders pad circularly while the run decodes (vqclip.controls.tiling)."""
+    from .controls.tiling import circular_padding
+
+    return circular_padding(models.vqgan, compute.vqgan) if config.tile else contextlib.nullcontext()
 
 
 def _start(config: DictConfig, models: Models, size: tuple[int, int], generator: torch.Generator, timeline,
@@ -237,6 +245,10 @@ def _start(config: DictConfig, models: Models, size: tuple[int, int], generator:
                          clip=models.clip, text=_prior_text(timeline), picture=edit.picture if edit else None)
 
     z = start(config.init.mode)
+    if config.tile and config.init.mode == "prior":
+        from .controls.tiling import roll_to_quiet_edges
+
+        z = roll_to_quiet_edges(z, models.vqgan)
     if edit is not None:
         edit.reference = edit.picture if edit.picture is not None else _decoded(models.vqgan, z)  # per candidate
         if config.mask.fill != "image":
@@ -304,6 +316,7 @@ def _out_of_memory_error(config: DictConfig, models: Models, compute: Models, ti
 
 def _objective(config: DictConfig, clip, timeline, generator: torch.Generator, anchor=None,
                cutn: int | None = None, edit: Edit | None = None) -> Objective:
+    from .controls.palette import palette_from_config
     from .cutouts import build_augmentations
 
     return Objective(clip, timeline, image_prompts=list(config.image_prompts), noise_prompts=list(config.noise_prompts),
@@ -312,7 +325,9 @@ def _objective(config: DictConfig, clip, timeline, generator: torch.Generator, a
                      generator=generator, anchor=anchor, anchor_weight=config.init.weight,
                      anchor_decay=config.init.decay, tv_weight=config.tv_weight,
                      region=edit.region if edit is not None and config.mask.cutouts == "inside" else None,
-                     keep=edit.keep_loss if edit is not None else None)
+                     keep=edit.keep_loss if edit is not None else None, tile=config.tile,
+                     symmetry=config.symmetry, symmetry_weight=config.symmetry_weight,
+                     palette=palette_from_config(config, config.steps))
 
 
 def _decoder(vqgan, compute_vqgan, config: DictConfig, size: tuple[int, int]):

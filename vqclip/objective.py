@@ -10,6 +10,8 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
+from .controls.palette import Palette
+from .controls.symmetry import mirror_difference
 from .cutouts import make_cutouts
 from .errors import UserError
 from .outputs import load_image
@@ -30,10 +32,14 @@ class Objective:
                  cutn: int, cut_pow: float, cut_mode: str, noise_fac: float, augment=None,
                  generator: torch.Generator | None = None, anchor: torch.Tensor | None = None,
                  anchor_weight: float = 0.0, anchor_decay: float = 0.0, tv_weight: float = 0.0,
-                 region: torch.Tensor | None = None, keep=None):
+                 region: torch.Tensor | None = None, keep=None, tile: bool = False, symmetry: str = "none",
+                 symmetry_weight: float = 0.0, palette: Palette | None = None):
         self.clip, self.timeline = clip, timeline
         self.cut = dict(cutn=cutn, cut_pow=cut_pow, mode=cut_mode, noise_fac=noise_fac, augment=augment,
-                        generator=generator, region=region)
+                        generator=generator, region=region, wrap=tile)
+        self.tile = tile  # the picture wraps around: its edges are neighbours (vqclip.controls.tiling)
+        self.symmetry, self.symmetry_weight = symmetry, symmetry_weight
+        self.palette = palette.to(self._device) if palette is not None else None
         self.keep = keep  # image → the pull of a mask's kept pixels toward the start (vqclip.mask.Edit.keep_loss)
         self.anchor, self.anchor_weight, self.anchor_decay = anchor, anchor_weight, anchor_decay
         self.tv_weight = tv_weight
@@ -84,9 +90,11 @@ class Objective:
                 loss = sum(targets[index](per_candidate[:, b]) for b in range(batch))
                 terms[f"{label}{name}"] = terms.get(f"{label}{name}", 0) + member.weight * loss
         if self.tv_weight:  # total variation: favours flat regions over the high-frequency patterns CLIP likes
-            dx = (image[..., :, 1:] - image[..., :, :-1]).abs().mean((1, 2, 3))
-            dy = (image[..., 1:, :] - image[..., :-1, :]).abs().mean((1, 2, 3))
-            terms["smoothness"] = self.tv_weight * (dx + dy).sum()
+            terms["smoothness"] = self.tv_weight * total_variation(image, self.tile).sum()
+        if self.symmetry != "none" and self.symmetry_weight:
+            terms["symmetry"] = self.symmetry_weight * mirror_difference(image, self.symmetry).sum()
+        if self.palette is not None and self.palette.weight:
+            terms["palette"] = self.palette.loss(image, step)
         if self.keep is not None:
             terms["keep"] = self.keep(image)
         if self.anchor is not None and self.anchor_weight:
@@ -101,3 +109,11 @@ class Objective:
         targets = [(prompt[0].weight, [member_prompt.embedding for member_prompt in prompt])
                    for _, prompt in self.text_prompts(step) + self.fixed]
         return clip_scores(self.clip, images, targets).tolist()
+
+
+def total_variation(image: torch.Tensor, wrap: bool = False) -> torch.Tensor:
+    """The mean absolute step between neighbouring pixels, per image; with `wrap`, across the edges too."""
+    if wrap:
+        return ((image - image.roll(1, -1)).abs().mean((1, 2, 3)) + (image - image.roll(1, -2)).abs().mean((1, 2, 3)))
+    return ((image[..., :, 1:] - image[..., :, :-1]).abs().mean((1, 2, 3))
+            + (image[..., 1:, :] - image[..., :-1, :]).abs().mean((1, 2, 3)))

@@ -201,7 +201,7 @@ _PIL_ERRORS = (OSError, SyntaxError, ValueError, EOFError,
                Image.DecompressionBombError, Image.DecompressionBombWarning)
 
 
-def _to_pil(image: Any) -> Image.Image:
+def to_pil(image: Any) -> Image.Image:
     if isinstance(image, Image.Image):
         return image
     if isinstance(image, np.ndarray):
@@ -231,7 +231,7 @@ def save_png(path: str | os.PathLike, image: Any, metadata: dict) -> None:
     the 256 levels), a uint8 numpy array H×W×C, or a PIL image. iTXt is always UTF-8, so
     prompts in any script survive; other tools show it as a text field named 'vqclip'.
     """
-    pil = _to_pil(image)
+    pil = to_pil(image)
     if pil.mode not in ("1", "L", "LA", "P", "RGB", "RGBA", "I", "I;16"):  # modes PNG cannot hold
         pil = pil.convert("RGB")
     info = PngImagePlugin.PngInfo()
@@ -259,7 +259,7 @@ def save_image(path: str | os.PathLike, image: Any, metadata: dict) -> None:
         return
     comment = f"{METADATA_KEY} {_json_line(metadata)}".encode()
     with atomic_open(path, "wb") as f:
-        _to_pil(image).convert("RGB").save(f, format="JPEG", quality=95, comment=comment)
+        to_pil(image).convert("RGB").save(f, format="JPEG", quality=95, comment=comment)
 
 
 def read_metadata(path: str | os.PathLike) -> dict:

@@ -112,6 +112,8 @@ def _config_paths(config: DictConfig, starting: bool) -> list[NamedPath]:
     paths = [*_init_paths(config, starting)]
     if config.mask.image:  # a restyle may give a mask video or a folder of mask frames
         paths.append(NamedPath("mask.image", str(config.mask.image), "file or folder"))
+    if config.palette.image:
+        paths.append(NamedPath("palette.image", str(config.palette.image)))
     paths += [NamedPath(f"image_prompts[{index}]", parse_image_prompt(text).text)
               for index, text in enumerate(config.image_prompts)]
     if isinstance(config.augmentations, str):

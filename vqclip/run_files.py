@@ -16,6 +16,9 @@ from omegaconf import DictConfig
 
 from . import outputs
 from .config import to_dict, to_yaml
+from .controls.palette import Palette, palette_share, quantized
+from .controls.symmetry import mirror_difference
+from .controls.tiling import seam_ratio, tiled
 from .optimize import Step
 from .rng import rng_state
 
@@ -94,18 +97,45 @@ class RunWriter:
         order = sorted(range(len(scores)), key=lambda i: -scores[i])
         images, z, scores = images[order], z[order], [scores[i] for i in order]
         self.save_state(z, steps_done)
-        metadata = self.metadata(steps_done)
+        metadata = {**self.metadata(steps_done), **form_figures(self.config, images[0], objective.palette)}
         final = self.run_dir / "final.png"
-        outputs.save_png(final, images[0], {**metadata, "score": scores[0]})
+        self.save_final(final, images[0], {**metadata, "score": scores[0]}, objective.palette)
         if len(order) > 1:
             for rank, (image, score) in enumerate(zip(images, scores)):
-                outputs.save_png(self.run_dir / f"candidate-{rank}.png", image, {**metadata, "score": score})
+                self.save_final(self.run_dir / f"candidate-{rank}.png", image, {**metadata, "score": score},
+                                objective.palette)
         if self.config.output:
-            outputs.save_image(self.config.output, images[0], {**metadata, "score": scores[0]})
+            self.save_final(Path(self.config.output), images[0], {**metadata, "score": scores[0]}, objective.palette)
         return GenerationResult(images=images.cpu(), z=z.cpu(), scores=scores, losses=self.history,
                                 config=to_dict(self.config), run_dir=self.run_dir,
                                 final_path=Path(self.config.output) if self.config.output else final,
                                 steps_done=steps_done)
+
+
+    def save_final(self, path: Path, image: torch.Tensor, metadata: dict, palette: Palette | None) -> None:
+        """A finished image as its settings ask: indexed to the palette, and with its 3 × 3 tiling
+        beside it (PATH-3x3.png) for a tile."""
+        def picture(image: torch.Tensor):
+            if palette is not None and self.config.palette.quantize:
+                return quantized(image, palette.colours, self.config.palette.dither)
+            return image
+
+        outputs.save_image(path, picture(image), metadata)
+        if self.config.tile:
+            outputs.save_image(path.with_name(f"{path.stem}-3x3{path.suffix}"), picture(tiled(image)), metadata)
+
+
+def form_figures(config: DictConfig, image: torch.Tensor, palette: Palette | None) -> dict:
+    """How well the image keeps the form asked of it (written with it): the seam of a tile, the
+    mirror difference, the share of pixels of the palette's colours (before indexing)."""
+    figures = {}
+    if config.tile:
+        figures["seam_ratio"] = round(seam_ratio(image), 4)
+    if config.symmetry != "none":
+        figures["mirror_difference"] = round(float(mirror_difference(image[None].float(), config.symmetry)[0]), 5)
+    if palette is not None:
+        figures["palette_share"] = round(palette_share(image[None], palette.colours), 4)
+    return figures
 
 
 def _strip(images: torch.Tensor) -> torch.Tensor:

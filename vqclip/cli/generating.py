@@ -25,6 +25,15 @@ def generate_parser() -> Parser:
     parser.add_argument("--image-prompt", action="append", default=[], help="PATH[:weight], repeatable")
     parser.add_argument("--noise-prompt", action="append", default=[], help="SEED[:weight], repeatable")
     parser.add_argument("--batch", type=int, help="candidates optimised together; the best is final.png")
+    parser.add_argument("--tile", action="store_true", help="a seamless tile (tile=true); final-3x3.png shows it "
+                        "repeated")
+    parser.add_argument("--symmetry", help="mirror the picture: horizontal (left = right) | vertical (top = bottom) "
+                        "| both (symmetry_weight sets the pull)")
+    parser.add_argument("--palette", dest="palette_colours", metavar="COLOURS", type=lambda text: text.split(","),
+                        help="draw with these hex colours, comma-separated: '#264653,#e9c46a,#e76f51' "
+                        "(palette.quantize=true writes an indexed PNG)")
+    parser.add_argument("--palette-from", metavar="IMAGE", help="draw with the colours of this picture "
+                        "(palette.size of them, by k-means)")
     return parser
 
 
@@ -42,7 +51,8 @@ def generate_command(argv: list[str]) -> int:
         "output": args.output, "batch": args.batch, "run_dir": args.run_dir, "quiet": args.quiet or None,
         "threads": args.threads, "image_prompt": args.image_prompt or None, "noise_prompt": args.noise_prompt or None,
         "init_image": args.init_image, "mask": args.mask, "mask_box": args.mask_box,
-        "mask_invert": args.mask_invert or None, "outpaint": args.outpaint})
+        "mask_invert": args.mask_invert or None, "outpaint": args.outpaint, "tile": args.tile or None,
+        "symmetry": args.symmetry, "palette_colours": args.palette_colours, "palette_from": args.palette_from})
     result = generate_from_cli(preset=args.preset, overrides=overrides, dotlist=dotlist,
                                from_image=args.base, resume_dir=args.resume_dir)
     print(result.final_path)

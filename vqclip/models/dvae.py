@@ -61,15 +61,26 @@ def unmap_pixels(x: torch.Tensor) -> torch.Tensor:
 
 # -- the networks (the package's layout and parameter names) -----------------------------------------
 class Conv2d(nn.Module):
-    """A same-padded convolution whose parameters are called `w` and `b`, as the package's."""
+    """A same-padded convolution whose parameters are called `w` and `b`, as the package's.
+
+    `padding_mode` is nn.Conv2d's: "zeros", or "circular" for seamless tiles (vqclip.controls.tiling).
+    """
+
+    padding_mode = "zeros"
 
     def __init__(self, n_in: int, n_out: int, kw: int):
         super().__init__()
         self.w = nn.Parameter(torch.randn(n_out, n_in, kw, kw) / math.sqrt(n_in * kw * kw))
         self.b = nn.Parameter(torch.zeros(n_out))
 
+    @property
+    def padding(self) -> int:
+        return (self.w.shape[-1] - 1) // 2
+
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return F.conv2d(x, self.w, self.b, padding=(self.w.shape[-1] - 1) // 2)
+        if self.padding_mode == "zeros":
+            return F.conv2d(x, self.w, self.b, padding=self.padding)
+        return F.conv2d(F.pad(x, (self.padding,) * 4, mode=self.padding_mode), self.w, self.b)
 
 
 class Block(nn.Module):

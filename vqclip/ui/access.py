@@ -28,7 +28,7 @@ from ..errors import UserError, unknown_choice
 WRITE_KEYS = ("run_dir", "outputs_root", "output")  # where runs are written: the server decides
 # Keys whose value is always a path; paths_read_by adds those that hold a registry name or a path.
 ALWAYS_PATHS = ("vqgan.config", "vqgan.checkpoint", "vqgan.encoder", "init.image", "init.latent", "init.tokens",
-                "mask.image")
+                "mask.image", "palette.image")
 
 
 # -- logins -------------------------------------------------------------------------------------

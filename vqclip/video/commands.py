@@ -49,6 +49,9 @@ class VideoResult:
 def check_video_config(config: DictConfig) -> None:
     """Everything about the video settings that can be wrong, before any work is done."""
     video = config.video
+    if config.tile:
+        raise UserError("tile=true makes single pictures that wrap around (vqclip PROMPT --tile); videos are "
+                        "not tiles: leave it out")
     if video.frames <= 0:
         raise UserError(f"--frames must be at least 1, not {video.frames}")
     if not 0 < video.fps < float("inf"):

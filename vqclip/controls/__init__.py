@@ -1,0 +1,3 @@
+"""The artist's controls over a picture's form: seamless tiles (tiling.py), limited palettes and
+indexed PNGs (palette.py), mirror symmetry (symmetry.py). Each is a config key group that the
+objective, the decoder and the written files read; none runs at import."""
