@@ -206,6 +206,18 @@ def _generation_config(preset, overrides, dotlist, from_image=None, resume_dir=N
     return SimpleNamespace(final_path=Path("run/final.png"), run_dir=Path("run"), output=Path("run/video.mp4"))
 
 
+def _fake_sweep(config, out, seeds, keep, models=None):
+    from PIL import Image
+
+    from vqclip.batch.seed_sweep import SeedRun, SweepResult, halving_rounds
+
+    rounds = halving_rounds(seeds, keep, int(config.steps))
+    runs = [SeedRun(seed, 0.0, rounds[-1].steps, Path(out) / f"seed-{seed}") for seed in range(seeds)]
+    runs[0].run_dir.mkdir(parents=True)  # in the test's folder: -o copies the best picture
+    Image.new("RGB", (8, 8)).save(runs[0].run_dir / "final.png")
+    return SweepResult(runs, keep, Path(out))
+
+
 def _fake_video(kind, inputs, config, models=None, **options):
     from vqclip.video.commands import check_video_config
 
@@ -246,6 +258,7 @@ def _fake_check_models(preset, overrides):
 def offline_cli(monkeypatch, tmp_path):
     """vqclip.cli.main with every job replaced by a fake that checks its settings and returns."""
     import vqclip.batch
+    import vqclip.batch.seed_sweep
     import vqclip.bench.concurrent
     import vqclip.bench.step
     import vqclip.bench.time_to_image
@@ -273,6 +286,7 @@ def offline_cli(monkeypatch, tmp_path):
         # a command naming --device cuda parses on a machine without one
         (vqclip.machine.device, "pick_device"): lambda name: "cpu" if name == "auto" else name,
         (vqclip.video.commands, "make_video"): _fake_video,
+        (vqclip.batch.seed_sweep, "sweep"): _fake_sweep,
         (vqclip.video.commands, "resume"): lambda run_dir, overrides=None, models=None: SimpleNamespace(output=run_dir),
         (vqclip.prior.commands, "sample_job"): _fake_sample_job,
         (vqclip.shapes.evaluate, "evaluate"): _fake_evaluate,

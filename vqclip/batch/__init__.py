@@ -11,7 +11,7 @@ if __name__ == "__main__":  # workers=2 starts processes that import this script
 ```
 """
 
-from . import generate_kind, prior_kind, video_kind  # noqa: F401 - the built-in kinds register themselves
+from . import generate_kind, prior_kind, seed_sweep, video_kind  # noqa: F401 - the built-in kinds register themselves
 from .kinds import JobOutput, ModelCache, register_kind
 from .runner import JobResult, run
 from .spec import Job, jobs_from, parse_batch, read_batch_file

@@ -1,4 +1,4 @@
-"""The commands that make images: `vqclip PROMPT...` (generate), `vqclip batch`, `vqclip prior sample`."""
+"""The commands that make images: `vqclip PROMPT...` (generate), `vqclip sweep`, `vqclip batch`, `vqclip prior sample`."""
 
 from __future__ import annotations
 
@@ -116,6 +116,40 @@ def batch_command(argv: list[str]) -> int:
     if failed:
         print(f"vqclip: {failed} of {len(jobs)} jobs failed (see {Path(args.out) / 'summary.jsonl'})", file=sys.stderr)
     return 1 if failed else 0
+
+
+@command("sweep")
+def sweep_command(argv: list[str]) -> int:
+    parser = Parser(prog="vqclip sweep", description="Run many seeds of one prompt a few steps each and give the "
+                    "best ones the rest (successive halving): as many steps in all as --keep plain runs. OUT gets a "
+                    "run folder per seed, summary.jsonl and contact_sheet.png.")
+    parser.add_argument("prompts", nargs="*", help='text prompts, "text[:weight[:stop]]"; key=value overrides')
+    parser.add_argument("--keep", type=int, required=True, help="runs that go to the end (below --seeds)")
+    flags.add(parser, "preset", "steps", "seed", "threads", "quiet", size=flags.IMAGE_SIZE,
+              seeds={"required": True, "default": None, "help": "seeds to start (from --seed, else 0, on)"},
+              out={"required": True, "help": "the sweep's folder (the same folder and settings continue a sweep)"},
+              output={"help": "also write the best image here"})
+    args = parser.parse_intermixed_args(argv)
+
+    from ..batch.seed_sweep import sweep
+    from ..config import build_config, overrides_from_flags
+    from ..machine.threads import run_threads
+    from ..outputs import load_image, read_metadata, save_image
+
+    prompts, dotlist = split_overrides(args.prompts)
+    config = build_config(args.preset or "default", overrides_from_flags({
+        "prompts": prompts or None, "steps": args.steps, "size": args.size, "seed": args.seed,
+        "threads": args.threads, "quiet": args.quiet or None}), dotlist)
+    with run_threads(config.threads, quiet=config.quiet):
+        result = sweep(config, args.out, args.seeds, args.keep)
+    for rank, run in enumerate(result.runs[:result.kept]):
+        print(f"{rank + 1}. seed {run.seed}: score {run.score:.4f} after {run.steps} steps  {run.run_dir / 'final.png'}")
+    if args.output:
+        best = result.best.run_dir / "final.png"
+        save_image(args.output, load_image(best, what="best image")[0], read_metadata(best))
+        print(args.output)
+    print(Path(args.out) / "contact_sheet.png")
+    return 0
 
 
 MOVED = {"train": "vqclip train prior DATA --vqgan VQGAN --out DIR (it encodes the images and trains)",
