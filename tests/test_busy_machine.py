@@ -23,6 +23,7 @@ from test_train import shapes_folder  # noqa: F401 (a fixture)
 
 from vqclip.bench.concurrent import write_random_real_vqgan
 from vqclip.machine import threads
+from vqclip.outputs import read_jsonl
 
 
 @contextlib.contextmanager
@@ -67,6 +68,23 @@ def test_a_shapes_run(tmp_path):
         "--run-dir", folder))
     assert np.array_equal(pixels(alone / "final.png"), pixels(busy / "final.png"))
     assert "threads: " + str(threads.usable_cores()) in (busy / "config.yaml").read_text()
+
+
+def test_a_sweep_of_tiles_with_a_palette_and_symmetry(tmp_path):
+    """The controls of issue 32 (wrapped cutouts, circular padding, the mirror and palette losses,
+    an indexed PNG) and a sweep's resumed rounds."""
+    alone, busy = alone_and_busy(tmp_path, lambda folder: vqclip(
+        "sweep", "a red circle on a blue background", "--preset", "shapes", "--seed", "3", "--steps", "6",
+        "--seeds", "3", "--keep", "1", "--quiet", "--out", folder, "tile=true", "symmetry=both",
+        "palette.colours=['#dc1e1e', '#1e46dc']", "palette.quantize=true", "palette.dither=true"))
+    def ranked(folder: Path) -> list[dict]:  # every round's scores and choices; the seconds differ, of course
+        return [{key: value for key, value in record.items() if key != "seconds"}
+                for record in read_jsonl(folder / "rounds.jsonl")]
+
+    assert ranked(alone) == ranked(busy) and len(ranked(alone)) == 6
+    for seed in (3, 4, 5):
+        assert np.array_equal(pixels(alone / f"seed-{seed}" / "final-3x3.png"),
+                              pixels(busy / f"seed-{seed}" / "final-3x3.png"))
 
 
 def test_a_run_of_the_real_architectures(tmp_path):

@@ -59,6 +59,19 @@ def test_an_interrupt_without_a_message_still_says_something(capsys, monkeypatch
     assert capsys.readouterr().err.strip() == "vqclip: interrupted"
 
 
+def test_a_reader_that_stops_reading_is_no_error(tmp_path):
+    """`vqclip presets show default | head -1`: the rest of the output meets a pipe nobody reads."""
+    read_end, write_end = os.pipe()
+    os.close(read_end)  # as `head` does once it has its line
+    try:
+        done = subprocess.run([sys.executable, "-m", "vqclip", "presets", "show", "default"], stdout=write_end,
+                              stderr=subprocess.PIPE, text=True)
+    finally:
+        os.close(write_end)
+    assert "Traceback" not in done.stderr and "BrokenPipe" not in done.stderr, done.stderr
+    assert done.returncode == 141
+
+
 def test_a_torchvision_built_for_another_torch_is_one_line(tmp_path):
     """What a CPU torch beside PyPI's CUDA torchvision does at import (`operator torchvision::nms does not
     exist`), made here by a torchvision package of our own that fails the same way: one line naming both

@@ -1,4 +1,5 @@
-"""What the optimisation minimises: CLIP prompt losses over cutouts, plus the optional init anchor.
+"""What the optimisation minimises: CLIP prompt losses over cutouts, plus the optional terms on the
+picture (smoothness, mirror symmetry, a palette, a mask's kept pixels) and the init anchor.
 
 Text targets are embedded once per CLIP model and text (a timeline only embeds what is new);
 image and noise prompts once at the start. Each candidate of a batch has its own cutouts and its

@@ -59,6 +59,11 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt as exc:  # Interrupted says where the state is and how to continue
         print(f"vqclip: {str(exc) or 'interrupted'}", file=sys.stderr)
         return 130
+    except BrokenPipeError:  # `vqclip info final.png | head`: the reader has stopped reading, which is no error
+        import os
+
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())  # so that the exit's flush is quiet too
+        return 141  # what a shell reports for a command stopped by SIGPIPE
     except (ImportError, RuntimeError, OSError) as exc:
         broken = broken_install(exc)
         if broken is None:
