@@ -218,6 +218,17 @@ def _fake_sweep(config, out, seeds, keep, models=None):
     return SweepResult(runs, keep, Path(out))
 
 
+def _fake_upscale_overrides(image, scale, prompts):
+    """upscale_overrides without reading the picture (the docs name pictures the test folder lacks)."""
+    from vqclip.controls.upscale import SCALES
+    from vqclip.errors import UserError
+
+    if scale not in SCALES:
+        raise UserError(f"--scale {scale}")
+    return {"size": [128, 128], "init": {"mode": "image", "image": str(image)},
+            **({"prompts": list(prompts)} if prompts else {"image_prompts": [str(image)]})}
+
+
 def _fake_video(kind, inputs, config, models=None, **options):
     from vqclip.video.commands import check_video_config
 
@@ -264,6 +275,7 @@ def offline_cli(monkeypatch, tmp_path):
     import vqclip.bench.time_to_image
     import vqclip.cli
     import vqclip.cli.inspection
+    import vqclip.controls.upscale
     import vqclip.digits.evaluate
     import vqclip.emoji.evaluate
     import vqclip.generation
@@ -287,6 +299,8 @@ def offline_cli(monkeypatch, tmp_path):
         (vqclip.machine.device, "pick_device"): lambda name: "cpu" if name == "auto" else name,
         (vqclip.video.commands, "make_video"): _fake_video,
         (vqclip.batch.seed_sweep, "sweep"): _fake_sweep,
+        (vqclip.controls.upscale, "upscale_overrides"): _fake_upscale_overrides,
+        (vqclip.generation, "run"): lambda config, **kwargs: SimpleNamespace(final_path=Path("run/final.png")),
         (vqclip.video.commands, "resume"): lambda run_dir, overrides=None, models=None: SimpleNamespace(output=run_dir),
         (vqclip.prior.commands, "sample_job"): _fake_sample_job,
         (vqclip.shapes.evaluate, "evaluate"): _fake_evaluate,

@@ -185,6 +185,10 @@ COMMAND_RUNS = {
                         "--steps", "1"],
     "models check": lambda d: ["models", "check", "-p", "shapes"],
     "digits eval": lambda d: ["digits", "eval", "--digits", "3", "--out", d / "eval", "steps=1"],
+    "sweep": lambda d: ["sweep", "a red circle", "-p", "shapes", "--seeds", "2", "--keep", "1", "--steps", "3",
+                        "--out", d / "sweep", "--quiet", "cutn=2"],
+    "upscale": lambda d: ["upscale", d / "images" / "0.png", "--scale", "2", "-p", "shapes", "--steps", "1",
+                          "--run-dir", d / "upscale", "--quiet", "cutn=2"],
 }
 
 

@@ -31,7 +31,14 @@ from .mask import Edit, plan_edit
 from .objective import Objective
 from .optimize import NumericalError, Step, make_optimizer, make_scheduler, optimize
 from .paths import check_paths
-from .prompts import PromptTimeline, parse_prompts, split_story, timeline_from_schedule, timeline_from_story
+from .prompts import (
+    PromptTimeline,
+    parse_image_prompt,
+    parse_prompts,
+    split_story,
+    timeline_from_schedule,
+    timeline_from_story,
+)
 from .rng import restore_rng, seed_everything
 from .run_files import GenerationResult, RunWriter
 from .start import check_size, initial_z
@@ -492,4 +499,6 @@ def _title(config: DictConfig) -> str:
         return config.prompts[0]
     if config.schedule:
         return str(next(iter(config.schedule.values())))
+    if config.image_prompts:  # an upscale without a prompt, say: named after its picture
+        return Path(parse_image_prompt(config.image_prompts[0]).text).stem
     return "untitled"

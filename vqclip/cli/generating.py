@@ -1,4 +1,5 @@
-"""The commands that make images: `vqclip PROMPT...` (generate), `vqclip sweep`, `vqclip batch`, `vqclip prior sample`."""
+"""The commands that make images: `vqclip PROMPT...` (generate), `vqclip upscale`, `vqclip sweep`,
+`vqclip batch`, `vqclip prior sample`."""
 
 from __future__ import annotations
 
@@ -116,6 +117,31 @@ def batch_command(argv: list[str]) -> int:
     if failed:
         print(f"vqclip: {failed} of {len(jobs)} jobs failed (see {Path(args.out) / 'summary.jsonl'})", file=sys.stderr)
     return 1 if failed else 0
+
+
+@command("upscale")
+def upscale_command(argv: list[str]) -> int:
+    parser = Parser(prog="vqclip upscale", description="Enlarge a picture 2 or 4 times and refine it with CLIP "
+                    "toward a prompt (or, without one, toward the picture itself). A run like any other: it "
+                    "writes a run folder, and --resume and --from work.")
+    parser.add_argument("image", help="the picture to enlarge")
+    parser.add_argument("prompts", nargs="*", help='text prompts, "text[:weight[:stop]]"; key=value overrides')
+    parser.add_argument("--scale", type=int, required=True, help="2 or 4")
+    flags.add(parser, "preset", "output", "steps", "seed", "run_dir", "threads", "quiet")
+    args = parser.parse_intermixed_args(argv)
+
+    from ..config import build_config, overrides_from_flags
+    from ..controls.upscale import merged, upscale_overrides
+    from ..generation import run
+
+    prompts, dotlist = split_overrides(args.prompts)
+    flags_given = overrides_from_flags({"steps": args.steps, "seed": args.seed, "output": args.output,
+                                        "run_dir": args.run_dir, "threads": args.threads, "quiet": args.quiet or None})
+    config = build_config(args.preset or "default", merged(upscale_overrides(args.image, args.scale, prompts),
+                                                           flags_given), dotlist)
+    result = run(config)
+    print(result.final_path)
+    return 0
 
 
 @command("sweep")
