@@ -111,7 +111,6 @@ class RunWriter:
                                 final_path=Path(self.config.output) if self.config.output else final,
                                 steps_done=steps_done)
 
-
     def save_final(self, path: Path, image: torch.Tensor, metadata: dict, palette: Palette | None) -> None:
         """A finished image as its settings ask: indexed to the palette, and with its 3 × 3 tiling
         beside it (PATH-3x3.png) for a tile."""
