@@ -9,7 +9,8 @@ from PIL import Image
 
 import vqclip
 from vqclip.cli import main
-from vqclip.controls.upscale import merged, upscale_overrides
+from vqclip.config import merge_settings as merged
+from vqclip.controls.upscale import upscale_overrides
 from vqclip.errors import UserError
 from vqclip.outputs import load_image, read_metadata
 from vqclip.shapes.judge import judge

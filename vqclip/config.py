@@ -244,6 +244,20 @@ def overrides_from_flags(flags: dict) -> dict:
     return overrides
 
 
+def merge_settings(base: dict, layer: dict, where: str = "settings", path: str = "") -> dict:
+    """base with layer's values on top; mappings merge key by key, anything else replaces."""
+    merged = dict(base)
+    for key, value in layer.items():
+        here = f"{path}.{key}" if path else key
+        if isinstance(value, dict) and isinstance(merged.get(key), dict):
+            merged[key] = merge_settings(merged[key], value, where, here)
+        elif isinstance(value, dict) and key in merged and merged[key] is not None:
+            raise UserError(f"{where}: {here} is set both as a value and as a group of settings")
+        else:
+            merged[key] = value
+    return merged
+
+
 def key_names() -> set[str]:
     """Every config key, dotted ("cutn", "init.weight", "video.zoom")."""
     def walk(node: DictConfig, prefix: str) -> set[str]:

@@ -24,8 +24,6 @@ from ..errors import UserError
 from .kinds import JobOutput, register_kind
 
 SUMMARY, SETTINGS, CONTACT_SHEET, ROUNDS = "summary.jsonl", "sweep.json", "contact_sheet.png", "rounds.jsonl"
-
-
 NOT_THE_SWEEP = ("quiet", "output", "run_dir", "outputs_root")  # where and how loudly: not what it makes
 
 

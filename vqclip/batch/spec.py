@@ -19,7 +19,7 @@ import itertools
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 
-from ..config import read_yaml
+from ..config import merge_settings, read_yaml
 from ..errors import UserError, closest, unknown_choice
 from ..outputs import slugify
 
@@ -87,7 +87,7 @@ def parse_batch(data, source: str = "batch") -> list[Job]:
     jobs = []
     for index, (origin, settings) in enumerate(entries):
         where = f"{source}: job {index} ({origin})"
-        job = make_job(index, _merge(defaults, settings, where), origin, where)
+        job = make_job(index, merge_settings(defaults, settings, where), origin, where)
         jobs.append(replace(job, swept=swept) if origin.startswith("grid") else job)
     return jobs
 
@@ -143,7 +143,7 @@ def _grid(grid, source: str) -> list[dict]:
     for parts in itertools.product(*axes):
         combined: dict = {}
         for part in parts:
-            combined = _merge(combined, part, f"{source}: grid")
+            combined = merge_settings(combined, part, f"{source}: grid")
         combinations.append(combined)
     return combinations
 
@@ -159,19 +159,5 @@ def _settings(entry, where: str) -> dict:
         parts = key.split(".")
         for part in reversed(parts[1:]):
             value = {part: value}
-        nested = _merge(nested, {parts[0]: value}, where)
+        nested = merge_settings(nested, {parts[0]: value}, where)
     return nested
-
-
-def _merge(base: dict, layer: dict, where: str, path: str = "") -> dict:
-    """base with layer's values on top; mappings merge key by key, anything else replaces."""
-    merged = dict(base)
-    for key, value in layer.items():
-        here = f"{path}.{key}" if path else key
-        if isinstance(value, dict) and isinstance(merged.get(key), dict):
-            merged[key] = _merge(merged[key], value, where, here)
-        elif isinstance(value, dict) and key in merged and merged[key] is not None:
-            raise UserError(f"{where}: {here} is set both as a value and as a group of settings")
-        else:
-            merged[key] = value
-    return merged

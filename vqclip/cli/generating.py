@@ -130,15 +130,15 @@ def upscale_command(argv: list[str]) -> int:
     flags.add(parser, "preset", "output", "steps", "seed", "run_dir", "threads", "quiet")
     args = parser.parse_intermixed_args(argv)
 
-    from ..config import build_config, overrides_from_flags
-    from ..controls.upscale import merged, upscale_overrides
+    from ..config import build_config, merge_settings, overrides_from_flags
+    from ..controls.upscale import upscale_overrides
     from ..generation import run
 
     prompts, dotlist = split_overrides(args.prompts)
     flags_given = overrides_from_flags({"steps": args.steps, "seed": args.seed, "output": args.output,
                                         "run_dir": args.run_dir, "threads": args.threads, "quiet": args.quiet or None})
-    config = build_config(args.preset or "default", merged(upscale_overrides(args.image, args.scale, prompts),
-                                                           flags_given), dotlist)
+    config = build_config(args.preset or "default",
+                          merge_settings(upscale_overrides(args.image, args.scale, prompts), flags_given), dotlist)
     result = run(config)
     print(result.final_path)
     return 0

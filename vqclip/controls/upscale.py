@@ -39,17 +39,10 @@ def upscale(image: str, prompt: str | list[str] | None = None, *, scale: int = 2
 
     Keyword arguments are config keys, as for `vqclip.generate`; returns its GenerationResult.
     """
-    from ..config import build_config
+    from ..config import build_config, merge_settings
     from ..generation import run
 
     prompts = [prompt] if isinstance(prompt, str) else list(prompt or [])
-    return run(build_config(preset, merged(upscale_overrides(image, scale, prompts), overrides)), models=models,
-               callback=callback)
-
-
-def merged(base: dict, more: dict) -> dict:
-    """`more` over `base`, group by group: init={"weight": 5} keeps the upscale's init.image."""
-    out = dict(base)
-    for key, value in more.items():
-        out[key] = merged(out[key], value) if isinstance(value, dict) and isinstance(out.get(key), dict) else value
-    return out
+    # group by group: init={"weight": 5} keeps the upscale's init.image
+    settings = merge_settings(upscale_overrides(image, scale, prompts), overrides, "arguments")
+    return run(build_config(preset, settings), models=models, callback=callback)
