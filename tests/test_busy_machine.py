@@ -87,6 +87,23 @@ def test_a_sweep_of_tiles_with_a_palette_and_symmetry(tmp_path):
                               pixels(busy / f"seed-{seed}" / "final-3x3.png"))
 
 
+def test_a_windowed_canvas_and_a_restyle_along_the_flow(tmp_path, write_clip):
+    """A canvas larger than its window (fused attention, frozen statistics) and OpenCV's flow."""
+    clip = write_clip(tmp_path / "clip.gif", 3)
+
+    def both(folder: Path) -> None:
+        vqclip("red circles on a blue background", "--preset", "shapes", "--size", "128", "128", "window=[64,64]",
+               "init.mode=random", "--seed", "3", "--steps", "6", "--quiet", "--run-dir", folder / "canvas")
+        vqclip("video", "restyle", clip, "a blue square", "-p", "shapes-zoom", "video.flow=true", "--seed", "3",
+               "video.first_frame_steps=2", "video.steps_per_frame=2", "cutn=4", "--quiet", "-o", folder / "out",
+               "--run-dir", folder / "video")
+
+    alone, busy = alone_and_busy(tmp_path, both)
+    assert np.array_equal(pixels(alone / "canvas" / "final.png"), pixels(busy / "canvas" / "final.png"))
+    for frame in range(3):
+        assert np.array_equal(pixels(alone / "out" / f"{frame:05d}.png"), pixels(busy / "out" / f"{frame:05d}.png"))
+
+
 def test_a_run_of_the_real_architectures(tmp_path):
     config, checkpoint = write_random_real_vqgan(tmp_path)
     alone, busy = alone_and_busy(tmp_path, lambda folder: vqclip(

@@ -273,6 +273,7 @@ def offline_cli(monkeypatch, tmp_path):
     import vqclip.bench.concurrent
     import vqclip.bench.step
     import vqclip.bench.time_to_image
+    import vqclip.bench.window_memory
     import vqclip.cli
     import vqclip.cli.inspection
     import vqclip.controls.upscale
@@ -327,6 +328,8 @@ def offline_cli(monkeypatch, tmp_path):
         (vqclip.batch, "run"): lambda *args, **kwargs: iter(()),
         (vqclip.bench.step, "bench"): lambda **kwargs: {},
         (vqclip.bench.step, "format_report"): lambda result: "",
+        (vqclip.bench.window_memory, "canvas_memory"): lambda *args, **kwargs: {},
+        (vqclip.bench.window_memory, "format_canvas"): lambda report: "",
         (vqclip.bench.concurrent, "concurrent"): lambda *args, **kwargs: {},
         (vqclip.bench.concurrent, "format_concurrent"): lambda result: "",
         (vqclip.bench.time_to_image, "time_to_image"): lambda *args, **kwargs: {},
@@ -553,7 +556,7 @@ def _comments(cls) -> dict[str, tuple[str, str]]:
 
 def schema_keys() -> list[tuple[str, list[SchemaKey]]]:
     """(group, keys) in the schema's order: the top level, vqgan, clip, init, relaxation, mask, palette,
-    video."""
+    hold, video."""
     from omegaconf import OmegaConf
 
     from vqclip import config as schema
@@ -580,6 +583,7 @@ def schema_keys() -> list[tuple[str, list[SchemaKey]]]:
             ("relaxation", keys(schema.RelaxationConfig, "relaxation.", defaults["relaxation"])),
             ("mask", keys(schema.MaskConfig, "mask.", defaults["mask"])),
             ("palette", keys(schema.PaletteConfig, "palette.", defaults["palette"])),
+            ("hold", keys(schema.HoldConfig, "hold.", defaults["hold"])),
             ("video", keys(schema.VideoConfig, "video.", defaults["video"]))]
 
 
@@ -642,7 +646,7 @@ def test_configuration_page_covers_every_key_the_cli_knows():
     from vqclip.config import key_names
 
     shown = {key.replace("[]", "") for key in documented_keys(CONFIGURATION.read_text(encoding="utf-8"))}
-    containers = {"vqgan", "clip", "init", "relaxation", "mask", "palette", "video"}
+    containers = {"vqgan", "clip", "init", "relaxation", "mask", "palette", "hold", "video"}
     assert key_names() - containers <= shown
 
 

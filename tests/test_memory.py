@@ -159,6 +159,7 @@ def test_out_of_memory_in_the_first_step_is_one_line_with_a_size_that_fits(tiny,
                           "and batch 1: "), err
     width, height = suggested_size(err)
     assert width == height and width % 2 == 0 and width < 128
+    assert f"or keep the size and improve it a window at a time: window=[{width},{height}]" in err
     assert run_folders(tmp_path / "outputs") == []  # no run folder for a run that made no step
     monkeypatch.undo()
     run = setup(str(tiny))

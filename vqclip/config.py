@@ -81,6 +81,15 @@ class MaskConfig:
 
 
 @dataclass
+class HoldConfig:
+    """Pixels pulled toward a picture (vqclip/controls/hold.py); a restyle with video.flow sets it per frame."""
+
+    image: Optional[str] = None  # the picture (resized to the run's size where it differs)
+    mask: Optional[str] = None  # greyscale: each pixel's share of the pull (white: all of it); null: every pixel
+    weight: float = 0.0  # weight · the mask-weighted mean squared difference; 0: off
+
+
+@dataclass
 class PaletteConfig:
     """A limited palette (vqclip/controls/palette.py, docs/palettes-and-symmetry.md); off while no colours are given."""
 
@@ -118,6 +127,10 @@ class VideoConfig:
     guided_steps: int = 0  # CLIP steps per in-between frame toward the blended keys; 0 = none
     # Restyle.
     blend: float = 0.3  # the previous styled frame's share in each frame's starting latent
+    # Optical flow (OpenCV: pip install 'vqclip[flow]'): each frame starts from the previous styled
+    # frame moved along the source's motion, and the pixels seen in both are held toward it
+    flow: bool = False
+    flow_weight: float = 10.0  # that hold's weight (hold.weight of each frame's run)
 
 
 @dataclass
@@ -136,6 +149,10 @@ class RunConfig:
     memory_budget_mb: Optional[float] = None  # for size=auto; null: the device's free memory now
     time_budget_s: Optional[float] = 300.0  # size=auto on a CPU: the whole run's predicted seconds; null: memory alone
     checkpoint_decoder: Optional[bool] = None  # recompute decoder activations in backward; null: from 512² px up
+    # A canvas larger than memory (docs/canvases.md): [width, height], each step decodes and judges one
+    # random window of the canvas, as the whole decode draws it; null: the whole canvas every step
+    window: Optional[list[int]] = None
+    window_refresh: int = 10  # steps between the whole decodes that renew the windows' GroupNorm statistics
     compile: bool = False  # torch.compile the decoder step (minutes to compile; pays off in long GPU runs)
     steps: int = 500
     seed: Optional[int] = None  # null: a random seed, recorded with the outputs
@@ -162,6 +179,7 @@ class RunConfig:
     symmetry: str = "none"  # none | horizontal (left mirrors right) | vertical (top mirrors bottom) | both
     symmetry_weight: float = 30.0  # the pull toward the mirror image: weight · mean |image − mirror|
     palette: PaletteConfig = field(default_factory=PaletteConfig)
+    hold: HoldConfig = field(default_factory=HoldConfig)
     # Optimisation.
     optimizer: str = "Adam"  # any torch.optim optimiser by name
     lr: float = 0.1
@@ -501,6 +519,25 @@ def _check_form(config: DictConfig) -> None:
     if not 0 <= config.symmetry_weight < float("inf"):
         raise UserError(f"symmetry_weight must be a finite number of 0 or more, not {config.symmetry_weight}")
     check_palette(config.palette)
+    if not 0 <= config.hold.weight < float("inf"):
+        raise UserError(f"hold.weight must be a finite number of 0 or more, not {config.hold.weight}")
+    if config.hold.weight and not config.hold.image:
+        raise UserError("hold.weight needs hold.image: the picture the pixels are held toward")
+    if config.window is not None:
+        _check_window(config)
+
+
+def _check_window(config: DictConfig) -> None:
+    if len(config.window) != 2 or min(config.window) <= 0:
+        raise UserError(f"window must be two positive whole numbers (width height), not {list(config.window)}")
+    if config.window_refresh < 1:
+        raise UserError(f"window_refresh must be at least 1, not {config.window_refresh}")
+    clash = next((what for what, on in (("tile=true", config.tile), ("symmetry", config.symmetry != "none"),
+                                        ("a mask", config.mask.image or config.mask.box),
+                                        ("--outpaint", config.mask.outpaint is not None)) if on), None)
+    if clash:
+        raise UserError(f"window= judges one part of the canvas at a time, and {clash} needs the whole picture "
+                        "each step: use one or the other")
 
 
 def _four(values, key: str, names: str) -> list:

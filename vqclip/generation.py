@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import contextlib
 import copy
+import dataclasses
 import json
 import logging
 import secrets
@@ -22,6 +23,7 @@ from omegaconf import DictConfig
 
 from . import loading, outputs
 from .config import build_config, read_yaml, to_dict
+from .controls.canvas import WindowedDecoder, check_window
 from .errors import UserError
 from .interrupt import Interrupted, stop_on_signals
 from .loading import Models
@@ -173,10 +175,12 @@ def _run(config: DictConfig, models: Models | None, callback, state: dict | None
         config.size, config.cutn = _auto_size(config, models, compute, timeline, dtype)
     size = (int(config.size[0]), int(config.size[1]))
     check_size(size, models.vqgan.factor)
+    window = check_window(config.window, size, models.vqgan.factor)
     edit = plan_edit(config, size, models.vqgan.factor, auto_size=auto_size)  # every check before a file is written
     size = edit.size if edit is not None else size
     generator = seed_everything(config.seed)
-    with _advice_on_out_of_memory(config, models, compute, timeline, dtype, size, "while making the initial latent"):
+    with _advice_on_out_of_memory(config, models, compute, timeline, dtype, size, "while making the initial latent"), \
+            _attending(config, models, compute):
         z, anchor, edit = _start(config, models, size, generator, timeline, edit, state)
     objective = _objective(config, compute.clip, timeline, generator, anchor, edit=edit)
     z = z.detach().clone().requires_grad_(True)
@@ -197,8 +201,12 @@ def _run(config: DictConfig, models: Models | None, callback, state: dict | None
     run_dir = outputs.prepare_run_dir(config.run_dir) if config.run_dir else \
         outputs.new_run_dir(config.outputs_root, _title(config))
     outputs.write_yaml(run_dir / "config.yaml", to_dict(config))
-    writer = RunWriter(run_dir, config, optimizer, scheduler, generator, anchor, start_step, edit=edit)
     vqgan = models.vqgan
+    decoder = _decoder(vqgan, compute.vqgan, config, size, window, generator)
+    if window and state is not None:
+        decoder.restore(state.get("window"), models.device)
+    writer = RunWriter(run_dir, config, optimizer, scheduler, generator, anchor, start_step, edit=edit,
+                       window=decoder if window else None)
 
     with stop_on_signals() as stop:
         def on_step(info: Step):
@@ -207,12 +215,14 @@ def _run(config: DictConfig, models: Models | None, callback, state: dict | None
                 writer.save_state(info.z, info.step)
                 raise Interrupted(f"stopped by signal {stop.signal} after step {info.step}; "
                                   f"continue with: vqclip --resume {run_dir}")
-            return callback(info) if callback is not None else None
+            if callback is None:
+                return None
+            return callback(dataclasses.replace(info, image=decoder.picture) if window else info)
 
         try:
-            with _removed_without_a_step(run_dir if created else None, writer), _seamless(config, models, compute), \
+            with _removed_without_a_step(run_dir if created else None, writer), _decoding(config, models, compute), \
                     _advice_on_out_of_memory(config, models, compute, timeline, dtype, size, "while optimising"):
-                steps_done = optimize(z, in_autocast(_decoder(vqgan, compute.vqgan, config, size), models.device, dtype),
+                steps_done = optimize(z, in_autocast(decoder, models.device, dtype),
                                       in_autocast(objective, models.device, dtype),
                                       steps=config.steps, optimizer=optimizer, scheduler=scheduler,
                                       z_min=vqgan.z_min, z_max=vqgan.z_max, start_step=start_step,
@@ -220,15 +230,26 @@ def _run(config: DictConfig, models: Models | None, callback, state: dict | None
         except NumericalError:
             writer.save_last_good()
             raise
-    with _seamless(config, models, compute):
+    with _decoding(config, models, compute):
         return writer.finish(z.detach(), vqgan, objective, steps_done)
 
 
-def _seamless(config: DictConfig, models: Models, compute: Models):
-    """tile=true: the decoders pad circularly while the run decodes (vqclip.controls.tiling)."""
+@contextlib.contextmanager
+def _decoding(config: DictConfig, models: Models, compute: Models):
+    """How the run's VQGANs decode: tile=true pads circularly (vqclip.controls.tiling), and see
+    `_attending`."""
     from .controls.tiling import circular_padding
 
-    return circular_padding(models.vqgan, compute.vqgan) if config.tile else contextlib.nullcontext()
+    with circular_padding(models.vqgan, compute.vqgan) if config.tile else contextlib.nullcontext(), \
+            _attending(config, models, compute):
+        yield
+
+
+def _attending(config: DictConfig, models: Models, compute: Models):
+    """A window's large canvas is encoded and decoded without the attention matrix (vqclip.controls.canvas)."""
+    from .controls.canvas import fused_attention
+
+    return fused_attention(models.vqgan, compute.vqgan) if config.window is not None else contextlib.nullcontext()
 
 
 def _start(config: DictConfig, models: Models, size: tuple[int, int], generator: torch.Generator, timeline,
@@ -305,6 +326,9 @@ def _out_of_memory_error(config: DictConfig, models: Models, compute: Models, ti
 
     what = (f"out of memory on {models.device} {doing} at size {size[0]}×{size[1]} with cutn {config.cutn} "
             f"and batch {config.batch_size}")
+    if config.window is not None and doing == "while optimising":  # the memory model predicts whole steps
+        return UserError(f"{what} and window {config.window[0]}×{config.window[1]}: try a smaller window, cutn or "
+                         "--batch")
     budget = _memory_budget(config, models.device)
     try:
         model = _memory_model(config, models, compute, timeline, dtype)(int(config.cutn))
@@ -315,14 +339,17 @@ def _out_of_memory_error(config: DictConfig, models: Models, compute: Models, ti
                          "or VQGAN")
     fits = largest_size_like(model, size, models.vqgan.factor, budget)
     available = f"the {budget / 2**20:.0f} MB available"
+    window_hint = f"; or keep the size and improve it a window at a time: window=[{fits[0]},{fits[1]}]" \
+        if fits is not None and config.window is None and doing == "while optimising" else ""
     if fits is None:
         return UserError(f"{what}: no smaller size of this shape fits {available}; try a smaller cutn or --batch")
     return UserError(f"{what}: {fits[0]}×{fits[1]} should fit {available} (--size {fits[0]} {fits[1]}, or "
-                     "size=auto), or try a smaller cutn or --batch")
+                     f"size=auto{window_hint}), or try a smaller cutn or --batch")
 
 
 def _objective(config: DictConfig, clip, timeline, generator: torch.Generator, anchor=None,
                cutn: int | None = None, edit: Edit | None = None) -> Objective:
+    from .controls.hold import hold_from_config
     from .controls.palette import palette_from_config
     from .cutouts import build_augmentations
 
@@ -334,13 +361,17 @@ def _objective(config: DictConfig, clip, timeline, generator: torch.Generator, a
                      region=edit.region if edit is not None and config.mask.cutouts == "inside" else None,
                      keep=edit.keep_loss if edit is not None else None, tile=config.tile,
                      symmetry=config.symmetry, symmetry_weight=config.symmetry_weight,
-                     palette=palette_from_config(config, config.steps))
+                     palette=palette_from_config(config, config.steps), hold=hold_from_config(config))
 
 
-def _decoder(vqgan, compute_vqgan, config: DictConfig, size: tuple[int, int]):
+def _decoder(vqgan, compute_vqgan, config: DictConfig, size: tuple[int, int], window: tuple[int, int] | None = None,
+             generator: torch.Generator | None = None):
     """(z, step) → image for the step: quantised (a dVAE: relaxed) by the fp32 model, decoded by the
-    compute copy."""
+    compute copy; with a window, the step's window (its `picture`: the latest whole decode)."""
     from .models.dvae import Relaxation
+
+    if window is not None:
+        return WindowedDecoder(compute_vqgan, window, config.window_refresh, generator, quantize=vqgan.quantize)
 
     checkpoint = config.checkpoint_decoder
     if checkpoint is None:  # auto: where the decoder's activations start to dominate memory

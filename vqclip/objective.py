@@ -34,7 +34,7 @@ class Objective:
                  generator: torch.Generator | None = None, anchor: torch.Tensor | None = None,
                  anchor_weight: float = 0.0, anchor_decay: float = 0.0, tv_weight: float = 0.0,
                  region: torch.Tensor | None = None, keep=None, tile: bool = False, symmetry: str = "none",
-                 symmetry_weight: float = 0.0, palette: Palette | None = None):
+                 symmetry_weight: float = 0.0, palette: Palette | None = None, hold=None):
         self.clip, self.timeline = clip, timeline
         self.cut = dict(cutn=cutn, cut_pow=cut_pow, mode=cut_mode, noise_fac=noise_fac, augment=augment,
                         generator=generator, region=region, wrap=tile)
@@ -42,6 +42,7 @@ class Objective:
         self.symmetry, self.symmetry_weight = symmetry, symmetry_weight
         self.palette = palette.to(self._device) if palette is not None else None
         self.keep = keep  # image → the pull of a mask's kept pixels toward the start (vqclip.mask.Edit.keep_loss)
+        self.hold = hold  # image → the pull toward hold.image (vqclip.controls.hold)
         self.anchor, self.anchor_weight, self.anchor_decay = anchor, anchor_weight, anchor_decay
         self.tv_weight = tv_weight
         self._text_cache: dict[tuple[int, str], torch.Tensor] = {}
@@ -98,6 +99,8 @@ class Objective:
             terms["palette"] = self.palette.loss(image, step)
         if self.keep is not None:
             terms["keep"] = self.keep(image)
+        if self.hold is not None:
+            terms["hold"] = self.hold(image)
         if self.anchor is not None and self.anchor_weight:
             weight = self.anchor_weight * (1 - self.anchor_decay) ** step
             terms["anchor"] = weight / 2 * F.mse_loss(z, self.anchor, reduction="none").mean((1, 2, 3)).sum()

@@ -114,6 +114,7 @@ def _config_paths(config: DictConfig, starting: bool) -> list[NamedPath]:
         paths.append(NamedPath("mask.image", str(config.mask.image), "file or folder"))
     if config.palette.image:
         paths.append(NamedPath("palette.image", str(config.palette.image)))
+    paths += [NamedPath(f"hold.{key}", str(config.hold[key])) for key in ("image", "mask") if config.hold[key]]
     paths += [NamedPath(f"image_prompts[{index}]", parse_image_prompt(text).text)
               for index, text in enumerate(config.image_prompts)]
     if isinstance(config.augmentations, str):

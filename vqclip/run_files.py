@@ -42,9 +42,10 @@ class RunWriter:
     """Everything a run leaves on disk: log.jsonl, progress/, state.pt, final.png (all atomic)."""
 
     def __init__(self, run_dir: Path, config: DictConfig, optimizer, scheduler, generator: torch.Generator,
-                 anchor: torch.Tensor | None, start_step: int = 0, edit=None):
+                 anchor: torch.Tensor | None, start_step: int = 0, edit=None, window=None):
         self.run_dir, self.config, self.generator, self.anchor = run_dir, config, generator, anchor
         self.edit = edit  # a masked edit (vqclip.mask.Edit): written images are its composites
+        self.window = window  # a windowed decoder (vqclip.controls.canvas): a step decodes one window
         self.optimizer, self.scheduler = optimizer, scheduler
         log = run_dir / "log.jsonl"
         # Resuming: keep the log of the steps the state holds; the later ones are done again.
@@ -62,11 +63,12 @@ class RunWriter:
         record = {"step": info.step, "loss": info.loss, "losses": info.losses, "lr": info.lr}
         self.history.append(record)
         outputs.append_jsonl(self.run_dir / "log.jsonl", record)
-        self.last_good = (info.step, info.z.clone(), info.image)  # z is updated in place by the next step
+        image = info.image if self.window is None else None  # decoded whole only when written
+        self.last_good = (info.step, info.z.clone(), image)  # z is updated in place by the next step
         every = self.config.save_every
         if every and info.step % every == 0:
-            outputs.save_png(self.run_dir / "progress" / f"{info.step:05d}.png", _strip(self.written(info.image)),
-                             self.metadata(info.step))
+            outputs.save_png(self.run_dir / "progress" / f"{info.step:05d}.png",
+                             _strip(self.written(self._whole(info.z, image))), self.metadata(info.step))
         every = self.config.checkpoint_every
         if every and info.step % every == 0:
             self.save_state(info.z, info.step)
@@ -77,7 +79,8 @@ class RunWriter:
             "scheduler": self.scheduler.state_dict() if self.scheduler is not None else None,
             "anchor": self.anchor.cpu() if self.anchor is not None else None,
             "rng": rng_state(self.generator), "config": to_yaml(self.config),
-            "mask_reference": self.edit.reference.cpu() if self.edit is not None else None})
+            "mask_reference": self.edit.reference.cpu() if self.edit is not None else None,
+            "window": self.window.state() if self.window is not None else None})
 
     def written(self, images: torch.Tensor) -> torch.Tensor:
         """Decoded images as they are written: a masked edit's kept region composited in."""
@@ -87,8 +90,14 @@ class RunWriter:
         """After a numerical fault: the image and latent of the last finite step."""
         if self.last_good is not None:
             step, z, image = self.last_good
-            outputs.save_png(self.run_dir / "final.png", self.written(image)[0], self.metadata(step))
+            outputs.save_png(self.run_dir / "final.png", self.written(self._whole(z, image))[0], self.metadata(step))
             self.save_state(z, step)
+
+    def _whole(self, z: torch.Tensor, image: torch.Tensor | None) -> torch.Tensor:
+        if image is not None:
+            return image
+        with torch.no_grad():
+            return self.window.whole(z).float()
 
     def finish(self, z: torch.Tensor, vqgan, objective: Objective, steps_done: int) -> GenerationResult:
         with torch.no_grad():

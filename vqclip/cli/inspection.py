@@ -155,10 +155,15 @@ def bench_command(argv: list[str]) -> int:
                         "time until all end with perfect sharing of the cores")
     parser.add_argument("--workload", default="shapes", help="--concurrent: shapes (the README's first command) "
                         "or real (imagenet_f16_16384 + ViT-B/32 at 128 px, random weights)")
+    parser.add_argument("--window", type=int, metavar="W", help="instead: the peak memory of a step on a --size "
+                        "canvas that decodes one W × W window, against a whole step at W (docs/canvases.md)")
     parser.add_argument("--time-to-image", type=int, metavar="N", help="instead: seconds until N prompts of the "
                         "shapes world reach the classic loop's score, from random codes and from the preset's start")
     args = parser.parse_args(argv)
     progress = None if args.json else (lambda line: print(line, file=sys.stderr, flush=True))
+    from ..config import RunConfig
+    from ..machine.threads import run_threads
+
     if args.time_to_image is not None:
         from ..bench.time_to_image import format_time_to_image, time_to_image
         from ..shapes.evaluate import default_prompts
@@ -167,6 +172,14 @@ def bench_command(argv: list[str]) -> int:
         prompts = [every[3 * colour + colour % 3] for colour in range(8)][:args.time_to_image]
         report = time_to_image(prompts, preset=args.preset, steps=args.steps or 500, progress=progress)
         print(json.dumps(report) if args.json else format_time_to_image(report))
+        return 0
+    if args.window is not None:
+        from ..bench.window_memory import canvas_memory, format_canvas
+
+        with run_threads():
+            report = canvas_memory(args.vqgan, args.clip, size=args.size, window=args.window,
+                                   cutn=args.cutn or RunConfig.cutn, device=args.device, progress=progress)
+        print(json.dumps(report) if args.json else format_canvas(report))
         return 0
     if args.concurrent is not None:
         from ..bench.concurrent import concurrent, format_concurrent
@@ -177,8 +190,6 @@ def bench_command(argv: list[str]) -> int:
         return 0
 
     from ..bench.step import bench, format_report
-    from ..config import RunConfig
-    from ..machine.threads import run_threads
 
     with run_threads():
         result = bench(vqgan=args.vqgan, clip=args.clip, size=args.size, cutn=args.cutn or RunConfig.cutn,

@@ -145,9 +145,10 @@ def chain_frames(job: VideoJob, models, metadata: dict, count: int, size: tuple[
         values = scheduled_values(config, schedules, frame)
         others = {key: value for key, value in values.items() if not key.startswith("video.")}
         steps = video.first_frame_steps if frame == 0 else values.get("video.steps_per_frame", video.steps_per_frame)
+        z0 = start(frame, previous, values)  # before frame_changes: a restyle's flow writes what they name
         changes = {**others, **frame_prompts(config, frame), **(frame_changes(frame) if frame_changes else {})}
-        z = optimise_frame(config, models, store.work_dir(frame), z0=start(frame, previous, values), steps=steps,
-                           seed=config.seed + frame, size=size, changes=changes)
+        z = optimise_frame(config, models, store.work_dir(frame), z0=z0, steps=steps, seed=config.seed + frame,
+                           size=size, changes=changes)
         previous = smooth(previous, z, values["video.smoothing"])
         picture = decode_latent(models.vqgan, previous)
         store.save(frame, previous, present(frame, picture) if present else picture, metadata)

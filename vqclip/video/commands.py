@@ -74,8 +74,8 @@ def check_inputs(kind: str, inputs: list[str], config: DictConfig) -> tuple[tupl
     check_paths(config, kind=kind, inputs=inputs)  # every file named, before anything is read or loaded
     if config.init.mode == "image":  # a file that is no picture fails here, not once frame 0 begins
         load_image(config.init.image, what="init image")
-    if kind != "restyle" and is_editing(config.mask):
-        raise UserError(f"a mask in a video is for restyle (the input's frames are what it keeps), not {kind}")
+    if kind != "restyle":
+        _check_not_restyle(kind, config)
     if kind == "animate":
         if inputs:
             raise UserError("animate takes prompts, not input files")
@@ -97,6 +97,14 @@ def check_inputs(kind: str, inputs: list[str], config: DictConfig) -> tuple[tupl
         return (width, height), fps
     sizes = [key.size for key in classify_keys(inputs) if key.size]
     return (sizes[0] if sizes else fixed_size(config)), None
+
+
+def _check_not_restyle(kind: str, config: DictConfig) -> None:
+    """What only a restyle can use: a mask (the input's frames are what it keeps), the flow."""
+    if config.video.flow:
+        raise UserError(f"video.flow follows an input video's motion: it is for restyle, not {kind}")
+    if is_editing(config.mask):
+        raise UserError(f"a mask in a video is for restyle (the input's frames are what it keeps), not {kind}")
 
 
 def fps_given(overrides: dict, dotlist: list[str] | None) -> bool:

@@ -5,6 +5,11 @@ carries the style over, which calms flicker), is pulled toward that start by the
 (`init.weight`, anchor z0: mostly the source frame's latent), and is optimised toward the prompts.
 `video.smoothing` adds an EMA of the styled latents on top.
 
+With `video.flow` (OpenCV, vqclip/video/flow.py) the previous styled frame is moved along the
+source's motion first: frame k starts from that warped picture where the flow sees a pixel in both
+frames and from source k elsewhere, and its run holds the pixels seen in both toward the warped
+picture (hold.weight = video.flow_weight). The video's metadata gets its flicker.
+
 With a mask (`mask.image`: one picture for every frame, or a mask video of the same length; or
 `mask.box`) only the masked region is restyled: each frame's run keeps the source frame's pixels
 elsewhere (vqclip/mask.py), and its kept cells start from the source frame alone.
@@ -23,12 +28,18 @@ from ..start import check_size
 from .animation import chain_frames
 from .frames import is_video_input, read_frames
 from .interpolation import lerp
-from .run_state import VideoJob, derive_config, encode_image
+from .run_state import VideoJob, decode_latent, derive_config, encode_image
 
 
 def check_restyle(config) -> None:
     if not 0 <= config.video.blend < 1:
         raise UserError(f"video.blend is the previous styled frame's share: keep it in [0, 1), not {config.video.blend}")
+    if not 0 <= config.video.flow_weight < float("inf"):
+        raise UserError(f"video.flow_weight must be a finite number of 0 or more, not {config.video.flow_weight}")
+    if config.video.flow:
+        from .flow import require_opencv
+
+        require_opencv()
 
 
 def mask_frames(config, count: int, size: tuple[int, int] | None = None) -> list[torch.Tensor] | None:
@@ -59,16 +70,21 @@ def restyle_frames(job: VideoJob, models, metadata: dict) -> list[torch.Tensor]:
     config, blend = job.config, job.config.video.blend
     masks = mask_frames(config, len(sources))
     masked = is_editing(config.mask)
+    flow = config.video.flow
     work = job.run_dir / "frames"
 
     def frame_changes(frame: int) -> dict:
-        """Frame k's run keeps the pixels of source k (init.image), under its own mask."""
+        """Frame k's run keeps the pixels of source k (init.image), under its own mask; with the
+        flow, it holds what `start` warped."""
         folder = work / f"{frame:05d}"
         outputs.save_png(folder / "source.png", sources[frame], {"frame": frame})
         changes = {"init.image": str(folder / "source.png")}
         if masks is not None:
             outputs.save_png(folder / "mask.png", masks[frame], {"frame": frame})
             changes.update({"mask.image": str(folder / "mask.png"), "mask.sha256": None})
+        if flow and frame > 0:
+            changes.update({"hold.image": str(folder / "warped.png"), "hold.mask": str(folder / "seen.png"),
+                            "hold.weight": config.video.flow_weight})
         return changes
 
     @functools.lru_cache(maxsize=2)
@@ -83,13 +99,34 @@ def restyle_frames(job: VideoJob, models, metadata: dict) -> list[torch.Tensor]:
         source = encode_image(models.vqgan, sources[frame], models.device)
         if previous is None:
             return source
-        styled = lerp(source, previous, blend)
+        if flow:
+            styled = encode_image(models.vqgan, flow_start(frame, previous), models.device)
+        else:
+            styled = lerp(source, previous, blend)
         region = edit(frame) if masked else None
         return styled if region is None else torch.where(region.cells.to(source.device), styled, source)
+
+    def flow_start(frame: int, previous: torch.Tensor) -> torch.Tensor:
+        """The previous styled frame moved along the source's motion where both frames see a pixel,
+        source k elsewhere; the warped picture and the seen pixels go beside the frame for its hold."""
+        from .flow import motion, warp
+
+        back, seen = motion(sources[frame], sources[frame - 1])
+        warped = warp(decode_latent(models.vqgan, previous).cpu(), back).clamp(0, 1)
+        folder = work / f"{frame:05d}"
+        outputs.save_png(folder / "warped.png", warped, {"frame": frame})
+        outputs.save_png(folder / "seen.png", seen.expand(3, -1, -1), {"frame": frame})
+        source = sources[frame].float().cpu()
+        return source + (warped - source) * seen * blend
 
     def present(frame: int, picture: torch.Tensor) -> torch.Tensor:
         region = edit(frame)
         return picture if region is None else region.composite(picture[None].cpu())[0]
 
-    return chain_frames(job, models, metadata, len(sources), (width, height), start,
-                        frame_changes if masked else None, present if masked else None)
+    frames = chain_frames(job, models, metadata, len(sources), (width, height), start,
+                          frame_changes if masked or flow else None, present if masked else None)
+    if flow:
+        from .flow import flicker
+
+        metadata["flicker"] = round(flicker(frames, sources), 5)
+    return frames
