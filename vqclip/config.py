@@ -142,6 +142,9 @@ class RunConfig:
     noise_prompts: list[str] = field(default_factory=list)  # "seed:weight"
     story_every: Optional[int] = None  # story mode ("^"): steps per phrase; null: the steps split evenly
     schedule: dict[int, str] = field(default_factory=dict)  # {step: prompt}: a timeline in a preset
+    # {steps done: {prompts: "a | b:0.5", lr: 0.05}}: changes from that step on, as the web UI's live
+    # steering records them; --from and --resume make them again (vqclip/controls/steering.py)
+    steering: dict[int, Any] = field(default_factory=dict)
     # The image.
     # [width, height], multiples of the VQGAN factor; or auto: the largest square (and cutn) that fits
     # the memory budget, measured on the spot
@@ -333,12 +336,31 @@ def build_config(preset: str | None = "default", overrides: dict | None = None,
     if overrides:
         layers.append(("arguments", overrides))
     for source, layer in layers:
-        config = _merge(config, OmegaConf.create(layer), source)
+        config = _merge(config, OmegaConf.create(_step_keys(layer)), source)
     for item in dotlist or ():
         config = _merge(config, _parse_override(item), "command line")
     _refuse_interpolations(config)
     validate(config)
     return config
+
+
+def _step_keys(layer: dict) -> dict:
+    """The layer with the steps of its step-keyed groups (schedule, steering, video.timeline) as
+    numbers: a config read back from a PNG's JSON metadata has "12" where its YAML had 12."""
+    def numbered(steps: dict) -> dict:
+        return {int(key) if isinstance(key, str) and key.strip().isdigit() else key: value
+                for key, value in steps.items()}
+
+    if not isinstance(layer, dict):
+        return layer
+    layer = dict(layer)  # the caller's dict stays as it was
+    for key in ("schedule", "steering"):
+        if isinstance(layer.get(key), dict):
+            layer[key] = numbered(layer[key])
+    video = layer.get("video")
+    if isinstance(video, dict) and isinstance(video.get("timeline"), dict):
+        layer["video"] = {**video, "timeline": numbered(video["timeline"])}
+    return layer
 
 
 def apply_settings(settings, items: list[str], source: str = "settings"):
@@ -485,6 +507,10 @@ def _check_schedules(config: DictConfig) -> None:
             raise UserError(f"{key} must be 0 (off) or positive, not {config[key]}")
     if any(step < 0 for step in config.schedule):
         raise UserError("schedule steps must be 0 or more")
+    if config.steering:
+        from .controls.steering import check_steering
+
+        check_steering(config.steering)
 
 
 def _check_mask(config: DictConfig) -> None:

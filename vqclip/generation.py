@@ -24,6 +24,7 @@ from omegaconf import DictConfig
 from . import loading, outputs
 from .config import build_config, read_yaml, to_dict
 from .controls.canvas import WindowedDecoder, check_window
+from .controls.steering import check_change, lr_after
 from .errors import UserError
 from .interrupt import Interrupted, stop_on_signals
 from .loading import Models
@@ -49,6 +50,13 @@ log = logging.getLogger(__name__)
 
 
 def build_timeline(config: DictConfig) -> PromptTimeline | None:
+    """The prompts at each step: the schedule, a story or plain prompts, then the steering's changes."""
+    from .controls.steering import steered_timeline
+
+    return steered_timeline(_planned_timeline(config), config.steering)
+
+
+def _planned_timeline(config: DictConfig) -> PromptTimeline | None:
     if config.schedule:
         return timeline_from_schedule(dict(config.schedule))
     texts = [text for text in config.prompts if text.strip()]
@@ -149,8 +157,10 @@ def run(config: DictConfig, models: Models | None = None, callback=None,
         state: dict | None = None) -> GenerationResult:
     """Generate with a resolved config (from `state`, when resuming). Writes the run folder.
 
-    The caller's config is left as given; the one the run resolved (seed, size, threads) is in
-    the result and the run folder.
+    `callback(step info)` may return False to stop after that step, or a dict such as
+    {"prompts": "a | b:0.5", "lr": 0.05} to steer the run from its next step (recorded as
+    `steering`). The caller's config is left as given; the one the run resolved (seed, size,
+    threads, steering) is in the result and the run folder.
     """
     config = copy.deepcopy(config)
     with run_threads(config.threads, quiet=config.quiet) as plan:
@@ -208,16 +218,19 @@ def _run(config: DictConfig, models: Models | None, callback, state: dict | None
     writer = RunWriter(run_dir, config, optimizer, scheduler, generator, anchor, start_step, edit=edit,
                        window=decoder if window else None)
 
+    _set_lr(optimizer, lr_after(config.steering, start_step))  # resumed at a step the run was steered at
+
     with stop_on_signals() as stop:
         def on_step(info: Step):
+            shown = dataclasses.replace(info, image=decoder.picture) if window else info
+            answer = _steered(callback(shown) if callback else None, info.step, config, run_dir, objective)
+            _set_lr(optimizer, lr_after(config.steering, info.step))
             writer.on_step(info)
             if stop:
                 writer.save_state(info.z, info.step)
                 raise Interrupted(f"stopped by signal {stop.signal} after step {info.step}; "
                                   f"continue with: vqclip --resume {run_dir}")
-            if callback is None:
-                return None
-            return callback(dataclasses.replace(info, image=decoder.picture) if window else info)
+            return answer
 
         try:
             with _removed_without_a_step(run_dir if created else None, writer), _decoding(config, models, compute), \
@@ -232,6 +245,23 @@ def _run(config: DictConfig, models: Models | None, callback, state: dict | None
             raise
     with _decoding(config, models, compute):
         return writer.finish(z.detach(), vqgan, objective, steps_done)
+
+
+def _steered(answer, step: int, config: DictConfig, run_dir: Path, objective: Objective):
+    """The callback's answer: a dict steers the run from its next step (recorded in the config, so
+    that --from and --resume steer it alike); anything else goes back to the loop as it is."""
+    if not isinstance(answer, dict):
+        return answer
+    config.steering[step] = check_change(answer)
+    outputs.write_yaml(run_dir / "config.yaml", to_dict(config))
+    objective.timeline = build_timeline(config)
+    return None
+
+
+def _set_lr(optimizer: torch.optim.Optimizer, lr: float | None) -> None:
+    if lr is not None:
+        for group in optimizer.param_groups:
+            group["lr"] = lr
 
 
 @contextlib.contextmanager

@@ -12,7 +12,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 import torch
-from omegaconf import DictConfig
+from omegaconf import DictConfig, OmegaConf
 
 from . import outputs
 from .config import to_dict, to_yaml
@@ -61,6 +61,8 @@ class RunWriter:
 
     def on_step(self, info: Step) -> None:
         record = {"step": info.step, "loss": info.loss, "losses": info.losses, "lr": info.lr}
+        if info.step in self.config.steering:  # what changes from the next step on (vqclip.controls.steering)
+            record["steered"] = OmegaConf.to_container(self.config.steering[info.step])
         self.history.append(record)
         outputs.append_jsonl(self.run_dir / "log.jsonl", record)
         image = info.image if self.window is None else None  # decoded whole only when written

@@ -1,6 +1,6 @@
 """The web page: `vqclip ui` (Gradio, the optional extra `ui`).
 
-*Generate*: prompts, preset and the main settings, Start / Stop / Continue, a live
+*Generate*: prompts, preset and the main settings, Start / Stop / Continue / Steer, a live
 preview with the step and loss, the final image. *Past runs*: the outputs folder's runs with their
 settings, run again or continue with one click. *Video* (when vqclip.video is installed): animate
 and interpolate, in video_tab.py. Runs go to `Workers` (one per device, queued), so
@@ -115,6 +115,8 @@ class GenerateTab:
     start: Any
     stop: Any
     continue_last: Any
+    steer: Any
+    steer_fields: list[Any]  # new prompts, new learning rate
     message: Any
     status: Any
     preview: Any
@@ -190,6 +192,11 @@ def build_generate_tab(gr, names: list[str], preset: str) -> GenerateTab:
                 start = gr.Button("Start", variant="primary", elem_id="start")
                 stop = gr.Button("Stop", elem_id="stop")
                 continue_last = gr.Button("Continue", elem_id="continue")
+            with gr.Accordion("Steer the run while it goes", open=False):
+                steer_prompts = gr.Textbox(label="New prompts (one per line; empty: keep them)", lines=2,
+                                           elem_id="steer-prompts")
+                steer_lr = gr.Number(None, label="Learning rate (empty: keep it)", elem_id="steer-lr")
+                steer = gr.Button("Apply from the next step", elem_id="steer")
             message = gr.Markdown("", elem_id="message")
         with gr.Column(scale=1):
             status = gr.Markdown("", elem_id="status")
@@ -201,7 +208,8 @@ def build_generate_tab(gr, names: list[str], preset: str) -> GenerateTab:
         form=[prompts, preset_box, steps, width, height, seed, cutn, edit.editor, image_prompts, image_weight, extra,
               edit.invert, edit.outpaint], edit=edit,
         preset=preset_box, preset_fields=[steps, width, height, seed, cutn], steps=steps, start=start, stop=stop,
-        continue_last=continue_last, message=message, status=status, preview=preview, final=final,
+        continue_last=continue_last, steer=steer, steer_fields=[steer_prompts, steer_lr], message=message,
+        status=status, preview=preview, final=final,
         job_id=gr.State(None), last_run=gr.State(None))
 
 
@@ -231,6 +239,8 @@ def wire_generate_tab(gr, page: Page, generate: GenerateTab, watch_outputs: list
         .then(watch, generate.job_id, watch_outputs, api_name="watch", **FAST)
     wire_edit_controls(generate.edit, FAST)
     generate.stop.click(partial(stop_job, page), generate.job_id, generate.message, api_name="stop", **FAST)
+    generate.steer.click(partial(steer_job, page), [generate.job_id, *generate.steer_fields], generate.message,
+                         api_name="steer", **FAST)
     generate.continue_last.click(partial(continue_last_run, page), [generate.last_run, generate.steps], submitted,
                                  api_name="continue_last", **FAST) \
         .then(watch, generate.job_id, watch_outputs, api_name="watch", **FAST)  # Gradio names it watch_1
@@ -293,6 +303,19 @@ def stop_job(page: Page, job_id) -> str:
         return "Nothing is running."
     job.request_stop()
     return ""
+
+
+def steer_job(page: Page, job_id, prompts_text: str | None, lr) -> str:
+    """Steer: the running job's prompts (one per line) and learning rate, from its next step."""
+    job = page.workers.get(job_id)
+    if job is None or job.finished:
+        return "Nothing is running."
+    lines = [line.strip() for line in (prompts_text or "").splitlines() if line.strip()]
+    try:
+        job.steer({"prompts": " | ".join(lines) if lines else None, "lr": None if lr in (None, "") else lr})
+    except UserError as exc:
+        return error_message(str(exc))
+    return "The change applies from the next step; the run's config records it."
 
 
 def watch_job(gr, page: Page, job_id):

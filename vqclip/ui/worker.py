@@ -66,12 +66,31 @@ class Job:
         self.version = 0
         self.changed = threading.Condition()
         self._stop = threading.Event()
+        self._steering: dict | None = None  # a change waiting for the run's next step
 
     # -- what the page calls
     def request_stop(self) -> None:
         """Stop after the current step; the run writes final.png and state.pt as it ends."""
         self._stop.set()
         self._touch()
+
+    def steer(self, change: dict) -> None:
+        """Change the running run's prompts or learning rate from its next step; the run records it
+        (vqclip.controls.steering). Changes sent before that step merge, the later winning."""
+        from ..controls.steering import check_change
+
+        if self.kind != "generate":
+            raise UserError("steering changes a picture's run; a video's frames run with the settings they started with")
+        checked = check_change(change)
+        with self.changed:
+            self._steering = {**(self._steering or {}), **checked}
+        self._touch()
+
+    def take_steering(self) -> dict | None:
+        """The waiting change, once: what the run applies from its next step."""
+        with self.changed:
+            change, self._steering = self._steering, None
+        return change
 
     @property
     def stop_requested(self) -> bool:
@@ -206,7 +225,7 @@ class Worker:
             if info.step % job.preview_every == 0 or info.step in (1, steps) or job.stop_requested:
                 job.update(preview=Preview(info.step, steps, info.loss, to_preview_image(info.image)),
                            steps_done=info.step)
-            return False if job.stop_requested else None
+            return False if job.stop_requested else job.take_steering()
 
         if job.resume_dir is not None:
             return resume(job.resume_dir, {"steps": steps}, models=models, callback=on_step)
