@@ -87,6 +87,17 @@ def test_bad_form_input_is_one_line_that_names_the_field(tmp_path, changes, mess
     assert "\n" not in str(caught.value)
 
 
+def test_the_forms_tile_symmetry_and_palette_fields(tmp_path):
+    form = Form(prompts="a red circle", preset="shapes", tile=True, symmetry="both", palette="#dc1e1e, #1e46dc,")
+    config = config_from_form(form, str(tmp_path))
+    assert config.tile and config.symmetry == "both" and list(config.palette.colours) == ["#dc1e1e", "#1e46dc"]
+    plain = config_from_form(Form(prompts="a red circle", preset="shapes"), str(tmp_path))
+    assert not plain.tile and plain.symmetry == "none" and list(plain.palette.colours) == []
+    with pytest.raises(UserError, match="#dc1e1") as caught:
+        config_from_form(Form(prompts="a red circle", preset="shapes", palette="#dc1e1"), str(tmp_path))
+    assert "\n" not in str(caught.value)
+
+
 def test_extra_lines_keep_yaml_values_whole():
     assert extra_lines("clip.models=[{name: shapes, weight: 1.0}]\n") == ["clip.models=[{name: shapes, weight: 1.0}]"]
 
@@ -358,7 +369,7 @@ def start_form(client, extra: str = "", init_image=None, layers=(), invert=False
     editor = {"background": handle_file(str(init_image)), "layers": [handle_file(str(layer)) for layer in layers],
               "composite": None} if init_image else None
     return client.predict("a red circle", "shapes", 3, 64, 64, 1, 4, editor, [], 1.0, extra, invert, outpaint,
-                          api_name="/start")
+                          False, "none", "", api_name="/start")
 
 
 @pytest.fixture(scope="module")

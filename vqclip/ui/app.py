@@ -21,6 +21,7 @@ from pathlib import Path
 from typing import Any
 
 from ..config import preset_names, read_yaml
+from ..controls.symmetry import SYMMETRIES
 from ..errors import UserError
 from . import gallery
 from .access import check_listening, is_loopback
@@ -186,6 +187,11 @@ def build_generate_tab(gr, names: list[str], preset: str) -> GenerateTab:
                 image_prompts = gr.File(label="Image prompts", file_count="multiple", file_types=["image"],
                                         type="filepath")
                 image_weight = gr.Number(1.0, label="Image prompt weight")
+                with gr.Row():
+                    tile = gr.Checkbox(False, label="Seamless tile", elem_id="tile")
+                    symmetry = gr.Dropdown(list(SYMMETRIES), value="none", label="Symmetry", elem_id="symmetry")
+                palette = gr.Textbox(label="Palette (hex colours, comma-separated)", placeholder="#dc1e1e, #1e46dc",
+                                     elem_id="palette")
                 extra = gr.Textbox(label="More settings (key=value per line)", lines=3,
                                    placeholder="lr=0.2\ninit.weight=0.5", elem_id="extra")
             with gr.Row():
@@ -206,7 +212,7 @@ def build_generate_tab(gr, names: list[str], preset: str) -> GenerateTab:
                              buttons=["download", "fullscreen"], elem_id="final")
     return GenerateTab(
         form=[prompts, preset_box, steps, width, height, seed, cutn, edit.editor, image_prompts, image_weight, extra,
-              edit.invert, edit.outpaint], edit=edit,
+              edit.invert, edit.outpaint, tile, symmetry, palette], edit=edit,
         preset=preset_box, preset_fields=[steps, width, height, seed, cutn], steps=steps, start=start, stop=stop,
         continue_last=continue_last, steer=steer, steer_fields=[steer_prompts, steer_lr], message=message,
         status=status, preview=preview, final=final,

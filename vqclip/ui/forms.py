@@ -37,6 +37,9 @@ class Form:
     extra: str = ""  # key=value lines: any other config key
     mask_invert: bool = False  # change what is not painted
     outpaint: str = ""  # "LEFT TOP RIGHT BOTTOM" pixels to grow the canvas by
+    tile: bool = False  # a seamless tile (docs/tiles.md)
+    symmetry: str = "none"  # none | horizontal | vertical | both
+    palette: str = ""  # hex colours, comma-separated: "#dc1e1e, #1e46dc"
 
 
 def form_defaults(preset: str) -> dict:
@@ -91,6 +94,17 @@ def _edit_overrides(form: Form, outputs_root: str, overrides: dict):
     return painted
 
 
+def _form_overrides(form: Form, overrides: dict) -> None:
+    """The picture's form (tile, symmetry, palette) into `overrides`, where the fields ask for one."""
+    if form.tile:
+        overrides["tile"] = True
+    if form.symmetry and form.symmetry != "none":
+        overrides["symmetry"] = form.symmetry
+    colours = [colour.strip() for colour in (form.palette or "").split(",") if colour.strip()]
+    if colours:
+        overrides["palette"] = {"colours": colours}
+
+
 def config_from_form(form: Form, outputs_root: str, upload_root: str | None = None) -> DictConfig:
     """The resolved config for a new run, or a UserError naming the field that is wrong.
 
@@ -117,6 +131,7 @@ def config_from_form(form: Form, outputs_root: str, upload_root: str | None = No
         overrides["cutn"] = cutn
     if seed is not None:
         overrides["seed"] = seed
+    _form_overrides(form, overrides)
     painted = _edit_overrides(form, outputs_root, overrides)
     if form.image_prompts:
         weight = form.image_prompt_weight if form.image_prompt_weight is not None else 1.0
