@@ -74,12 +74,18 @@ def motion(source: torch.Tensor, previous_source: torch.Tensor) -> tuple[torch.T
     return back, visible(back, optical_flow(previous_source, source))
 
 
-def flicker(frames: list[torch.Tensor], sources: list[torch.Tensor]) -> float:
-    """Mean absolute change (0–1) between consecutive frames along the sources' motion, on the
-    pixels visible in both: what a viewer sees as flicker."""
-    errors = []
+def frame_changes(frames: list[torch.Tensor], sources: list[torch.Tensor]) -> list[float]:
+    """For each frame after the first: the mean absolute change (0–1) from the frame before, moved
+    along the sources' motion, on the pixels visible in both."""
+    changes = []
     for k in range(1, len(frames)):
         back, seen = motion(sources[k], sources[k - 1])
         change = (frames[k].float().cpu() - warp(frames[k - 1].cpu(), back)).abs().mean(0)
-        errors.append(float((change * seen).sum() / seen.sum().clamp(min=1)))
-    return sum(errors) / len(errors) if errors else 0.0
+        changes.append(float((change * seen).sum() / seen.sum().clamp(min=1)))
+    return changes
+
+
+def flicker(frames: list[torch.Tensor], sources: list[torch.Tensor]) -> float:
+    """The mean of `frame_changes`: what a viewer sees as flicker."""
+    changes = frame_changes(frames, sources)
+    return sum(changes) / len(changes) if changes else 0.0
