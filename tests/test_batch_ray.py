@@ -67,6 +67,31 @@ def test_files_come_back_from_a_worker_that_cannot_see_the_folder(local_ray, tmp
         ray_tasks.receive_files(target, {"../escape.txt": b"x"})
 
 
+@needs_ray
+def test_a_sweep_on_ray_halves_as_a_local_one(local_ray, tmp_path, monkeypatch):
+    """Each round's seeds as Ray tasks at once: the same scores, the same survivors and the same
+    pixels as the sweep in this process (both at one thread); and from the command line."""
+    from vqclip.batch.seed_sweep import SETTINGS, sweep, sweep_seed_task
+    from vqclip.config import build_config
+    from vqclip.errors import UserError
+
+    config = build_config("shapes", {"prompts": ["a red circle on a blue background"], "steps": 8, "cutn": 4,
+                                     "threads": 1, "quiet": True})
+    here = sweep(config, tmp_path / "here", seeds=4, keep=1)
+    there = sweep(config, tmp_path / "there", seeds=4, keep=1, ray=True)
+    assert [(run.seed, run.score, run.steps) for run in there.runs] == [(run.seed, run.score, run.steps)
+                                                                        for run in here.runs]
+    assert np.array_equal(pixels(there.best.run_dir / "final.png"), pixels(here.best.run_dir / "final.png"))
+    rounds = sorted((r["round"], r["seed"], r["score"]) for r in read_jsonl(tmp_path / "there" / "rounds.jsonl"))
+    assert rounds == sorted((r["round"], r["seed"], r["score"]) for r in read_jsonl(tmp_path / "here" / "rounds.jsonl"))
+    with pytest.raises(UserError, match="needs Ray workers that see"):  # a worker elsewhere cannot go on with a run
+        sweep_seed_task("{}", str(tmp_path / "nowhere"), 0, 0, 1, 1)
+    assert not (tmp_path / "nowhere" / SETTINGS).exists()
+    code = main(["sweep", "a red circle on a blue background", "-p", "shapes", "--steps", "8", "--seeds", "4",
+                 "--keep", "1", "--threads", "1", "cutn=4", "--quiet", "--out", str(tmp_path / "cli"), "--ray"])
+    assert code == 0 and (tmp_path / "cli" / "contact_sheet.png").is_file()
+
+
 def test_unreachable_ray_address_is_one_line_exit_2(tmp_path, capsys):
     batch = tmp_path / "b.yaml"
     batch.write_text("jobs:\n  - {prompt: a red circle, preset: shapes}\n")

@@ -206,7 +206,7 @@ def _generation_config(preset, overrides, dotlist, from_image=None, resume_dir=N
     return SimpleNamespace(final_path=Path("run/final.png"), run_dir=Path("run"), output=Path("run/video.mp4"))
 
 
-def _fake_sweep(config, out, seeds, keep, models=None):
+def _fake_sweep(config, out, seeds, keep, models=None, ray=None):
     from PIL import Image
 
     from vqclip.batch.seed_sweep import SeedRun, SweepResult, halving_rounds

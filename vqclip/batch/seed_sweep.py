@@ -76,14 +76,16 @@ class SweepResult:
         return self.runs[0]
 
 
-def sweep(config: DictConfig, out: str | Path, seeds: int, keep: int, models=None) -> SweepResult:
+def sweep(config: DictConfig, out: str | Path, seeds: int, keep: int, models=None, ray=None) -> SweepResult:
     """Successive halving over `seeds` seeds (config.seed, else 0, and on) of the run `config`
     describes; its `steps` sets the budget. Writes a run folder per seed under `out`, rounds.jsonl (a
     line per seed and round, as they finish), summary.jsonl (a line per seed, best first) and
-    contact_sheet.png."""
-    import time
+    contact_sheet.png.
 
-    from ..loading import load_models
+    `ray`: run each round's seeds at once as Ray tasks (True: a new local Ray; or the cluster's
+    address), on workers that see `out`. Each task takes config.threads CPUs (unset: one, recorded
+    with its runs); with the same threads, the scores and so the order are a local sweep's.
+    """
     from ..outputs import append_jsonl, read_jsonl
 
     rounds = halving_rounds(seeds, keep, int(config.steps))
@@ -93,25 +95,118 @@ def sweep(config: DictConfig, out: str | Path, seeds: int, keep: int, models=Non
     # What a stopped sweep did: each round is judged by the scores of its own step count.
     done = {(record["round"], record["seed"]): record for record in read_jsonl(out / ROUNDS)} \
         if (out / ROUNDS).is_file() else {}
+    run_round = _RayRounds(config, out, ray) if ray else _LocalRounds(config, out, models)
     alive, last = list(range(first, first + seeds)), {}
-    for number, round_ in enumerate(rounds):
-        for seed in alive:
-            record = done.get((number, seed))
-            if record is None:
-                models = models or load_models(config)
-                started = time.perf_counter()
-                result = _run_to(config, out / f"seed-{seed}", seed, round_.steps, models)
-                record = {"round": number, "seed": seed, "steps": round_.steps, "score": float(result.scores[0]),
-                          "seconds": round(time.perf_counter() - started, 3)}
+    with run_round:
+        for number, round_ in enumerate(rounds):
+            for record in run_round(number, round_.steps, [seed for seed in alive if (number, seed) not in done]):
                 append_jsonl(out / ROUNDS, record)
-            seconds = record["seconds"] + (last[seed].seconds if seed in last else 0.0)
-            last[seed] = SeedRun(seed, record["score"], record["steps"], out / f"seed-{seed}", seconds)
-        ranked = sorted(alive, key=lambda seed: -last[seed].score)
-        alive = ranked[:rounds[number + 1].size] if number + 1 < len(rounds) else ranked
+                done[(number, record["seed"])] = record
+            for seed in alive:
+                record = done[(number, seed)]
+                seconds = record["seconds"] + (last[seed].seconds if seed in last else 0.0)
+                last[seed] = SeedRun(seed, record["score"], record["steps"], out / f"seed-{seed}", seconds)
+            ranked = sorted(alive, key=lambda seed: -last[seed].score)
+            alive = ranked[:rounds[number + 1].size] if number + 1 < len(rounds) else ranked
     order = alive + sorted((seed for seed in last if seed not in alive), key=lambda seed: -last[seed].score)
     result = SweepResult([last[seed] for seed in order], keep, out)
     _write_summary(result, config)
     return result
+
+
+def _seed_round(config: DictConfig, out: Path, number: int, seed: int, steps: int, models) -> dict:
+    """One seed's run taken to `steps` in round `number`: its line of rounds.jsonl."""
+    import time
+
+    started = time.perf_counter()
+    result = _run_to(config, out / f"seed-{seed}", seed, steps, models)
+    return {"round": number, "seed": seed, "steps": steps, "score": float(result.scores[0]),
+            "seconds": round(time.perf_counter() - started, 3)}
+
+
+class _LocalRounds:
+    """A round's seeds one after another in this process, the models loaded once."""
+
+    def __init__(self, config: DictConfig, out: Path, models):
+        self.config, self.out, self.models = config, out, models
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc) -> None:
+        return None
+
+    def __call__(self, number: int, steps: int, seeds: list[int]):
+        from ..loading import load_models
+
+        for seed in seeds:
+            self.models = self.models or load_models(self.config)
+            yield _seed_round(self.config, self.out, number, seed, steps, self.models)
+
+
+class _RayRounds:
+    """A round's seeds at once, one Ray task each (a CPU each, unless the config sets threads),
+    answered as they finish."""
+
+    def __init__(self, config: DictConfig, out: Path, address):
+        self.config, self.out, self.address = config, out, None if address is True else address
+        self.started = False
+
+    def __enter__(self):
+        from .ray_tasks import connect
+
+        self.started = connect(self.address)
+        return self
+
+    def __exit__(self, *exc) -> None:
+        if self.started:
+            import ray
+
+            ray.shutdown()
+
+    def __call__(self, number: int, steps: int, seeds: list[int]):
+        import ray
+
+        from ..config import to_yaml
+
+        threads = int(self.config.threads or 1)
+        task = ray.remote(num_cpus=threads, max_calls=0)(sweep_seed_task)
+        settings = to_yaml(self.config)
+        waiting = {task.remote(settings, str(self.out.resolve()), number, seed, steps, threads): seed
+                   for seed in seeds}
+        try:
+            while waiting:
+                finished, _ = ray.wait(list(waiting), num_returns=1)
+                for ref in finished:
+                    waiting.pop(ref)
+                    try:
+                        yield ray.get(ref)
+                    except UserError:
+                        raise
+                    except Exception as exc:  # noqa: BLE001 - a worker that died ends the sweep, said in one line
+                        raise UserError(f"a Ray task of the sweep failed ({type(exc).__name__}); the sweep goes on "
+                                        "from its last finished run when started again") from None
+        finally:
+            for ref in waiting:
+                ray.cancel(ref)
+
+
+def sweep_seed_task(settings: str, out: str, number: int, seed: int, steps: int, threads: int) -> dict:
+    """The Ray task: one seed's run of round `number`, in the sweep's own folder."""
+    import yaml
+
+    from ..config import build_config
+    from ..loading import load_models
+    from .generate_kind import model_key
+    from .kinds import WORKER_CACHE
+
+    if not (Path(out) / SETTINGS).is_file():
+        raise UserError(f"vqclip sweep --ray needs Ray workers that see {out} (the same machine, or a shared "
+                        "folder): its runs go on from round to round there")
+    config = build_config(None, yaml.safe_load(settings))
+    config.threads = config.threads or threads  # the task's share of the cores, recorded with the run
+    models = WORKER_CACHE.get(model_key(config), lambda: load_models(config))
+    return _seed_round(config, Path(out), number, seed, steps, models)
 
 
 def _claim(out: Path, config: DictConfig, seeds: int, keep: int) -> None:

@@ -35,6 +35,9 @@ FLAGS: dict[str, tuple[tuple[str, ...], dict]] = {
                                            "(all ≤ 1) or pixels"}),
     "mask_invert": (("--mask-invert",), {"action": "store_true", "help": "change the black part of the mask instead"}),
     "settings": (("settings",), {"nargs": "*", "help": "key=value settings"}),
+    "ray": (("--ray",), {"nargs": "?", "const": True, "default": None, "metavar": "ADDRESS",
+                         "help": "run on Ray: a new local Ray, or the cluster at ADDRESS (HOST:PORT, ray://HOST:PORT, "
+                                 "auto)"}),
 }
 
 # The sizes of a run's image (generate, video): two sides, W H.

@@ -84,9 +84,8 @@ def batch_command(argv: list[str]) -> int:
               resume={"help": "continue the batch in OUT: skip the jobs finished with the same settings"},
               threads={"help": "torch CPU threads per job (same seed + threads = same image)"})
     parser.add_argument("--workers", type=int, default=1, help="local worker processes (one GPU each if several)")
-    parser.add_argument("--ray", nargs="?", const=True, default=None, metavar="ADDRESS",
-                        help="run the jobs as Ray tasks: a new local Ray, or the cluster at ADDRESS "
-                        "(HOST:PORT, ray://HOST:PORT, auto)")
+    flags.add(parser, ray={"help": "run the jobs as Ray tasks: a new local Ray, or the cluster at ADDRESS "
+                                   "(HOST:PORT, ray://HOST:PORT, auto)"})
     parser.add_argument("--overwrite", action="store_true", help="first remove the batch already in OUT (its "
                         "summary.jsonl, contact_sheet.png and job folders; other files stay)")
     args = parser.parse_args(argv)
@@ -154,7 +153,9 @@ def sweep_command(argv: list[str]) -> int:
     flags.add(parser, "preset", "steps", "seed", "threads", "quiet", size=flags.IMAGE_SIZE,
               seeds={"required": True, "default": None, "help": "seeds to start (from --seed, else 0, on)"},
               out={"required": True, "help": "the sweep's folder (the same folder and settings continue a sweep)"},
-              output={"help": "also write the best image here"})
+              output={"help": "also write the best image here"},
+              ray={"help": "run each round's seeds at once as Ray tasks (a CPU each unless --threads): a new local "
+                           "Ray, or the cluster at ADDRESS, whose workers see --out"})
     args = parser.parse_intermixed_args(argv)
 
     from ..batch.seed_sweep import sweep
@@ -167,7 +168,7 @@ def sweep_command(argv: list[str]) -> int:
         "prompts": prompts or None, "steps": args.steps, "size": args.size, "seed": args.seed,
         "threads": args.threads, "quiet": args.quiet or None}), dotlist)
     with run_threads(config.threads, quiet=config.quiet):
-        result = sweep(config, args.out, args.seeds, args.keep)
+        result = sweep(config, args.out, args.seeds, args.keep, ray=args.ray)
     for rank, run in enumerate(result.runs[:result.kept]):
         print(f"{rank + 1}. seed {run.seed}: score {run.score:.4f} after {run.steps} steps  {run.run_dir / 'final.png'}")
     if args.output:
