@@ -102,6 +102,7 @@ PINNED = [[208, 29, 48], [221, 54, 39], [236, 95, 28], [243, 125, 24]]  # a seed
     (["window=[64,64]", "--tile"], "window= judges one part of the canvas at a time, and tile=true"),
     (["window=[64,64]", "--symmetry", "both"], "and symmetry needs the whole picture"),
     (["window=[64,64]", "window_refresh=0"], "window_refresh must be at least 1"),
+    (["window=[64,64]", "hold.image=docs/tiles.png", "hold.weight=1"], "and hold.image needs the whole picture"),
 ])
 def test_bad_windows_are_one_line(args, message, tmp_path, capsys):
     code = main(["a red circle", "-p", "shapes", "size=[128,128]", "init.mode=random", "steps=1",
@@ -151,3 +152,16 @@ def test_fused_attention_gives_taming_sums_without_the_matrix():
     torch.testing.assert_close(fused, plain, atol=1e-5, rtol=0)
     assert plain_peak - fused_peak >= (24 * 48) ** 2 * 4, (fused_peak, plain_peak)  # at least one (hw)² matrix
     assert all("forward" not in module.__dict__ for module in vqgan.modules())
+
+
+def test_a_windowed_run_of_the_real_architectures(tmp_path):
+    """vqgan_imagenet_f16_16384 and ViT-B/32 (random weights, in the files users have): one step on
+    a 128 px canvas through a 64 px window, the whole canvas written."""
+    from vqclip.bench.concurrent import write_random_real_vqgan
+
+    config, checkpoint = write_random_real_vqgan(tmp_path)
+    code = main(["a lighthouse", "--seed", "1", "--steps", "1", "--size", "128", "128", "window=[64,64]",
+                 "--run-dir", str(tmp_path / "run"), "init.mode=random", f"vqgan.config={config}",
+                 f"vqgan.checkpoint={checkpoint}", "clip.models=[{name: ViT-B-32}]", "cutn=4", "quiet=true"])
+    assert code == 0
+    assert Image.open(tmp_path / "run" / "final.png").size == (128, 128)

@@ -560,7 +560,8 @@ def _check_window(config: DictConfig) -> None:
         raise UserError(f"window_refresh must be at least 1, not {config.window_refresh}")
     clash = next((what for what, on in (("tile=true", config.tile), ("symmetry", config.symmetry != "none"),
                                         ("a mask", config.mask.image or config.mask.box),
-                                        ("--outpaint", config.mask.outpaint is not None)) if on), None)
+                                        ("--outpaint", config.mask.outpaint is not None),
+                                        ("hold.image", config.hold.image and config.hold.weight)) if on), None)
     if clash:
         raise UserError(f"window= judges one part of the canvas at a time, and {clash} needs the whole picture "
                         "each step: use one or the other")

@@ -185,7 +185,7 @@ def _run(config: DictConfig, models: Models | None, callback, state: dict | None
         config.size, config.cutn = _auto_size(config, models, compute, timeline, dtype)
     size = (int(config.size[0]), int(config.size[1]))
     check_size(size, models.vqgan.factor)
-    window = check_window(config.window, size, models.vqgan.factor)
+    window = check_window(config.window, size, models.vqgan)
     edit = plan_edit(config, size, models.vqgan.factor, auto_size=auto_size)  # every check before a file is written
     size = edit.size if edit is not None else size
     generator = seed_everything(config.seed)

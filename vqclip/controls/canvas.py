@@ -264,10 +264,13 @@ class WindowedDecoder:
             self.statistics = [(mean.to(device), var.to(device)) for mean, var in state["statistics"]]
 
 
-def check_window(window, size: tuple[int, int], factor: int) -> tuple[int, int] | None:
-    """window= as (width, height) pixels, or None for the whole canvas; a one-line error for a bad one."""
+def check_window(window, size: tuple[int, int], vqgan) -> tuple[int, int] | None:
+    """window= as (width, height) pixels, or None for the whole canvas; a one-line error for a bad
+    one, or for a VQGAN that cannot decode windows."""
     if window is None:
         return None
+    tail_reach(vqgan)
+    factor = vqgan.factor
     if len(window) != 2 or any(not isinstance(side, int) or side <= 0 or side % factor for side in window):
         raise UserError(f"window must be two positive whole numbers (width height), multiples of the VQGAN's factor "
                         f"{factor}, not {list(window)}")
