@@ -7,8 +7,9 @@ what a run of the window's size costs, whatever the canvas.
 The window is decoded exactly as the whole canvas decodes there. taming's decoder has two parts:
 
 - the trunk, at the latent's resolution (the input convolution, the middle block with its
-  attention, the first level's blocks). It sees every position, so it runs on the whole latent;
-  at 1/factor of the side it is cheap.
+  attention, the first level's blocks). It sees every position, so it runs on the whole latent:
+  at 1/factor of the side it is cheap, and the backward pass runs it again instead of keeping its
+  activations. Its attention runs fused (`fused_attention`), without the hw × hw matrix.
 - the tail (the upsampling levels and the output convolution): convolutions, whose reach is a few
   codes (`tail_reach`), and GroupNorms, whose statistics are the whole picture's. The tail runs
   on the window with `tail_reach` codes of context on each side, its GroupNorms normalising with
@@ -29,6 +30,7 @@ import math
 import torch
 import torch.nn.functional as F
 from torch import nn
+from torch.utils.checkpoint import checkpoint
 
 from ..errors import UserError
 from ..grad import clamp_with_grad
@@ -191,7 +193,8 @@ def decode_window(vqgan, z_q: torch.Tensor, box: tuple[int, int, int, int], stat
     """
     top, left, height, width = box
     reaches, f = _reaches(vqgan), vqgan.factor
-    h = _trunk(vqgan, z_q)
+    # recomputed in the backward pass: on a large canvas the whole latent's activations outweigh the window's
+    h = checkpoint(_trunk, vqgan, z_q, use_reentrant=False) if torch.is_grad_enabled() else _trunk(vqgan, z_q)
     rows, columns = h.shape[-2:]
     origin = [0, 0]  # the first row and column h holds, in pixels of its resolution
 
