@@ -103,6 +103,8 @@ PINNED = [[208, 29, 48], [221, 54, 39], [236, 95, 28], [243, 125, 24]]  # a seed
     (["window=[64,64]", "--symmetry", "both"], "and symmetry needs the whole picture"),
     (["window=[64,64]", "window_refresh=0"], "window_refresh must be at least 1"),
     (["window=[64,64]", "hold.image=docs/tiles.png", "hold.weight=1"], "and hold.image needs the whole picture"),
+    (["window=[64,64]", "init.mode=prior"], "start it with init.mode=random or an --init-image"),
+    (["window=[64,64]", "vqgan.name=dalle_dvae"], "DALL-E's dVAE decodes whole pictures only"),
 ])
 def test_bad_windows_are_one_line(args, message, tmp_path, capsys):
     code = main(["a red circle", "-p", "shapes", "size=[128,128]", "init.mode=random", "steps=1",
@@ -127,6 +129,10 @@ def test_the_bench_prints_the_peaks_and_the_windows_difference(capsys):
     assert report["window_difference"] < 1e-4
     assert 0 < report["refresh_mb"] < report["whole_mb"] and report["window_mb"] > 0
     assert report["ratio"] == max(report["window_mb"], report["refresh_mb"]) / report["whole_mb"]
+    for window in ("0", "-4", "66"):
+        assert main(["bench", "--vqgan", "shapes", "--clip", "shapes", "--size", "128", "--window", window]) == 2
+        err = capsys.readouterr().err
+        assert err.count("\n") == 1 and "must be smaller than --size 128" in err, err
 
 
 def test_fused_attention_gives_taming_sums_without_the_matrix():

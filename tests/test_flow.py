@@ -108,6 +108,13 @@ def test_flow_from_the_command_line(clip, tmp_path):
                  "video.first_frame_steps=1", "video.steps_per_frame=1", "cutn=4", "--quiet",
                  "-o", str(tmp_path / "out.gif"), "--run-dir", str(tmp_path / "run")])
     assert code == 0 and (tmp_path / "run" / "frames" / "00001" / "seen.png").exists()
+    with_flow = json.loads((tmp_path / "out.gif.json").read_text())["flicker"]
+    code = main(["video", "restyle", str(clip), "a blue square", "-p", "shapes-zoom", "video.first_frame_steps=1",
+                 "video.steps_per_frame=1", "cutn=4", "--quiet", "-o", str(tmp_path / "plain.gif"),
+                 "--run-dir", str(tmp_path / "plain")])
+    assert code == 0 and not (tmp_path / "plain" / "frames" / "00001" / "seen.png").exists()
+    without = json.loads((tmp_path / "plain.gif.json").read_text())["flicker"]  # measured all the same
+    assert without > 0 and with_flow > 0
 
 
 @pytest.mark.parametrize("args,message", [
@@ -116,6 +123,7 @@ def test_flow_from_the_command_line(clip, tmp_path):
     (["video", "restyle", "CLIP", "a blue square", "-p", "shapes-zoom", "video.flow=true", "video.flow_weight=-1"],
      "video.flow_weight must be a finite number of 0 or more"),
     (["a red circle", "-p", "shapes", "hold.weight=3"], "hold.weight needs hold.image"),
+    (["a red circle", "-p", "shapes", "hold.image=docs/tiles.png"], "holds nothing at hold.weight 0"),
 ])
 def test_bad_flow_and_hold_settings_are_one_line(args, message, clip, tmp_path, capsys):
     code = main([str(clip) if arg == "CLIP" else arg for arg in args] + [f"outputs_root={tmp_path}"])

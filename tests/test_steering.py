@@ -64,6 +64,14 @@ def test_from_and_resume_and_a_preset_steering_make_the_same_pixels(steered, tmp
     assert numpy.array_equal(pixels(ahead), pixels(steered))
 
 
+def test_a_list_of_prompts_steers_as_prompts_side_by_side():
+    from vqclip.controls.steering import check_change
+
+    assert check_change({"prompts": ["a blue square:2", "fog:-1"]}) == {"prompts": "a blue square:2 | fog:-1"}
+    with pytest.raises(UserError, match="prompts are a text or a list of texts, not 3"):
+        check_change({"prompts": 3})
+
+
 @pytest.mark.parametrize("change,message", [
     ({"colour": "red"}, "sets prompts, lr or both"),
     ({"lr": -1}, "lr must be a positive finite number, not -1"),

@@ -549,6 +549,8 @@ def _check_form(config: DictConfig) -> None:
         raise UserError(f"hold.weight must be a finite number of 0 or more, not {config.hold.weight}")
     if config.hold.weight and not config.hold.image:
         raise UserError("hold.weight needs hold.image: the picture the pixels are held toward")
+    if config.hold.image and not config.hold.weight:
+        raise UserError("hold.image holds nothing at hold.weight 0: give hold.weight (e.g. hold.weight=10)")
     if config.window is not None:
         _check_window(config)
 
@@ -565,6 +567,21 @@ def _check_window(config: DictConfig) -> None:
     if clash:
         raise UserError(f"window= judges one part of the canvas at a time, and {clash} needs the whole picture "
                         "each step: use one or the other")
+    if config.init.mode == "prior":
+        raise UserError("window= is for a canvas larger than a prior draws: start it with init.mode=random or an "
+                        "--init-image")
+    if "dvae" in _vqgan_formats(config):
+        raise UserError("window= needs a taming VQGAN (or min-dalle's detokenizer); DALL-E's dVAE decodes whole "
+                        "pictures only: drop window, or pick another vqgan")
+
+
+def _vqgan_formats(config: DictConfig) -> set[str]:
+    """What the VQGAN's file format may be, before anything is loaded: vqgan.format, and a registry
+    name's."""
+    from .models.registry import VQGANS
+
+    entry = VQGANS.get(config.vqgan.name) if config.vqgan.name else None
+    return {config.vqgan.format, *([entry.format] if entry is not None else [])}
 
 
 def _four(values, key: str, names: str) -> list:

@@ -29,7 +29,7 @@ def canvas_memory(vqgan: str = "imagenet_f16_16384", clip: str = "ViT-B-32", siz
                   cutn: int = 32, device: str = "cpu", progress=None) -> dict:
     models = random_models(vqgan, clip, pick_device(device))
     factor = models.vqgan.factor
-    if window % factor or size % factor or not window < size:
+    if window <= 0 or window % factor or size % factor or not window < size:
         raise UserError(f"--window {window} must be smaller than --size {size}, both multiples of the VQGAN's "
                         f"factor {factor}")
     member = models.clip.members[0]
@@ -78,10 +78,12 @@ def canvas_memory(vqgan: str = "imagenet_f16_16384", clip: str = "ViT-B-32", siz
 
 def format_canvas(report: dict) -> str:
     pixels = (report["size"] / report["window"]) ** 2
-    return "\n".join([
-        f"{report['vqgan']} + {report['clip']}, cutn {report['cutn']}; peak memory of a step (counted tensors):",
-        f"  whole step at {report['window']}×{report['window']}:            {report['whole_mb']:8.1f} MB",
-        f"  window step on {report['size']}×{report['size']} ({pixels:.0f}× the pixels): {report['window_mb']:8.1f} MB",
-        f"  its whole decode without gradients: {report['refresh_mb']:8.1f} MB",
-        f"  the canvas's peak / the whole step's: {report['ratio']:.2f}",
-        f"  a window against the whole decode: max difference {report['window_difference']:.1e}"])
+    rows = [(f"whole step at {report['window']}×{report['window']}", f"{report['whole_mb']:.1f} MB"),
+            (f"window step on {report['size']}×{report['size']} ({pixels:.0f}× the pixels)",
+             f"{report['window_mb']:.1f} MB"),
+            ("its whole decode without gradients", f"{report['refresh_mb']:.1f} MB"),
+            ("the canvas's peak / the whole step's", f"{report['ratio']:.2f}"),
+            ("a window against the whole decode (max)", f"{report['window_difference']:.1e}")]
+    width = max(len(label) for label, _ in rows)
+    return "\n".join([f"{report['vqgan']} + {report['clip']}, cutn {report['cutn']}; peak memory (counted tensors):",
+                      *(f"  {label:<{width}}  {value:>10}" for label, value in rows)])

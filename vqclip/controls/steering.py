@@ -10,6 +10,7 @@ PNG's metadata, and in that step's line of log.jsonl. A run from that config (`-
 from __future__ import annotations
 
 import math
+from collections.abc import Sequence
 
 from ..errors import UserError
 from ..prompts import PromptTimeline, parse_prompts
@@ -22,10 +23,15 @@ def check_change(change, where: str = "a steering change") -> dict:
     if not hasattr(change, "keys") or not change or set(change) - set(STEERABLE):
         raise UserError(f"{where} sets prompts, lr or both, not {dict(change) if hasattr(change, 'keys') else change}")
     checked = {}
-    if change.get("prompts") is not None:
-        text = str(change["prompts"])
-        parse_prompts(text)  # the prompt syntax's own one-line errors
-        checked["prompts"] = text
+    prompts = change.get("prompts")
+    if prompts is not None:
+        if isinstance(prompts, Sequence) and not isinstance(prompts, str) and all(isinstance(text, str)
+                                                                                   for text in prompts):
+            prompts = " | ".join(prompts)  # a list, as generate() takes them: the same prompts side by side
+        if not isinstance(prompts, str):
+            raise UserError(f"{where}: prompts are a text or a list of texts, not {prompts!r}")
+        parse_prompts(prompts)  # the prompt syntax's own one-line errors
+        checked["prompts"] = prompts
     if change.get("lr") is not None:
         lr = change["lr"]
         if isinstance(lr, bool) or not isinstance(lr, (int, float)) or not 0 < lr < math.inf:
@@ -45,7 +51,7 @@ def check_steering(steering) -> None:
 
 def steered_timeline(timeline: PromptTimeline | None, steering) -> PromptTimeline | None:
     """The timeline with each steering change's prompts in force from its step on."""
-    changes = sorted((int(step), change["prompts"]) for step, change in steering.items()
+    changes = sorted((int(step), check_change(change)["prompts"]) for step, change in steering.items()
                      if change.get("prompts") is not None)
     if not changes:
         return timeline

@@ -19,6 +19,12 @@ from ..errors import UserError
 VISIBLE_WITHIN = 1.0  # px: a pixel whose flow there and back misses by more is occluded or uncertain
 
 
+def has_opencv() -> bool:
+    import importlib.util
+
+    return importlib.util.find_spec("cv2") is not None
+
+
 def require_opencv():
     """cv2, or a one-line error that says how to install it."""
     try:

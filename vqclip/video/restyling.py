@@ -8,7 +8,8 @@ carries the style over, which calms flicker), is pulled toward that start by the
 With `video.flow` (OpenCV, vqclip/video/flow.py) the previous styled frame is moved along the
 source's motion first: frame k starts from that warped picture where the flow sees a pixel in both
 frames and from source k elsewhere, and its run holds the pixels seen in both toward the warped
-picture (hold.weight = video.flow_weight). The video's metadata gets its flicker.
+picture (hold.weight = video.flow_weight). Wherever OpenCV is installed, flow or not, the video's
+metadata gets its flicker.
 
 With a mask (`mask.image`: one picture for every frame, or a mask video of the same length; or
 `mask.box`) only the masked region is restyled: each frame's run keeps the source frame's pixels
@@ -125,8 +126,8 @@ def restyle_frames(job: VideoJob, models, metadata: dict) -> list[torch.Tensor]:
 
     frames = chain_frames(job, models, metadata, len(sources), (width, height), start,
                           frame_changes if masked or flow else None, present if masked else None)
-    if flow:
-        from .flow import flicker
+    from .flow import flicker, has_opencv
 
+    if flow or has_opencv():  # measured with or without the flow, so the two can be compared
         metadata["flicker"] = round(flicker(frames, sources), 5)
     return frames
