@@ -99,6 +99,7 @@ PINNED = [[208, 29, 48], [221, 54, 39], [236, 95, 28], [243, 125, 24]]  # a seed
     (["window=[62,64]"], "multiples of the VQGAN's factor 4"),
     (["window=[256,64]"], "window 256×64 is larger than the canvas 128×128"),
     (["window=[64]"], "window must be two positive whole numbers"),
+    (["window=64"], "window in command line takes a list: put its values in brackets, window=[first, second, ...]"),
     (["window=[64,64]", "--tile"], "window= judges one part of the canvas at a time, and tile=true"),
     (["window=[64,64]", "--symmetry", "both"], "and symmetry needs the whole picture"),
     (["window=[64,64]", "window_refresh=0"], "window_refresh must be at least 1"),

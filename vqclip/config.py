@@ -414,6 +414,9 @@ def _config_error(exc: OmegaConfBaseException, config: DictConfig, source: str) 
         return UserError(f"unknown config key {key!r} in {source}{closest(leaf, valid)}; "
                          f"valid keys{' under ' + parent if parent else ''}: {', '.join(valid)}")
     value = getattr(exc, "msg", None) or message
+    if "is not a ListConfig" in value:  # OmegaConf's words for one value where the schema has a list
+        return UserError(f"{key or 'this key'} in {source} takes a list: put its values in brackets, "
+                         f"{key or 'key'}=[first, second, ...]")
     return UserError(f"bad value for {key or 'a config key'} in {source}: {value.splitlines()[0]}")
 
 
