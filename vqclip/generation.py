@@ -23,8 +23,8 @@ from omegaconf import DictConfig
 
 from . import loading, outputs
 from .config import build_config, read_yaml, to_dict
-from .controls.canvas import WindowedDecoder, check_window
-from .controls.steering import check_change, lr_after
+from .controls.canvas import WindowedDecoder, check_window, fused_attention
+from .controls.steering import check_change, lr_after, steered_timeline
 from .errors import UserError
 from .interrupt import Interrupted, stop_on_signals
 from .loading import Models
@@ -51,8 +51,6 @@ log = logging.getLogger(__name__)
 
 def build_timeline(config: DictConfig) -> PromptTimeline | None:
     """The prompts at each step: the schedule, a story or plain prompts, then the steering's changes."""
-    from .controls.steering import steered_timeline
-
     return steered_timeline(_planned_timeline(config), config.steering)
 
 
@@ -277,8 +275,6 @@ def _decoding(config: DictConfig, models: Models, compute: Models):
 
 def _attending(config: DictConfig, models: Models, compute: Models):
     """A window's large canvas is encoded and decoded without the attention matrix (vqclip.controls.canvas)."""
-    from .controls.canvas import fused_attention
-
     return fused_attention(models.vqgan, compute.vqgan) if config.window is not None else contextlib.nullcontext()
 
 

@@ -77,9 +77,7 @@ class Edit:
 
     def keep_loss(self, image: torch.Tensor) -> torch.Tensor:
         """keep_weight · the mean squared difference from the reference over the kept pixels, per candidate."""
-        kept = 1 - self.change
-        error = ((image.float() - self.reference) ** 2 * kept).sum((1, 2, 3)) / (3 * kept.sum()).clamp(min=1)
-        return self.keep_weight * error.sum()
+        return self.keep_weight * masked_mse(image, self.reference, 1 - self.change).sum()
 
     def composite(self, images: torch.Tensor) -> torch.Tensor:
         """What is written: the decoded images, their kept region from the original pixels (composite=pixels)."""
@@ -231,3 +229,8 @@ def inward_ramp(change: torch.Tensor, width: int) -> torch.Tensor:
         ramp = ramp + eroded
     return ramp / (width + 1)
 
+
+def masked_mse(image: torch.Tensor, reference: torch.Tensor, weights: torch.Tensor) -> torch.Tensor:
+    """The mean squared difference from `reference` over the pixels `weights` counts (0–1 each), per
+    image: a masked edit's kept pixels, a hold's (vqclip.controls.hold)."""
+    return ((image.float() - reference) ** 2 * weights).sum((1, 2, 3)) / (3 * weights.sum()).clamp(min=1)

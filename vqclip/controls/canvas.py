@@ -236,7 +236,6 @@ class WindowedDecoder:
     """
 
     def __init__(self, vqgan, window: tuple[int, int], refresh: int, generator: torch.Generator, quantize):
-        tail_reach(vqgan)  # the one-line error for a decoder that cannot decode windows, before the run
         self.vqgan, self.window, self.refresh, self.generator = vqgan, window, refresh, generator
         self.quantize = quantize  # the fp32 model's: the codes do not depend on the step's precision
         self.statistics, self.renewed_at = None, None

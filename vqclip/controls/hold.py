@@ -12,6 +12,8 @@ import torch
 import torch.nn.functional as F
 from omegaconf import DictConfig
 
+from ..mask import masked_mse
+
 
 class Hold:
     """image → weight · Σ mask · (image − picture)² / (3 · Σ mask), per batch item, summed."""
@@ -24,8 +26,7 @@ class Hold:
         if picture.shape[-2:] != image.shape[-2:]:  # size=auto's probes judge other sizes
             picture = F.interpolate(picture, image.shape[-2:], mode="bilinear", align_corners=False)
             mask = F.interpolate(mask, image.shape[-2:], mode="bilinear", align_corners=False)
-        error = ((image.float() - picture) ** 2 * mask).sum((1, 2, 3)) / (3 * mask.sum()).clamp(min=1e-6)
-        return self.weight * error.sum()
+        return self.weight * masked_mse(image, picture, mask).sum()
 
 
 def hold_from_config(config: DictConfig) -> Hold | None:

@@ -318,7 +318,7 @@ def steer_job(page: Page, job_id, prompts_text: str | None, lr) -> str:
         return "Nothing is running."
     lines = [line.strip() for line in (prompts_text or "").splitlines() if line.strip()]
     try:
-        job.steer({"prompts": " | ".join(lines) if lines else None, "lr": None if lr in (None, "") else lr})
+        job.steer({"prompts": lines or None, "lr": None if lr in (None, "") else lr})
     except UserError as exc:
         return error_message(str(exc))
     return "The change applies from the next step; the run's config records it."
